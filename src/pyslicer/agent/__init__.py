@@ -1,0 +1,2 @@
+"""The in-guest agent. Runs inside the VM on the guest's python3; imports only the stdlib and
+``pyslicer.protocol``."""

@@ -1,0 +1,3 @@
+from pyslicer.agent.server import main
+
+main()

@@ -1,0 +1,243 @@
+"""The daemon's end of a guest agent's channel: one connection, many streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyslicer.errors import AgentError
+from pyslicer.protocol import (
+    INITIAL_WINDOW,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    Channel,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    ProtocolError,
+    decode_json,
+    encode,
+    encode_json,
+    window_increment,
+    window_payload,
+)
+
+log = logging.getLogger(__name__)
+
+# Stream ids are unique for the daemon's lifetime, so a late frame for a stream of an earlier
+# connection can never land on a new stream.
+_stream_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    channel: Channel
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEnd:
+    channel: Channel
+
+
+StreamEvent = Message | Output | OutputEnd
+
+
+class AgentStream:
+    """One request to the agent. Iterate it for events; call ``consumed`` as output is delivered."""
+
+    def __init__(self, link: AgentLink, stream_id: int) -> None:
+        self._link = link
+        self.id = stream_id
+        self._events: asyncio.Queue[StreamEvent | AgentError | None] = asyncio.Queue()
+        self._send_credit = INITIAL_WINDOW
+        self._credit_changed = asyncio.Event()
+        self.closed = False
+
+    # -- called by the link --------------------------------------------------------------------
+    def _deliver(self, event: StreamEvent | AgentError | None) -> None:
+        if event is None or isinstance(event, AgentError):
+            self.closed = True
+            self._credit_changed.set()
+        self._events.put_nowait(event)
+
+    def _grant(self, increment: int) -> None:
+        self._send_credit += increment
+        self._credit_changed.set()
+
+    # -- used by callers -----------------------------------------------------------------------
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            if isinstance(event, AgentError):
+                raise event
+            yield event
+
+    def consumed(self, size: int) -> None:
+        if size and not self.closed:
+            self._link.send(encode(FrameType.WINDOW, self.id, window_payload(size)))
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            while self._send_credit <= 0 and not self.closed:
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            if self.closed:
+                return
+            size = min(len(view), self._send_credit, MAX_PAYLOAD)
+            self._send_credit -= size
+            self._link.send(encode(FrameType.DATA, self.id, bytes(view[:size]), Channel.STDIN))
+            view = view[size:]
+            await self._link.drain()
+
+    def close_input(self) -> None:
+        if not self.closed:
+            self._link.send(encode(FrameType.EOF, self.id, flags=Channel.STDIN))
+
+    def cancel(self) -> None:
+        """Stop the stream; the agent kills whatever it runs for it."""
+        if not self.closed:
+            self._link.send(encode(FrameType.CLOSE, self.id))
+            self._link._forget(self.id)
+            self._deliver(None)
+
+
+class AgentLink:
+    """Connects to the unix socket QEMU serves for the guest's virtio-serial port, and keeps
+    reconnecting until closed. ``ready`` is set while an agent has said READY on this connection."""
+
+    def __init__(self, socket_path: Path, name: str) -> None:
+        self.socket_path = socket_path
+        self.name = name
+        self.ready = asyncio.Event()
+        self.agent_info: dict[str, Any] = {}
+        self._streams: dict[int, AgentStream] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"agent-link-{self.name}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._drop_connection("the VM is shutting down")
+
+    async def wait_ready(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            raise AgentError(f"agent on {self.name} did not answer within {timeout:g}s") from None
+
+    # -- requests ------------------------------------------------------------------------------
+    def open(self, request: dict[str, Any]) -> AgentStream:
+        if self._writer is None or not self.ready.is_set():
+            raise AgentError(f"agent on {self.name} is not connected")
+        stream = AgentStream(self, next(_stream_ids))
+        self._streams[stream.id] = stream
+        self.send(encode_json(FrameType.OPEN, stream.id, {**request, "window": INITIAL_WINDOW}))
+        return stream
+
+    async def call(self, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """A request answered by one message."""
+        stream = self.open(request)
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in stream:
+                    if isinstance(event, Message):
+                        return event.body
+        except TimeoutError:
+            raise AgentError(f"agent on {self.name} did not answer {request.get('op')!r}") from None
+        finally:
+            stream.cancel()
+        raise AgentError(f"agent on {self.name} ended {request.get('op')!r} without an answer")
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def drain(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+
+    def _forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.01)
+                continue
+            self._writer = writer
+            self.send(encode_json(FrameType.HELLO, 0, {"version": PROTOCOL_VERSION}))
+            try:
+                await self._read(reader)
+            except (ConnectionError, ProtocolError) as exc:
+                log.warning("%s: agent channel broke: %s", self.name, exc)
+            self._drop_connection("the agent channel closed")
+            writer.close()
+            await asyncio.sleep(0.05)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        decoder = FrameDecoder()
+        while data := await reader.read(256 * 1024):
+            for frame in decoder.feed(data):
+                self._dispatch(frame)
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.type is FrameType.READY:
+            info = decode_json(frame)
+            if self.agent_info.get("instance") not in (None, info.get("instance")):
+                self._fail_streams("the agent restarted")
+            self.agent_info = info
+            self.ready.set()
+            return
+        stream = self._streams.get(frame.stream)
+        if stream is None:
+            return
+        if frame.type is FrameType.MESSAGE:
+            stream._deliver(Message(decode_json(frame)))
+        elif frame.type is FrameType.DATA:
+            stream._deliver(Output(Channel(frame.flags), frame.payload))
+        elif frame.type is FrameType.EOF:
+            stream._deliver(OutputEnd(Channel(frame.flags)))
+        elif frame.type is FrameType.WINDOW:
+            stream._grant(window_increment(frame))
+        elif frame.type is FrameType.CLOSE:
+            del self._streams[frame.stream]
+            stream._deliver(None)
+        else:
+            raise ProtocolError(f"unexpected {frame.type.name} frame from the agent")
+
+    def _fail_streams(self, reason: str) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._deliver(AgentError(f"agent on {self.name}: {reason}"))
+
+    def _drop_connection(self, reason: str) -> None:
+        self.ready.clear()
+        self._writer = None
+        self.agent_info = {}
+        self._fail_streams(reason)
