@@ -27,6 +27,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "e2fsck": "e2fsprogs",
     "chroot": "coreutils",
     "cp": "coreutils",
+    "umount": "mount",
     "zstd": "zstd",
 }
 

@@ -16,8 +16,8 @@ from pyslicer.protocol.frames import (
     decode_json,
     encode,
     encode_json,
-    window_payload,
     window_increment,
+    window_payload,
 )
 
 __all__ = [

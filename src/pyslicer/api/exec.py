@@ -1,0 +1,213 @@
+"""POST /vm/{hostname}/exec: NDJSON frames streamed as they come, or one buffered answer.
+
+With stdin=true the request body is the command's stdin while the answer streams. Starlette's
+StreamingResponse consumes request-body messages in its disconnect listener, so this response
+drives ASGI receive and send itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message as AsgiMessage
+from starlette.types import Receive, Scope, Send
+
+from pyslicer.api.nodes import daemon
+from pyslicer.api.params import query_bool, query_int
+from pyslicer.daemon.agent_link import AgentStream, Message, Output, OutputEnd
+from pyslicer.daemon.daemon import utc_now
+from pyslicer.errors import AgentError, BadRequest, NotSupported, Unavailable
+from pyslicer.protocol import Channel
+
+BUFFERED_LIMIT = 32 * 1024 * 1024
+CHANNEL_NAMES = {Channel.STDOUT: "stdout", Channel.STDERR: "stderr"}
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    agent_request: dict[str, Any]
+    stdin: bool
+    buffered: bool
+    base64: bool
+
+
+def parse_exec_query(request: Request) -> ExecOptions:
+    params = request.query_params
+    cmd = params.get("cmd", "")
+    if not cmd:
+        raise BadRequest("cmd: a command is required", code="invalid_cmd")
+    if query_bool(request, "background"):
+        raise NotSupported("background: background exec is not supported on this build yet", code="background")
+    stdio = params.get("stdio", "")
+    if stdio not in ("", "text", "base64"):
+        raise BadRequest(f"stdio: {stdio!r} is not one of text, base64", code="invalid_stdio")
+    env = params.getlist("env")
+    for item in env:
+        if "=" not in item or item.startswith("="):
+            raise BadRequest(f"env: {item!r} is not KEY=VALUE", code="invalid_env")
+    stdin = query_bool(request, "stdin")
+    buffered = query_bool(request, "buffered")
+    if stdin and buffered:
+        raise BadRequest("stdin is not supported with buffered=true", code="invalid_stdin")
+    agent_request: dict[str, Any] = {
+        "cmd": cmd,
+        "args": params.getlist("args"),
+        "env": env,
+        "uid": query_int(request, "uid"),
+        "gid": query_int(request, "gid"),
+        "cwd": params.get("cwd") or None,
+        "shell": params.get("shell") or None,
+        "stdin": stdin,
+    }
+    return ExecOptions(agent_request, stdin, buffered, stdio == "base64")
+
+
+class OutputText:
+    """Turns output bytes into JSON strings: text (split characters kept whole) or base64."""
+
+    def __init__(self, use_base64: bool) -> None:
+        self.base64 = use_base64
+        self._decoders = {ch: codecs.getincrementaldecoder("utf-8")("replace") for ch in CHANNEL_NAMES}
+
+    def decode(self, channel: Channel, data: bytes, final: bool = False) -> str:
+        if self.base64:
+            return base64.b64encode(data).decode()
+        return self._decoders[channel].decode(data, final)
+
+
+def exit_frame(body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("type") == "error":
+        return {
+            "type": "exit",
+            "error": body.get("error", "exec failed"),
+            "exit_code": body.get("exit_code", 1),
+            "ended_at": utc_now(),
+            "timestamp": utc_now(),
+        }
+    return {**body, "timestamp": utc_now()}
+
+
+async def exec_command(request: Request) -> Response:
+    node = daemon(request).node(request.path_params["hostname"])
+    options = parse_exec_query(request)
+    stream = node.open_exec(options.agent_request)
+    if options.buffered:
+        return await buffered_answer(stream, options)
+    return ExecStreamResponse(stream, options)
+
+
+async def buffered_answer(stream: AgentStream, options: ExecOptions) -> JSONResponse:
+    text = OutputText(options.base64)
+    chunks: dict[Channel, list[bytes]] = {Channel.STDOUT: [], Channel.STDERR: []}
+    size = 0
+    result: dict[str, Any] = {"stdout": "", "stderr": "", "exit_code": 1}
+    try:
+        async for event in stream:
+            if isinstance(event, Output):
+                size += len(event.data)
+                if size > BUFFERED_LIMIT:
+                    raise Unavailable(
+                        f"output exceeds the {BUFFERED_LIMIT} byte buffer; use the streaming exec",
+                        code="buffer_exhausted",
+                    )
+                chunks[event.channel].append(event.data)
+                stream.consumed(len(event.data))
+            elif isinstance(event, Message) and event.body.get("type") in ("exit", "error"):
+                result["exit_code"] = event.body.get("exit_code", 1)
+                if error := event.body.get("error"):
+                    result["error"] = error
+    finally:
+        stream.cancel()
+    for channel, name in CHANNEL_NAMES.items():
+        result[name] = text.decode(channel, b"".join(chunks[channel]), final=True)
+    if options.base64:
+        result["encoding"] = "base64"
+    return JSONResponse(result)
+
+
+class ExecStreamResponse(Response):
+    media_type = "application/x-ndjson"
+
+    def __init__(self, stream: AgentStream, options: ExecOptions) -> None:
+        self.stream = stream
+        self.options = options
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-store", "x-content-type-options": "nosniff"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self.stream
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        listener = asyncio.get_running_loop().create_task(self._listen(receive))
+        try:
+            await self._relay(send)
+        except OSError:
+            pass  # the client went away; the finally below stops the command
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            stream.cancel()
+
+    async def _listen(self, receive: Receive) -> None:
+        """Feed the request body to stdin; a disconnect cancels the command."""
+        stdin_open = self.options.stdin
+        while True:
+            message: AsgiMessage = await receive()
+            if message["type"] == "http.disconnect":
+                self.stream.cancel()
+                return
+            if message["type"] == "http.request" and stdin_open:
+                if body := message.get("body", b""):
+                    await self.stream.write(body)
+                if not message.get("more_body", False):
+                    self.stream.close_input()
+                    stdin_open = False
+
+    async def _relay(self, send: Send) -> None:
+        text = OutputText(self.options.base64)
+        ended = False
+
+        async def emit(frame: dict[str, Any]) -> None:
+            line = json.dumps(frame, separators=(",", ":")).encode() + b"\n"
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+
+        try:
+            async for event in self.stream:
+                if isinstance(event, Output):
+                    frame: dict[str, Any] = {
+                        "type": CHANNEL_NAMES[event.channel],
+                        "data": text.decode(event.channel, event.data),
+                        "timestamp": utc_now(),
+                    }
+                    if text.base64:
+                        frame["encoding"] = "base64"
+                    if frame["data"]:
+                        await emit(frame)
+                    self.stream.consumed(len(event.data))
+                elif isinstance(event, OutputEnd):
+                    if not text.base64 and (rest := text.decode(event.channel, b"", final=True)):
+                        await emit({"type": CHANNEL_NAMES[event.channel], "data": rest, "timestamp": utc_now()})
+                elif isinstance(event, Message):
+                    body = event.body
+                    if body.get("type") in ("exit", "error"):
+                        ended = True
+                        await emit(exit_frame(body))
+                    elif body.get("type") == "started":
+                        await emit({**body, "timestamp": utc_now()})
+        except AgentError as exc:
+            ended = True
+            await emit(exit_frame({"type": "error", "error": exc.message, "exit_code": 1}))
+        if not ended:
+            await emit(exit_frame({"type": "error", "error": "the command was cancelled", "exit_code": 1}))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+

@@ -1,0 +1,64 @@
+"""Run the daemon behind its HTTP API until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from pyslicer.api.app import create_app
+from pyslicer.config import SlicerConfig
+from pyslicer.daemon import Daemon
+
+log = logging.getLogger("pyslicer")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+async def run(config: SlicerConfig, data_dir: Path) -> None:
+    daemon = Daemon(config, data_dir, progress=say)
+    try:
+        await daemon.start()
+        api = config.api
+        token = daemon.token if api.uses_auth else None
+        socket_path = api.unix_socket
+        if socket_path is not None:
+            socket_path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+            server_config = uvicorn.Config(
+                create_app(daemon, token=token), uds=str(socket_path), lifespan="off", log_level="warning"
+            )
+            say(f"pyslicer API on unix socket {socket_path} (no auth)")
+        else:
+            server_config = uvicorn.Config(
+                create_app(daemon, token=token),
+                host=api.bind_address,
+                port=api.port,
+                lifespan="off",
+                log_level="warning",
+            )
+            auth = f"token in {data_dir / 'auth' / 'token'}" if token else "no auth"
+            say(f"pyslicer API on http://{api.bind_address}:{api.port} ({auth})")
+        for node in daemon.nodes.values():
+            say(f"vm {node.hostname}: booting, serial log {node.spec.console_log}")
+        await uvicorn.Server(server_config).serve()
+    finally:
+        say("pyslicer: stopping VMs")
+        await daemon.stop()
+        if config.api.unix_socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                config.api.unix_socket.unlink()
+
+
+def serve(config: SlicerConfig, data_dir: Path) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(config, data_dir))
+    sys.stdout.flush()

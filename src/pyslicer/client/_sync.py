@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import IO, Literal, TypeVar, cast
+
+import httpx
+
+from pyslicer.errors import SlicerError
+
+from ._base import (
+    DEFAULT_TIMEOUT,
+    BaseClient,
+    Call,
+    EnvArg,
+    FrameDecoder,
+    ReadyPoll,
+    TimeoutArg,
+    api_error,
+    create_node_call,
+    delete_node_call,
+    exec_buffered_call,
+    exec_params,
+    exec_stream_call,
+    finish,
+    group_nodes_call,
+    health_call,
+    healthz_call,
+    host_groups_call,
+    info_call,
+    is_ready_call,
+    logs_call,
+    metrics_call,
+    nodes_call,
+)
+from ._duplex import DuplexTransport
+from .models import (
+    AgentHealth,
+    CreatedNode,
+    DeleteResult,
+    ExecFrame,
+    ExecResult,
+    HostGroup,
+    LogsResult,
+    Node,
+    ServerInfo,
+)
+
+T = TypeVar("T")
+
+Stdin = bytes | Iterable[bytes]
+
+
+def _stdin_content(stdin: Stdin) -> bytes | Iterator[bytes]:
+    if isinstance(stdin, (bytes, bytearray, memoryview)):
+        return bytes(stdin)
+    if hasattr(stdin, "read"):
+        return _read_chunks(cast(IO[bytes], stdin))
+    return iter(stdin)
+
+
+def _read_chunks(file: IO[bytes]) -> Iterator[bytes]:
+    # read1 hands over whatever is available, so interactive input isn't held back to fill a buffer.
+    read = getattr(file, "read1", file.read)
+    while chunk := read(65536):
+        yield chunk
+
+
+class SlicerClient(BaseClient):
+    """A synchronous client for a Slicer daemon.
+
+    ``url`` defaults to ``$SLICER_URL`` or ``http://127.0.0.1:8080``; a path (``/``, ``./``, ``~/``,
+    ``unix://`` or ``*.sock``) means a unix socket. The token comes from ``token``, ``token_file``,
+    ``$SLICER_TOKEN`` or ``$SLICER_TOKEN_FILE``, in that order. ``transport`` replaces the network
+    (for tests: ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        timeout: TimeoutArg = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, token, token_file, timeout)
+        self._custom_transport = transport is not None
+        self._http = self._client(transport or httpx.HTTPTransport(uds=self._endpoint.uds))
+        self._duplex: httpx.Client | None = None
+
+    def _client(self, transport: httpx.BaseTransport) -> httpx.Client:
+        return httpx.Client(
+            base_url=self._endpoint.base_url, headers=self._headers, timeout=self._timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+        if self._duplex is not None:
+            self._duplex.close()
+
+    def __enter__(self) -> SlicerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, call: Call[T]) -> T:
+        request = self._build(self._http, call)
+        try:
+            response = self._http.send(request)
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        return finish(call, response)
+
+    def _stdin_http(self) -> httpx.Client:
+        if self._custom_transport or self._endpoint.base_url.startswith("https:"):
+            return self._http
+        if self._duplex is None:
+            self._duplex = self._client(DuplexTransport(uds=self._endpoint.uds))
+        return self._duplex
+
+    # -- daemon ------------------------------------------------------------------------------------
+
+    def info(self) -> ServerInfo:
+        return self._send(info_call())
+
+    def healthz(self) -> str:
+        """The daemon's liveness status (``"ok"``); raises when it is unreachable or unhealthy."""
+        return self._send(healthz_call())
+
+    def metrics(self) -> str:
+        """Prometheus metrics, as text."""
+        return self._send(metrics_call())
+
+    # -- host groups and nodes -----------------------------------------------------------------------
+
+    def host_groups(self) -> list[HostGroup]:
+        return self._send(host_groups_call())
+
+    def nodes(self, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
+        return self._send(nodes_call(tag, tag_prefix))
+
+    def group_nodes(self, group: str, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
+        return self._send(group_nodes_call(group, tag, tag_prefix))
+
+    def create_node(
+        self,
+        group: str,
+        *,
+        cpus: int | None = None,
+        ram_bytes: int | None = None,
+        userdata: str | None = None,
+        tags: Sequence[str] | None = None,
+        persistent: bool | None = None,
+        hostname: str | None = None,
+        ip: str | None = None,
+        ssh_keys: Sequence[str] | None = None,
+        import_user: str | None = None,
+        secrets: Sequence[str] | None = None,
+        wait: Literal["agent", "userdata"] | None = None,
+        timeout: str | float | None = None,
+    ) -> CreatedNode:
+        """Launch a VM in ``group``. With ``wait`` the server answers once the agent (or userdata too)
+        is ready, or with 408 after ``timeout`` (a Go duration like ``"30s"``, or seconds)."""
+        return self._send(
+            create_node_call(
+                group,
+                cpus=cpus,
+                ram_bytes=ram_bytes,
+                userdata=userdata,
+                tags=tags,
+                persistent=persistent,
+                hostname=hostname,
+                ip=ip,
+                ssh_keys=ssh_keys,
+                import_user=import_user,
+                secrets=secrets,
+                wait=wait,
+                timeout=timeout,
+            )
+        )
+
+    def delete_node(self, group: str, hostname: str) -> DeleteResult:
+        return self._send(delete_node_call(group, hostname))
+
+    # -- one VM --------------------------------------------------------------------------------------
+
+    def health(self, hostname: str) -> AgentHealth:
+        return self._send(health_call(hostname))
+
+    def is_ready(self, hostname: str) -> bool:
+        """Whether the VM's agent answers (``HEAD /vm/{hostname}/health``)."""
+        return self._send(is_ready_call(hostname))
+
+    def wait_ready(
+        self, hostname: str, timeout: float, userdata: bool = False, *, interval: float = 0.1
+    ) -> AgentHealth:
+        """Poll the agent's health until it is up (and userdata has run, with ``userdata=True``).
+
+        Raises ``SlicerTimeoutError`` after ``timeout`` seconds, and at once for errors waiting can't fix
+        (unknown VM, bad token, daemon unreachable).
+        """
+        poll = ReadyPoll(hostname, timeout, userdata, interval)
+        while True:
+            try:
+                health = self._send(health_call(hostname, read_timeout=max(poll.remaining(), 1.0)))
+            except SlicerError as exc:
+                poll.failed(exc)
+            else:
+                if poll.ready(health):
+                    return health
+            time.sleep(poll.next_delay())
+
+    def logs(self, hostname: str, lines: int | None = None) -> LogsResult:
+        """The VM's serial console log: the last 20 lines by default, everything with ``lines=0``."""
+        return self._send(logs_call(hostname, lines))
+
+    def exec(
+        self,
+        hostname: str,
+        cmd: str,
+        args: Sequence[str] = (),
+        *,
+        env: EnvArg = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        cwd: str | None = None,
+        shell: str | None = None,
+        stdin: Stdin | None = None,
+        base64: bool = False,
+    ) -> Iterator[ExecFrame]:
+        """Run a command and stream its frames as they arrive.
+
+        ``stdin`` (bytes, an iterable of chunks, or a binary file) is streamed as the request body while
+        output streams back. ``base64=True`` asks for base64 stdio, which is binary-safe; frames carry
+        decoded bytes either way. The request is sent when iteration starts; closing the iterator early
+        closes the connection.
+        """
+        params = exec_params(
+            cmd,
+            args,
+            env=env,
+            uid=uid,
+            gid=gid,
+            cwd=cwd,
+            shell=shell,
+            stdin=stdin is not None,
+            base64=base64,
+            buffered=False,
+        )
+        call = exec_stream_call(hostname, params)
+        if stdin is None:
+            return self._frames(self._http, call, None)
+        return self._frames(self._stdin_http(), call, _stdin_content(stdin))
+
+    def _frames(
+        self, http: httpx.Client, call: Call[None], content: bytes | Iterator[bytes] | None
+    ) -> Iterator[ExecFrame]:
+        request = self._build(http, call, content)
+        try:
+            response = http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        try:
+            if response.is_error:
+                response.read()
+                raise api_error(response)
+            decoder = FrameDecoder()
+            for line in response.iter_lines():
+                yield from decoder.feed(line)
+            yield from decoder.finish()
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        finally:
+            response.close()
+
+    def exec_buffered(
+        self,
+        hostname: str,
+        cmd: str,
+        args: Sequence[str] = (),
+        *,
+        env: EnvArg = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        cwd: str | None = None,
+        shell: str | None = None,
+        base64: bool = False,
+    ) -> ExecResult:
+        """Run a command and return its collected output (``buffered=true``; no stdin)."""
+        params = exec_params(
+            cmd,
+            args,
+            env=env,
+            uid=uid,
+            gid=gid,
+            cwd=cwd,
+            shell=shell,
+            stdin=False,
+            base64=base64,
+            buffered=True,
+        )
+        return self._send(exec_buffered_call(hostname, params))

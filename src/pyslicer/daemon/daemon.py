@@ -1,0 +1,318 @@
+"""The daemon: host groups, their nodes, and the start and stop of the whole thing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import platform
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyslicer import __version__
+from pyslicer.config import HostGroupConfig, SlicerConfig
+from pyslicer.daemon.lifecycle import NodeState
+from pyslicer.daemon.node import Node
+from pyslicer.daemon.registry import NodeRecord, Registry
+from pyslicer.daemon.storage import create_overlay, remove_disk
+from pyslicer.errors import BadRequest, Forbidden, NotFound, SlicerError, Timeout
+from pyslicer.image import GuestImage, ensure_image
+from pyslicer.vmm import Hypervisor, QemuHypervisor, VMSpec, choose_accel
+
+log = logging.getLogger(__name__)
+
+HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_SOCKET_PATH = 100
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def machine_arch() -> str:
+    machine = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """What a caller may choose about a new node; unset fields take the host group's values."""
+
+    hostname: str | None = None
+    cpus: int | None = None
+    ram_bytes: int | None = None
+    userdata: str | None = None
+    tags: tuple[str, ...] = ()
+    persistent: bool | None = None
+
+
+class HostGroup:
+    def __init__(self, config: HostGroupConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.next_index = 1
+
+    def new_hostname(self, taken: set[str]) -> str:
+        while f"{self.name}-{self.next_index}" in taken:
+            self.next_index += 1
+        hostname = f"{self.name}-{self.next_index}"
+        self.next_index += 1
+        return hostname
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: SlicerConfig,
+        data_dir: Path,
+        *,
+        progress: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.progress = progress
+        self.groups = {group.name: HostGroup(group) for group in config.host_groups}
+        self.nodes: dict[str, Node] = {}
+        self.accel, self.accel_reason = choose_accel(config.accel)
+        self.hypervisor: Hypervisor = QemuHypervisor(self.accel)
+        self.image: GuestImage | None = None
+        self.registry: Registry | None = None
+        self.launch_counts: dict[tuple[str, str], int] = {}
+        self.token: str | None = None
+        self._run_root = self._choose_run_root()
+        self._lock = asyncio.Lock()
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _choose_run_root(self) -> Path:
+        root = self.data_dir / "run"
+        # unix socket paths are limited to 108 bytes
+        if len(str(root / ("x" * 40) / "agent.sock")) > MAX_SOCKET_PATH:
+            return Path(tempfile.mkdtemp(prefix="pyslicer-run-"))
+        return root
+
+    def disk_path(self, hostname: str) -> Path:
+        return self.data_dir / "disks" / f"{hostname}.qcow2"
+
+    def console_path(self, hostname: str) -> Path:
+        return self.data_dir / "logs" / f"{hostname}.log"
+
+    # -- start and stop ------------------------------------------------------------------------
+    async def start(self) -> None:
+        for sub in ("disks", "logs", "auth"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._run_root.mkdir(parents=True, exist_ok=True)
+        self.token = await asyncio.to_thread(self._load_token)
+        self.progress(f"accel {self.accel_reason}")
+        self.image = await ensure_image(self.data_dir, progress=self.progress)
+        self.registry = await Registry.open(self.data_dir / "state.db")
+        await self._recover()
+        for group in self.groups.values():
+            for index in range(1, group.config.count + 1):
+                hostname = f"{group.name}-{index}"
+                if hostname not in self.nodes:
+                    await self._launch(group, NodeRequest(hostname=hostname), service=True)
+            group.next_index = max(group.next_index, group.config.count + 1)
+
+    async def stop(self) -> None:
+        nodes = list(self.nodes.values())
+        await asyncio.gather(*(self._shutdown_node(node) for node in nodes), return_exceptions=True)
+        if self.registry is not None:
+            await self.registry.close()
+            self.registry = None
+        if self._run_root != self.data_dir / "run":
+            shutil.rmtree(self._run_root, ignore_errors=True)
+
+    async def _shutdown_node(self, node: Node) -> None:
+        await node.stop()
+        shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+        if not node.record.persistent:
+            await self._forget(node)
+
+    async def _recover(self) -> None:
+        """Disks of ephemeral nodes left by a daemon that did not stop cleanly are removed;
+        persistent sandboxes come back."""
+        assert self.registry is not None
+        for record in await self.registry.all():
+            group = self.groups.get(record.host_group)
+            if record.persistent and group is not None and not record.protected:
+                await self._launch(group, NodeRequest(hostname=record.hostname), record=record)
+            elif not record.persistent or group is None:
+                remove_disk(self.disk_path(record.hostname))
+                await self.registry.remove(record.hostname)
+
+    def _load_token(self) -> str:
+        path = self.data_dir / "auth" / "token"
+        with contextlib.suppress(FileNotFoundError):
+            token = path.read_text().strip()
+            if token:
+                return token
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.chmod(path, 0o600)
+        return token
+
+    # -- queries -------------------------------------------------------------------------------
+    def group(self, name: str) -> HostGroup:
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise NotFound(f"host group {name!r} not found", code="hostgroup_not_found") from None
+
+    def node(self, hostname: str) -> Node:
+        node = self.nodes.get(hostname)
+        if node is None:
+            raise NotFound(f"VM {hostname!r} not found", code="vm_not_found")
+        return node
+
+    def list_nodes(self, group: str | None = None, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
+        if tag is not None and tag_prefix is not None:
+            raise BadRequest("only one of tag and tag_prefix may be set", code="invalid_filter")
+        nodes = [n for n in self.nodes.values() if group is None or n.record.host_group == group]
+        if tag is not None:
+            nodes = [n for n in nodes if tag in n.record.tags]
+        if tag_prefix is not None:
+            nodes = [n for n in nodes if any(t.startswith(tag_prefix) for t in n.record.tags)]
+        return sorted(nodes, key=lambda n: (n.record.host_group, n.record.created_at, n.hostname))
+
+    # -- changes -------------------------------------------------------------------------------
+    async def create_node(
+        self, group_name: str, request: NodeRequest, *, wait: str | None = None, timeout: float = 300.0
+    ) -> Node:
+        group = self.group(group_name)
+        self._check_ceilings(group, request)
+        node = await self._launch(group, request)
+        if wait is not None:
+            try:
+                await node.wait_ready(timeout, userdata=wait == "userdata")
+            except SlicerError as exc:
+                await self._destroy(node)
+                self._count_launch(group.name, "408" if isinstance(exc, Timeout) else "503")
+                raise
+        self._count_launch(group.name, "200")
+        return node
+
+    def _check_ceilings(self, group: HostGroup, request: NodeRequest) -> None:
+        ceiling = group.config
+        if request.cpus is not None and not 1 <= request.cpus <= ceiling.vcpu:
+            raise BadRequest(
+                f"cpus: {request.cpus} is outside 1..{ceiling.vcpu} for host group {group.name}", code="cpus"
+            )
+        if request.ram_bytes is not None and not 64 * 2**20 <= request.ram_bytes <= ceiling.ram_bytes:
+            raise BadRequest(
+                f"ram_bytes: {request.ram_bytes} is outside {64 * 2**20}..{ceiling.ram_bytes} "
+                f"for host group {group.name}",
+                code="ram_bytes",
+            )
+        if request.hostname is not None:
+            if not HOSTNAME_RE.match(request.hostname):
+                raise BadRequest(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
+            if request.hostname in self.nodes:
+                raise BadRequest(f"hostname: {request.hostname!r} is already in use", code="hostname")
+
+    def _count_launch(self, group: str, code: str) -> None:
+        self.launch_counts[(group, code)] = self.launch_counts.get((group, code), 0) + 1
+
+    async def _launch(
+        self,
+        group: HostGroup,
+        request: NodeRequest,
+        *,
+        service: bool = False,
+        record: NodeRecord | None = None,
+    ) -> Node:
+        assert self.image is not None and self.registry is not None
+        config = group.config
+        async with self._lock:
+            hostname = request.hostname or group.new_hostname(set(self.nodes))
+            if record is None:
+                record = NodeRecord(
+                    hostname=hostname,
+                    host_group=group.name,
+                    cpus=request.cpus or config.vcpu,
+                    ram_bytes=request.ram_bytes or config.ram_bytes,
+                    disk_bytes=config.storage_size or 0,
+                    created_at=utc_now(),
+                    protected=service,
+                    persistent=config.persistent if service or request.persistent is None else request.persistent,
+                    userdata=request.userdata if request.userdata is not None else config.userdata,
+                    tags=list(request.tags),
+                )
+            run_dir = self._run_root / hostname
+            spec = VMSpec(
+                name=hostname,
+                vcpus=record.cpus,
+                ram_bytes=record.ram_bytes,
+                kernel=self.config.kernel_file or self.image.kernel,
+                initrd=self.image.initrd,
+                disk=self.disk_path(hostname),
+                run_dir=run_dir,
+                console_log=self.console_path(hostname),
+                kernel_args={"slicer.hostname": hostname},
+            )
+            node = Node(record, spec)
+            node.on_stopped = self._on_node_stopped
+            self.nodes[hostname] = node
+        try:
+            if not spec.disk.exists():
+                await create_overlay(self.image.rootfs, spec.disk, record.disk_bytes or None)
+            await self.registry.put(record)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                spec.console_log.unlink()
+            node.attach(await self.hypervisor.launch(spec))
+        except BaseException:
+            self._count_launch(group.name, "500")
+            await self._destroy(node)
+            raise
+        return node
+
+    async def _on_node_stopped(self, node: Node) -> None:
+        shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+
+    async def delete_node(self, group_name: str, hostname: str) -> bool:
+        node = self.node(hostname)
+        if node.record.host_group != group_name:
+            raise NotFound(f"VM {hostname!r} not found in host group {group_name!r}", code="vm_not_found")
+        if node.record.protected:
+            raise Forbidden(
+                f"{hostname} was launched from the config file and is protected from API deletion",
+                code="protected",
+            )
+        await self._destroy(node)
+        return True
+
+    async def _destroy(self, node: Node) -> None:
+        if node.state is not NodeState.DELETED:
+            node.transition(NodeState.DELETED)
+        await node.stop()
+        shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+        await self._forget(node)
+
+    async def _forget(self, node: Node) -> None:
+        self.nodes.pop(node.hostname, None)
+        remove_disk(node.spec.disk)
+        with contextlib.suppress(FileNotFoundError):
+            node.spec.console_log.unlink()
+        if self.registry is not None:
+            await self.registry.remove(node.hostname)
+
+    # -- info ----------------------------------------------------------------------------------
+    def info(self) -> dict[str, str]:
+        return {
+            "version": __version__,
+            "git_commit": os.environ.get("PYSLICER_GIT_COMMIT", ""),
+            "platform": "linux",
+            "arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(machine_arch(), machine_arch()),
+            "hypervisor": self.hypervisor.name,
+            "accel": self.accel,
+            "accel_reason": self.accel_reason,
+        }

@@ -1,0 +1,126 @@
+"""One VM: its record, its QEMU process, its agent link and its lifecycle state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pyslicer.daemon.agent_link import AgentLink, AgentStream
+from pyslicer.daemon.lifecycle import NodeState, check_transition, require_running
+from pyslicer.daemon.registry import NodeRecord
+from pyslicer.errors import AgentError, Timeout
+from pyslicer.vmm import VMProcess, VMSpec
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, record: NodeRecord, spec: VMSpec) -> None:
+        self.record = record
+        self.spec = spec
+        self.state = NodeState.CREATING
+        self.vm: VMProcess | None = None
+        self.link: AgentLink | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._userdata_sent = False
+        self.on_stopped: Callable[[Node], Awaitable[None]] | None = None
+
+    @property
+    def hostname(self) -> str:
+        return self.record.hostname
+
+    def transition(self, target: NodeState) -> None:
+        check_transition(self.hostname, self.state, target)
+        log.info("%s: %s -> %s", self.hostname, self.state.value, target.value)
+        self.state = target
+
+    # -- running -------------------------------------------------------------------------------
+    def attach(self, vm: VMProcess) -> None:
+        """Take over a started VM: connect to its agent and watch its process."""
+        self.vm = vm
+        self.transition(NodeState.BOOTING)
+        self.link = AgentLink(self.spec.agent_socket, self.hostname)
+        self.link.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._watch_agent(self.link), name=f"{self.hostname}-agent"),
+            loop.create_task(self._watch_process(vm), name=f"{self.hostname}-process"),
+        ]
+
+    async def _watch_agent(self, link: AgentLink) -> None:
+        while True:
+            await link.ready.wait()
+            if self.state is NodeState.BOOTING:
+                self.transition(NodeState.RUNNING)
+            if not self._userdata_sent:
+                try:
+                    await link.call({"op": "userdata", "script": self.record.userdata})
+                    self._userdata_sent = True
+                except AgentError as exc:
+                    log.warning("%s: could not hand over userdata: %s", self.hostname, exc)
+            while link.ready.is_set():
+                await asyncio.sleep(0.5)
+
+    async def _watch_process(self, vm: VMProcess) -> None:
+        status = await vm.wait()
+        if self.state is NodeState.DELETED:
+            return
+        log.warning("%s: QEMU exited with status %s", self.hostname, status)
+        await self._release()
+        self.transition(NodeState.STOPPED)
+        if self.on_stopped is not None:
+            await self.on_stopped(self)
+
+    async def _release(self) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
+
+    async def stop(self) -> None:
+        """Kill the VM and release everything that belongs to its run (not its disk)."""
+        vm, self.vm = self.vm, None
+        await self._release()
+        if vm is not None:
+            await vm.kill()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # -- agent ---------------------------------------------------------------------------------
+    def agent(self) -> AgentLink:
+        require_running(self.hostname, self.state)
+        if self.link is None or not self.link.ready.is_set():
+            raise AgentError(f"agent on {self.hostname} is not reachable yet", code="agent_unavailable")
+        return self.link
+
+    async def health(self) -> dict[str, Any]:
+        return await self.agent().call({"op": "health"}, timeout=5)
+
+    def open_exec(self, request: dict[str, Any]) -> AgentStream:
+        return self.agent().open({"op": "exec", **request})
+
+    async def wait_ready(self, timeout: float, *, userdata: bool) -> None:
+        """Block until the agent answers (and, if asked, userdata has run)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self.state not in (NodeState.BOOTING, NodeState.RUNNING, NodeState.CREATING):
+                        raise AgentError(f"{self.hostname} is {self.state.value}", code="vm_stopped")
+                    if self.link is not None and self.link.ready.is_set():
+                        if not userdata:
+                            return
+                        with contextlib.suppress(AgentError):
+                            if (await self.health()).get("userdata_ran"):
+                                return
+                    await asyncio.sleep(0.02 if not userdata else 0.2)
+        except TimeoutError:
+            what = "userdata to finish" if userdata else "the agent"
+            raise Timeout(f"timed out after {timeout:g}s waiting for {what} on {self.hostname}") from None

@@ -1,0 +1,32 @@
+"""Per-VM disks: copy-on-write qcow2 overlays of the read-only base rootfs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from pyslicer.errors import HypervisorError
+
+
+async def create_overlay(base: Path, overlay: Path, size_bytes: int | None) -> None:
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay)]
+    if size_bytes:
+        command.append(str(max(size_bytes, base.stat().st_size)))
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        with contextlib.suppress(FileNotFoundError):
+            overlay.unlink()
+        raise HypervisorError(f"qemu-img could not create {overlay.name}: {stderr.decode().strip()}")
+
+
+def remove_disk(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

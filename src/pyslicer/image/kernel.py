@@ -1,0 +1,248 @@
+"""The guest kernel: Debian's cloud kernel package, its uncompressed vmlinux and its virtio modules."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import lzma
+import re
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyslicer.errors import ImageError
+from pyslicer.image import _proc
+
+KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
+# What QEMU microvm needs to reach the disk, the agent port and the network.
+GUEST_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_console", "virtio_net")
+
+LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
+ELF_MAGIC = b"\x7fELF"
+
+_APT_TTL = 600.0
+_apt_answer: dict[str, tuple[float, tuple[str, str]]] = {}
+
+
+@dataclass(frozen=True)
+class KernelPackage:
+    root: Path  # the unpacked .deb
+    release: str  # e.g. 6.1.0-57-cloud-amd64
+    bzimage: Path
+    modules_dir: Path
+
+
+@dataclass(frozen=True)
+class Lz4Payload:
+    start: int
+    end: int
+    expected_size: int | None  # from the le32 the kernel build appends, when the header locates it
+
+
+def find_lz4_payload(blob: bytes) -> Lz4Payload | None:
+    """Locate the LZ4-compressed vmlinux inside a bzImage.
+
+    Prefer the x86 boot protocol header (payload_offset/payload_length, exact); fall back to
+    scanning for an LZ4 magic when the header is absent or does not point at LZ4 data.
+    """
+    if len(blob) >= 0x250 and blob[0x202:0x206] == b"HdrS":
+        setup_sects = blob[0x1F1] or 4
+        offset, length = struct.unpack_from("<II", blob, 0x248)
+        start = (setup_sects + 1) * 512 + offset
+        end = start + length
+        if length > 8 and end <= len(blob) and blob[start : start + 4] in (LZ4_LEGACY_MAGIC, LZ4_FRAME_MAGIC):
+            (size,) = struct.unpack_from("<I", blob, end - 4)
+            return Lz4Payload(start, end - 4, size)
+    hits = [i for i in (blob.find(LZ4_LEGACY_MAGIC), blob.find(LZ4_FRAME_MAGIC)) if i >= 0]
+    if not hits:
+        return None
+    return Lz4Payload(min(hits), len(blob), None)
+
+
+def module_name(path: str) -> str:
+    base = path.rsplit("/", 1)[-1]
+    for suffix in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base.replace("-", "_")
+
+
+def module_load_order(modules_dep: str, wanted: Iterable[str], builtin: Iterable[str] = ()) -> list[str]:
+    """Paths (relative to the modules dir) of `wanted` and their dependencies, dependencies first.
+
+    Modules built into the kernel (names from modules.builtin) are skipped.
+    """
+    deps: dict[str, tuple[str, list[str]]] = {}
+    for line in modules_dep.splitlines():
+        if ":" not in line:
+            continue
+        path, _, rest = line.partition(":")
+        path = path.strip()
+        deps[module_name(path)] = (path, [module_name(p) for p in rest.split()])
+    builtin_names = {module_name(b) for b in builtin}
+
+    order: list[str] = []
+    done: set[str] = set()
+    active: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in active:
+            raise ImageError(f"image: kernel module dependency cycle: {' -> '.join([*active, name])}")
+        entry = deps.get(name)
+        if entry is None:
+            if name in builtin_names:
+                done.add(name)
+                return
+            raise ImageError(f"image: kernel module {name} is neither in modules.dep nor built in")
+        active.append(name)
+        for dep in entry[1]:
+            visit(dep)
+        active.pop()
+        done.add(name)
+        order.append(entry[0])
+
+    for want in wanted:
+        visit(module_name(want))
+    return order
+
+
+async def resolve_kernel_package(progress: Callable[[str], None]) -> tuple[str, str]:
+    """(package, version) of the current Debian cloud kernel, e.g. linux-image-6.1.0-57-cloud-amd64."""
+    cached = _apt_answer.get(KERNEL_META_PACKAGE)
+    if cached is not None and time.monotonic() - cached[0] < _APT_TTL:
+        return cached[1]
+    answer = await _query_apt()
+    if answer is None:
+        progress("image: apt knows no kernel packages yet; running apt-get update")
+        await _proc.run([_proc.tool("apt-get"), "-q", "update"], what="apt-get update")
+        answer = await _query_apt()
+    if answer is None:
+        raise ImageError(
+            f"image: apt-cache cannot resolve {KERNEL_META_PACKAGE}; is a Debian bookworm main "
+            "repository configured in /etc/apt/sources.list*?"
+        )
+    _apt_answer[KERNEL_META_PACKAGE] = (time.monotonic(), answer)
+    return answer
+
+
+async def _query_apt() -> tuple[str, str] | None:
+    apt_cache = _proc.tool("apt-cache")
+    code, out = await _proc.run(
+        [apt_cache, "depends", KERNEL_META_PACKAGE], what="apt-cache depends", check=False
+    )
+    if code != 0:
+        return None
+    match = re.search(r"^\s*\|?Depends:\s*(linux-image-[^\s<>]+)\s*$", out, re.MULTILINE)
+    if match is None:
+        return None
+    package = match.group(1)
+    code, out = await _proc.run(
+        [apt_cache, "show", "--no-all-versions", package], what="apt-cache show", check=False
+    )
+    version = re.search(r"^Version:\s*(\S+)", out, re.MULTILINE)
+    if code != 0 or version is None:
+        return None
+    return package, version.group(1)
+
+
+async def fetch_kernel(
+    work: Path, package: str, version: str, progress: Callable[[str], None]
+) -> KernelPackage:
+    """apt-get download + dpkg-deb -x into `work`; never installs anything into the host."""
+    progress(f"image: downloading kernel {package} ({version})")
+    download = work / "deb"
+    download.mkdir()
+    # The _apt sandbox user usually cannot write into the data dir.
+    await _proc.run(
+        [_proc.tool("apt-get"), "-q", "-o", "APT::Sandbox::User=root", "download", f"{package}={version}"],
+        what=f"apt-get download {package}",
+        cwd=download,
+    )
+    debs = sorted(download.glob("*.deb"))
+    if not debs:
+        raise ImageError(f"image: apt-get download {package} produced no .deb")
+    root = work / "kernel"
+    await _proc.run([_proc.tool("dpkg-deb"), "-x", debs[0], root], what="dpkg-deb -x")
+    images = sorted((root / "boot").glob("vmlinuz-*"))
+    if not images:
+        raise ImageError(f"image: {debs[0].name} contains no /boot/vmlinuz-*")
+    bzimage = images[0]
+    release = bzimage.name.removeprefix("vmlinuz-")
+    for candidate in (root / "lib" / "modules" / release, root / "usr" / "lib" / "modules" / release):
+        if candidate.is_dir():
+            modules_dir = candidate
+            break
+    else:
+        raise ImageError(f"image: {debs[0].name} has no modules directory for {release}")
+    return KernelPackage(root=root, release=release, bzimage=bzimage, modules_dir=modules_dir)
+
+
+async def extract_vmlinux(bzimage: Path, dest: Path, work: Path, progress: Callable[[str], None]) -> bool:
+    """Write the uncompressed ELF kernel to `dest`; False (with a progress note) if that fails."""
+    blob = await asyncio.to_thread(bzimage.read_bytes)
+    payload = find_lz4_payload(blob)
+    if payload is None:
+        progress(f"image: no LZ4 payload in {bzimage.name}; booting the bzImage instead")
+        return False
+    packed = work / "vmlinux.lz4"
+    await asyncio.to_thread(packed.write_bytes, blob[payload.start : payload.end])
+    del blob
+    # Trailing bytes after the LZ4 stream make lz4 exit 1 after a complete decode, so judge the result.
+    await _proc.run([_proc.tool("lz4"), "-d", "-q", "-f", packed, dest], what="lz4 -d", check=False)
+    ok = await asyncio.to_thread(_looks_like_vmlinux, dest, payload.expected_size)
+    packed.unlink(missing_ok=True)
+    if not ok:
+        dest.unlink(missing_ok=True)
+        progress(f"image: could not extract an ELF vmlinux from {bzimage.name}; booting the bzImage instead")
+    return ok
+
+
+def _looks_like_vmlinux(path: Path, expected_size: int | None) -> bool:
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return magic == ELF_MAGIC and (expected_size is None or size == expected_size)
+
+
+async def prepare_modules(kernel: KernelPackage, wanted: Iterable[str]) -> list[tuple[str, bytes]]:
+    """(module name, uncompressed .ko bytes) in load order."""
+    dep_file = kernel.modules_dir / "modules.dep"
+    if not dep_file.exists():
+        # Debian ships modules.dep generated at install time only, so generate it here.
+        if kernel.modules_dir.parent.parent.name == "usr" and not (kernel.root / "lib").exists():
+            (kernel.root / "lib").symlink_to("usr/lib")
+        await _proc.run([_proc.tool("depmod"), "-b", kernel.root, kernel.release], what="depmod")
+    dep_text = await asyncio.to_thread(dep_file.read_text)
+    builtin_file = kernel.modules_dir / "modules.builtin"
+    builtin = (await asyncio.to_thread(builtin_file.read_text)).split() if builtin_file.exists() else []
+    order = module_load_order(dep_text, wanted, builtin)
+    if any(p.endswith(".ko.zst") for p in order):
+        _proc.tool("zstd")
+    result: list[tuple[str, bytes]] = []
+    for rel in order:
+        result.append((module_name(rel), await _read_module(kernel.modules_dir / rel)))
+    return result
+
+
+async def _read_module(path: Path) -> bytes:
+    name = path.name
+    if name.endswith(".ko.zst"):
+        await _proc.run(
+            [_proc.tool("zstd"), "-d", "-q", "-f", path, "-o", path.with_suffix("")], what="zstd -d"
+        )
+        return await asyncio.to_thread(path.with_suffix("").read_bytes)
+    data = await asyncio.to_thread(path.read_bytes)
+    if name.endswith(".ko.xz"):
+        return await asyncio.to_thread(lzma.decompress, data)
+    if name.endswith(".ko.gz"):
+        return await asyncio.to_thread(gzip.decompress, data)
+    return data

@@ -1,0 +1,49 @@
+"""The hypervisor interface: small enough for a Firecracker or Cloud Hypervisor backend later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+Accel = Literal["kvm", "tcg"]
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    name: str
+    vcpus: int
+    ram_bytes: int
+    kernel: Path
+    initrd: Path
+    disk: Path
+    run_dir: Path
+    """Holds the sockets and QEMU's own log while the VM runs."""
+    console_log: Path
+    kernel_args: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+
+class VMProcess(Protocol):
+    spec: VMSpec
+    pid: int
+
+    async def pause(self) -> None: ...
+    async def resume(self) -> None: ...
+    async def wait(self) -> int:
+        """Wait until the VM process exits; return its exit status."""
+        ...
+
+    async def kill(self) -> None:
+        """Stop the VM now and reap its process. Safe to call more than once."""
+        ...
+
+
+class Hypervisor(Protocol):
+    name: str
+    accel: Accel
+
+    async def launch(self, spec: VMSpec) -> VMProcess: ...

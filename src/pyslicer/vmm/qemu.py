@@ -1,0 +1,154 @@
+"""QEMU microvm, controlled over QMP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import shutil
+import signal
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+from pyslicer.errors import HypervisorError
+from pyslicer.vmm.accel import host_tsc_khz
+from pyslicer.vmm.base import Accel, VMSpec
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A daemon killed with SIGKILL must not leave its guests running unowned.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
+    kernel_args = {
+        "console": "ttyS0",
+        "reboot": "t",
+        "panic": "-1",
+        "root": "/dev/vda",
+        "rw": "",
+        "quiet": "",
+        **({"tsc_early_khz": str(host_tsc_khz())} if accel == "tcg" else {}),
+        **spec.kernel_args,
+    }
+    append = " ".join(f"{key}={value}" if value else key for key, value in kernel_args.items())
+    run = spec.run_dir
+    return [
+        binary,
+        "-name", spec.name,
+        "-M", "microvm",
+        "-accel", "kvm" if accel == "kvm" else "tcg",
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-m", str(max(1, spec.ram_bytes // MIB)),
+        "-smp", str(spec.vcpus),
+        "-nodefaults", "-no-user-config", "-no-reboot", "-nographic",
+        "-serial", f"file:{spec.console_log}",
+        "-kernel", str(spec.kernel),
+        "-initrd", str(spec.initrd),
+        "-append", append,
+        "-drive", f"id=root,file={spec.disk},format=qcow2,if=none,discard=unmap",
+        "-device", "virtio-blk-device,drive=root",
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=agent0,path={spec.agent_socket},server=on,wait=off",
+        "-device", "virtserialport,chardev=agent0,name=agent",
+        "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
+    ]  # fmt: skip
+
+
+class QemuVM:
+    def __init__(self, spec: VMSpec, process: asyncio.subprocess.Process, qmp: QMPClient) -> None:
+        self.spec = spec
+        self.pid = process.pid
+        self._process = process
+        self._qmp = qmp
+
+    async def _execute(self, command: str) -> None:
+        try:
+            await self._qmp.execute(command)
+        except (QMPError, OSError) as exc:
+            raise HypervisorError(f"{self.spec.name}: QMP {command} failed: {exc}") from exc
+
+    async def pause(self) -> None:
+        await self._execute("stop")
+
+    async def resume(self) -> None:
+        await self._execute("cont")
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    async def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._qmp.disconnect(), 1)
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        await self._process.wait()
+
+
+class QemuHypervisor:
+    name = "qemu"
+
+    def __init__(self, accel: Accel, binary: str = "qemu-system-x86_64") -> None:
+        self.accel: Accel = accel
+        found = shutil.which(binary)
+        if found is None:
+            raise HypervisorError(f"{binary} not found: install the qemu-system-x86 package")
+        self.binary = found
+
+    async def launch(self, spec: VMSpec) -> QemuVM:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        command = build_command(self.binary, spec, self.accel)
+        log.debug("%s: %s", spec.name, " ".join(command))
+        qemu_log = (spec.run_dir / "qemu.log").open("wb")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=qemu_log,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise HypervisorError(f"{spec.name}: cannot start QEMU: {exc}") from exc
+        finally:
+            qemu_log.close()
+        qmp = QMPClient(spec.name)
+        try:
+            await self._connect_qmp(qmp, spec.run_dir / "qmp.sock", process)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
+        return QemuVM(spec, process, qmp)
+
+    async def _connect_qmp(self, qmp: QMPClient, path: Path, process: asyncio.subprocess.Process) -> None:
+        for _ in range(1000):
+            if process.returncode is not None:
+                break
+            if path.exists():
+                try:
+                    await qmp.connect(str(path))
+                    return
+                except (QMPError, OSError):
+                    pass
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        tail = _tail(path.parent / "qemu.log")
+        raise HypervisorError(f"QEMU did not start (exit {process.returncode}): {tail}")
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-size:].decode(errors="replace").strip()
+    except OSError:
+        return "no log"
