@@ -122,9 +122,9 @@ INVALID = [
     "00",
     "0.0",
     "-00",
-    "٣s",  # Arabic-Indic digit three: Go only takes ASCII digits
-    "１s",  # fullwidth digit one
-    "1ｓ",
+    "\u0663s",  # Arabic-Indic digit three: Go only takes ASCII digits
+    "\uff11s",  # fullwidth digit one
+    "1\uff53",  # fullwidth s
     "\x85\x85",
     "hello world",
     "\ufffd",
@@ -188,7 +188,9 @@ def test_error_messages_quote_the_input() -> None:
 def test_error_message_escapes_quotes_and_control_characters() -> None:
     with pytest.raises(BadRequest) as info:
         parse_go_duration('1"s')
-    assert info.value.message == 'invalid duration "1\\"s": unknown unit "\\"s" (expected one of ns, us, µs, ms, s, m, h)'
+    assert (
+        info.value.message == 'invalid duration "1\\"s": unknown unit "\\"s" (expected one of ns, us, µs, ms, s, m, h)'
+    )
     with pytest.raises(BadRequest) as info:
         parse_go_duration("1s\n")
     assert "\n" not in info.value.message

@@ -314,9 +314,7 @@ class HostGroupConfig(_Model):
         if value == SUPPORTED_STORAGE:
             return value
         if value in KNOWN_STORAGE:
-            raise _invalid(
-                "not_supported", f"{value!r} is not supported on this build (use {SUPPORTED_STORAGE})"
-            )
+            raise _invalid("not_supported", f"{value!r} is not supported on this build (use {SUPPORTED_STORAGE})")
         raise _invalid("storage", f"{value!r} is not a storage type; expected one of image, devmapper, zfs")
 
     @field_validator("storage_size", mode="before")
@@ -461,9 +459,7 @@ class SlicerConfig(_Model):
         if value == SUPPORTED_HYPERVISOR:
             return value
         if value in KNOWN_HYPERVISORS:
-            raise _invalid(
-                "not_supported", f"{value!r} is not supported on this build (use {SUPPORTED_HYPERVISOR})"
-            )
+            raise _invalid("not_supported", f"{value!r} is not supported on this build (use {SUPPORTED_HYPERVISOR})")
         raise _invalid(
             "hypervisor",
             f"{value!r} is not a hypervisor; expected one of firecracker, cloud-hypervisor, qemu",
@@ -483,8 +479,7 @@ class SlicerConfig(_Model):
             if group.name in seen_names:
                 raise _FieldError(
                     ("host_groups", index, "name"),
-                    f"duplicate host group name {group.name!r} "
-                    f"(also used by host_groups[{seen_names[group.name]}])",
+                    f"duplicate host group name {group.name!r} (also used by host_groups[{seen_names[group.name]}])",
                 )
             seen_names[group.name] = index
             tap = group.network.tap_prefix if group.network else None
@@ -537,9 +532,7 @@ class _StrictLoader(yaml.SafeLoader):
     """A SafeLoader that rejects duplicate keys, which PyYAML would otherwise let the last one win."""
 
 
-def _construct_mapping(
-    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
-) -> dict[Hashable, Any]:
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
     seen: set[Hashable] = set()
     for key_node, _ in node.value:
         # Merge keys (<<) may be overridden by explicit keys; only repeated explicit keys are errors.
@@ -571,9 +564,7 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> ConfigError:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         if mark is not None:
-            return ConfigError(
-                f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-            )
+            return ConfigError(f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}")
         return ConfigError(f"{source}: invalid YAML: {problem}")
     return ConfigError(f"{source}: invalid YAML: {exc}")
 
@@ -593,9 +584,7 @@ def parse_config(text: str, *, source: str, base_dir: Path) -> SlicerConfig:
     if document is None:
         raise ConfigError(f"{source}: the file is empty; expected a mapping with a top-level 'config:' key")
     if not isinstance(document, dict):
-        raise ConfigError(
-            f"{source}: the top level must be a mapping with a 'config:' key, not {_yaml_type(document)}"
-        )
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'config:' key, not {_yaml_type(document)}")
     if "config" not in document:
         raise ConfigError(f"{source}: missing the top-level 'config:' key (everything goes under config:)")
     body = document["config"]

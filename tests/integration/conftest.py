@@ -1,0 +1,187 @@
+"""Fixtures that start the real daemon (`slicer up`) on a temporary data dir and boot real guests.
+
+The guest image is built once per machine into a cache dir (rebuilt only when its inputs change) and
+shared by every daemon through a symlink, so the suite boots VMs, not images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pyslicer.image import ensure_image
+
+IMAGE_CACHE = Path(os.environ.get("PYSLICER_TEST_IMAGE_CACHE", "/var/tmp/pyslicer-test-images"))
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests boot VMs and must run as root")
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    asyncio.run(ensure_image(IMAGE_CACHE, progress=lambda line: print(line, flush=True)))
+    return IMAGE_CACHE / "images"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def child_pids(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        for child in map(int, children):
+            found |= {child} | child_pids(child)
+    return found
+
+
+@dataclass
+class RunningDaemon:
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    url: str
+    token: str
+    log_path: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def qemu_pids(self) -> set[int]:
+        pids = set()
+        for pid in child_pids(self.process.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().startswith("qemu-system"):
+                    pids.add(pid)
+            except OSError:
+                pass
+        return pids
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+CONFIG = """
+config:
+  host_groups:
+  - name: svc
+    count: 1
+    vcpu: 1
+    ram_mb: 384
+    storage_size: 2G
+    userdata: |
+      echo service-userdata > /var/tmp/from-userdata
+  - name: sbox
+    count: 0
+    vcpu: 2
+    ram_mb: 512
+    storage_size: 3G
+    persistent: false
+  hypervisor: qemu
+  accel: auto
+  api:
+    bind_address: 127.0.0.1
+    port: {port}
+    auth:
+      enabled: true
+"""
+
+
+def start_daemon(tmp: Path, images: Path) -> RunningDaemon:
+    data_dir = tmp / "data"
+    data_dir.mkdir(parents=True)
+    (data_dir / "images").symlink_to(images)
+    port = free_port()
+    config = tmp / "slicer.yaml"
+    config.write_text(CONFIG.format(port=port))
+    log_path = tmp / "daemon.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyslicer.cli.main", "up", str(config), "--data-dir", str(data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"daemon exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"daemon did not answer:\n{log_path.read_text()}")
+    token = (data_dir / "auth" / "token").read_text().strip()
+    return RunningDaemon(process, data_dir, url, token, log_path)
+
+
+def stop_daemon(daemon: RunningDaemon) -> None:
+    pids = daemon.qemu_pids()
+    if daemon.process.poll() is None:
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            daemon.process.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.process.kill()
+            daemon.process.wait()
+    for pid in pids:  # only ours, by PID, and only if the daemon failed to stop them
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def daemon(guest_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    running = start_daemon(tmp_path_factory.mktemp("daemon"), guest_image)
+    try:
+        yield running
+    finally:
+        stop_daemon(running)
+
+
+@pytest.fixture(scope="session")
+def api(daemon: RunningDaemon) -> Iterator[httpx.Client]:
+    with daemon.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def sandbox(api: httpx.Client) -> Iterator[str]:
+    """One sandbox shared by the checks that only read or run commands."""
+    response = api.post(
+        "/hostgroup/sbox/nodes?wait=userdata&timeout=3m",
+        json={"userdata": "echo hello-userdata > /var/tmp/userdata-out\n", "tags": ["shared", "team-a"]},
+    )
+    assert response.status_code in (200, 201), response.text
+    hostname: str = response.json()["hostname"]
+    try:
+        yield hostname
+    finally:
+        api.delete(f"/hostgroup/sbox/nodes/{hostname}")

@@ -1,0 +1,89 @@
+"""Create timeouts, a QEMU that dies, an agent that cannot answer, delete, and daemon shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.conftest import RunningDaemon, start_daemon, stop_daemon
+from tests.integration.helpers import assert_error, exec_buffered, wait_for_agent
+
+
+def node_names(api: httpx.Client) -> set[str]:
+    return {n["hostname"] for n in api.get("/nodes").json()}
+
+
+def test_wait_timeout_is_408_and_removes_the_vm(daemon: RunningDaemon, api: httpx.Client) -> None:
+    before_nodes, before_qemu = node_names(api), daemon.qemu_pids()
+    response = api.post("/hostgroup/sbox/nodes?wait=agent&timeout=10ms", json={"cpus": 1})
+    assert_error(response, 408, "timed out")
+    assert node_names(api) == before_nodes
+    assert daemon.qemu_pids() == before_qemu
+    assert {p.stem for p in (daemon.data_dir / "disks").glob("*.qcow2")} == {
+        n for n in before_nodes if (daemon.data_dir / "disks" / f"{n}.qcow2").exists()
+    }
+
+
+def test_agent_unreachable_dead_qemu_and_delete(daemon: RunningDaemon, api: httpx.Client) -> None:
+    created = api.post("/hostgroup/sbox/nodes", json={"cpus": 1, "ram_bytes": 256 * 1024**2})
+    assert created.status_code == 201, created.text
+    hostname = created.json()["hostname"]
+    disk = daemon.data_dir / "disks" / f"{hostname}.qcow2"
+    assert disk.exists()
+    # Straight after create the guest is still booting: the agent cannot answer yet.
+    assert_error(api.post(f"/vm/{hostname}/exec", params={"cmd": "true"}), 503)
+    wait_for_agent(api, hostname)
+    assert exec_buffered(api, hostname, "true")["exit_code"] == 0
+
+    # An agent that stops answering gives 503, and the node stays listed.
+    exec_buffered(api, hostname, "/bin/sh", "-c", "(sleep 0.5; kill -STOP $PPID) >/dev/null 2>&1 &")
+    time.sleep(1.5)
+    assert_error(api.get(f"/vm/{hostname}/health"), 503)
+    assert hostname in node_names(api)
+
+    # A QEMU that dies: the node shows Stopped, its run files go, its disk stays until delete.
+    new_pids = daemon.qemu_pids()
+    victim = next(pid for pid in new_pids if hostname in Path(f"/proc/{pid}/cmdline").read_text())
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = next(n["status"] for n in api.get("/nodes").json() if n["hostname"] == hostname)
+        if status == "Stopped":
+            break
+        time.sleep(0.1)
+    assert status == "Stopped"
+    assert_error(api.post(f"/vm/{hostname}/exec", params={"cmd": "true"}), 409, "stopped")
+    assert victim not in daemon.qemu_pids()
+
+    deleted = api.delete(f"/hostgroup/sbox/nodes/{hostname}")
+    assert deleted.json() == {"message": "Node deleted", "disk_removed": "true"}
+    assert hostname not in node_names(api)
+    assert not disk.exists()
+    assert_error(api.get(f"/vm/{hostname}/health"), 404)
+
+
+def test_daemon_stop_removes_sandboxes_and_keeps_services(
+    guest_image: Path, tmp_path: Path
+) -> None:
+    second = start_daemon(tmp_path, guest_image)
+    try:
+        with second.client() as api:
+            created = api.post("/hostgroup/sbox/nodes?wait=agent", json={})
+            assert created.status_code == 201, created.text
+            hostname = created.json()["hostname"]
+            assert len(second.qemu_pids()) == 2
+            qemu_pids = second.qemu_pids()
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(60) == 0
+    finally:
+        stop_daemon(second)
+    for pid in qemu_pids:
+        assert not Path(f"/proc/{pid}").exists() or "qemu" not in Path(f"/proc/{pid}/comm").read_text()
+    disks = {p.name for p in (second.data_dir / "disks").iterdir()}
+    assert disks == {"svc-1.qcow2"}, "the sandbox disk goes, the persistent service disk stays"
+    assert not list((second.data_dir / "run").rglob("*.sock"))
+    assert f"{hostname}.log" not in {p.name for p in (second.data_dir / "logs").iterdir()}
