@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -21,7 +23,27 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The daemon owns SIGINT/SIGTERM: uvicorn would re-raise them after serving, killing the
+        # process before the VMs are stopped and the sandboxes' disks removed.
+        yield
+
+
 async def run(config: SlicerConfig, data_dir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    server: _Server | None = None
+
+    def on_signal() -> None:
+        if server is not None:
+            server.should_exit = True
+        elif main is not None:
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     daemon = Daemon(config, data_dir, progress=say)
     try:
         await daemon.start()
@@ -48,7 +70,10 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
             say(f"pyslicer API on http://{api.bind_address}:{api.port} ({auth})")
         for node in daemon.nodes.values():
             say(f"vm {node.hostname}: booting, serial log {node.spec.console_log}")
-        await uvicorn.Server(server_config).serve()
+        server = _Server(server_config)
+        await server.serve()
+    except asyncio.CancelledError:
+        say("pyslicer: interrupted")
     finally:
         say("pyslicer: stopping VMs")
         await daemon.stop()

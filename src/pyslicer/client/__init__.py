@@ -2,7 +2,6 @@
 
 from ._async import AsyncSlicerClient
 from ._base import DEFAULT_TIMEOUT, DEFAULT_URL, is_unix_socket
-from ._duration import format_duration, parse_duration
 from ._sync import SlicerClient
 from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
 from .models import (
@@ -37,7 +36,5 @@ __all__ = [
     "SlicerConnectionError",
     "SlicerResponseError",
     "SlicerTimeoutError",
-    "format_duration",
     "is_unix_socket",
-    "parse_duration",
 ]

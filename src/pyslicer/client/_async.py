@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Literal, TypeVar, cast
 
@@ -266,7 +266,7 @@ class AsyncSlicerClient(BaseClient):
         shell: str | None = None,
         stdin: AsyncStdin | None = None,
         base64: bool = False,
-    ) -> AsyncIterator[ExecFrame]:
+    ) -> AsyncGenerator[ExecFrame, None]:
         """Like ``SlicerClient.exec``; a blocking sync ``stdin`` iterable is read on a helper thread."""
         params = exec_params(
             cmd,

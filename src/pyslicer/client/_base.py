@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pyslicer import __version__
+from pyslicer.durations import format_go_duration
 from pyslicer.errors import (
     BadRequest,
     ConfigError,
@@ -36,7 +37,6 @@ from pyslicer.errors import (
     Unavailable,
 )
 
-from ._duration import format_duration
 from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
 from .models import (
     AgentHealth,
@@ -62,7 +62,18 @@ EnvArg = Mapping[str, str] | Sequence[str] | None
 
 _STATUS_CODES = {
     cls.status: cls.code
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Timeout, Conflict, Gone, NotSupported, Unavailable)
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Timeout,
+        Conflict,
+        Gone,
+        SlicerError,
+        NotSupported,
+        Unavailable,
+    )
 }
 # Statuses that mean "this VM will never become ready by waiting"; anything else is worth polling through.
 _FATAL_READY_STATUSES = frozenset({401, 403, 404})
@@ -278,7 +289,7 @@ def create_node_call(
     if wait:
         params.append(("wait", wait))
     if timeout is not None:
-        params.append(("timeout", timeout if isinstance(timeout, str) else format_duration(timeout)))
+        params.append(("timeout", timeout if isinstance(timeout, str) else format_go_duration(timeout)))
     return Call(
         "POST",
         f"/hostgroup/{seg(group)}/nodes",
@@ -612,7 +623,9 @@ class ReadyPoll:
         if remaining <= 0:
             detail = f" ({self.last})" if self.last else ""
             what = "agent and userdata" if self.userdata else "agent"
-            raise SlicerTimeoutError(f"{self.hostname}: {what} not ready after {format_duration(self.timeout)}{detail}")
+            raise SlicerTimeoutError(
+                f"{self.hostname}: {what} not ready after {format_go_duration(self.timeout)}{detail}"
+            )
         delay = min(self.interval, remaining)
         self.interval = min(self.interval * 2, self.max_interval)
         return delay

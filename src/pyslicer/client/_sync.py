@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Literal, TypeVar, cast
 
@@ -235,7 +235,7 @@ class SlicerClient(BaseClient):
         shell: str | None = None,
         stdin: Stdin | None = None,
         base64: bool = False,
-    ) -> Iterator[ExecFrame]:
+    ) -> Generator[ExecFrame, None, None]:
         """Run a command and stream its frames as they arrive.
 
         ``stdin`` (bytes, an iterable of chunks, or a binary file) is streamed as the request body while
@@ -262,7 +262,7 @@ class SlicerClient(BaseClient):
 
     def _frames(
         self, http: httpx.Client, call: Call[None], content: bytes | Iterator[bytes] | None
-    ) -> Iterator[ExecFrame]:
+    ) -> Generator[ExecFrame, None, None]:
         request = self._build(http, call, content)
         try:
             response = http.send(request, stream=True)

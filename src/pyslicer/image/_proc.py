@@ -42,8 +42,7 @@ def tool(name: str) -> str:
     if found is None:
         package = TOOL_PACKAGES.get(name, name)
         raise ImageError(
-            f"image: the tool {name!r} is missing; install the Debian package {package!r} "
-            f"(apt-get install {package})"
+            f"image: the tool {name!r} is missing; install the Debian package {package!r} (apt-get install {package})"
         )
     return found
 

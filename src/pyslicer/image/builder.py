@@ -85,9 +85,7 @@ def _read_local_inputs() -> tuple[bytes, bytes, dict[str, rootfs.RootfsFile]]:
     if not BUSYBOX.is_file():
         raise ImageError(f"image: {BUSYBOX} is missing; install the Debian package 'busybox-static'")
     if not rootfs.is_static_elf(BUSYBOX):
-        raise ImageError(
-            f"image: {BUSYBOX} is not statically linked; install the Debian package 'busybox-static'"
-        )
+        raise ImageError(f"image: {BUSYBOX} is not statically linked; install the Debian package 'busybox-static'")
     busybox = BUSYBOX.read_bytes()
     init_script = (GUEST_DIR / "init").read_bytes()
     files: dict[str, rootfs.RootfsFile] = {}
@@ -105,8 +103,8 @@ def _read_local_inputs() -> tuple[bytes, bytes, dict[str, rootfs.RootfsFile]]:
     return init_script, busybox, files
 
 
-async def _plan(progress: Callable[[str], None]) -> _Plan:
-    package, version = await kernel.resolve_kernel_package(progress)
+async def _plan(progress: Callable[[str], None], cache: Path) -> _Plan:
+    package, version = await kernel.resolve_kernel_package(progress, cache / "kernel-package.json")
     mirror = await asyncio.to_thread(rootfs.host_mirror)
     init_script, busybox, files = await asyncio.to_thread(_read_local_inputs)
     inputs: dict[str, Any] = {
@@ -162,9 +160,7 @@ async def _build_lock(path: Path, progress: Callable[[str], None]) -> AsyncItera
         os.close(fd)
 
 
-async def ensure_image(
-    data_dir: Path, *, progress: Callable[[str], None] = print, force: bool = False
-) -> GuestImage:
+async def ensure_image(data_dir: Path, *, progress: Callable[[str], None] = print, force: bool = False) -> GuestImage:
     """Return the guest image under `image_dir(data_dir)`, building it first if missing or stale."""
     started = time.monotonic()
     target = image_dir(data_dir)
@@ -174,7 +170,7 @@ async def ensure_image(
     existing = await asyncio.to_thread(manifest.load, target)
     usable = existing is not None and await asyncio.to_thread(manifest.outputs_present, target, existing)
     try:
-        plan = await _plan(progress)
+        plan = await _plan(progress, images / "cache")
     except ImageError as exc:
         if existing is not None and usable and not force:
             progress(f"image: cannot check whether the image is current ({exc}); using the existing one")

@@ -43,9 +43,7 @@ def newc_archive(entries: Iterable[CpioEntry]) -> bytes:
     return bytes(out)
 
 
-def initramfs_entries(
-    init_script: bytes, busybox: bytes, modules: Sequence[tuple[str, bytes]]
-) -> list[CpioEntry]:
+def initramfs_entries(init_script: bytes, busybox: bytes, modules: Sequence[tuple[str, bytes]]) -> list[CpioEntry]:
     d = stat.S_IFDIR | 0o755
     entries = [CpioEntry(p, d) for p in ("bin", "dev", "etc", "lib", "lib/modules", "newroot", "proc", "sys")]
     # The kernel opens /dev/console for /init's stdio before devtmpfs is mounted.

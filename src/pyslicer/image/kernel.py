@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import hashlib
+import json
 import lzma
+import os
 import re
+import stat
 import struct
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +27,7 @@ LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 ELF_MAGIC = b"\x7fELF"
 
-_APT_TTL = 600.0
-_apt_answer: dict[str, tuple[float, tuple[str, str]]] = {}
+_apt_answer: dict[str, tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -112,48 +115,94 @@ def module_load_order(modules_dep: str, wanted: Iterable[str], builtin: Iterable
     return order
 
 
-async def resolve_kernel_package(progress: Callable[[str], None]) -> tuple[str, str]:
-    """(package, version) of the current Debian cloud kernel, e.g. linux-image-6.1.0-57-cloud-amd64."""
-    cached = _apt_answer.get(KERNEL_META_PACKAGE)
-    if cached is not None and time.monotonic() - cached[0] < _APT_TTL:
-        return cached[1]
+def apt_state_signature() -> str:
+    """Changes whenever apt's answer could: package lists, sources or pinning."""
+    h = hashlib.sha256()
+    paths: list[Path] = [Path("/etc/apt/sources.list"), Path("/etc/apt/preferences")]
+    for folder in ("/var/lib/apt/lists", "/etc/apt/sources.list.d", "/etc/apt/preferences.d"):
+        with contextlib.suppress(OSError):
+            paths += sorted(Path(folder).iterdir())
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            if stat.S_ISREG(st.st_mode):
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+async def resolve_kernel_package(progress: Callable[[str], None], cache_file: Path | None = None) -> tuple[str, str]:
+    """(package, version) of the current Debian cloud kernel, e.g. linux-image-6.1.0-57-cloud-amd64.
+
+    apt-cache takes over a second per call on hosts without pkgcache.bin, so answers are cached in
+    memory and in `cache_file`, keyed on the state of apt's lists.
+    """
+    signature = await asyncio.to_thread(apt_state_signature)
+    if signature in _apt_answer:
+        return _apt_answer[signature]
+    if cache_file is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads(await asyncio.to_thread(cache_file.read_text))
+            if saved["signature"] == signature:
+                remembered = (str(saved["package"]), str(saved["version"]))
+                _apt_answer[signature] = remembered
+                return remembered
     answer = await _query_apt()
     if answer is None:
         progress("image: apt knows no kernel packages yet; running apt-get update")
         await _proc.run([_proc.tool("apt-get"), "-q", "update"], what="apt-get update")
+        signature = await asyncio.to_thread(apt_state_signature)
         answer = await _query_apt()
     if answer is None:
         raise ImageError(
             f"image: apt-cache cannot resolve {KERNEL_META_PACKAGE}; is a Debian bookworm main "
             "repository configured in /etc/apt/sources.list*?"
         )
-    _apt_answer[KERNEL_META_PACKAGE] = (time.monotonic(), answer)
+    _apt_answer[signature] = answer
+    if cache_file is not None:
+        record = {"signature": signature, "package": answer[0], "version": answer[1]}
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(_write_atomic, cache_file, json.dumps(record) + "\n")
     return answer
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def parse_kernel_depends(show_output: str) -> tuple[str, str | None] | None:
+    """(kernel package, pinned version or None) from `apt-cache show` of the meta package."""
+    depends = re.search(r"^Depends:\s*(.*)$", show_output, re.MULTILINE)
+    if depends is None:
+        return None
+    for alternative in re.split(r"[,|]", depends.group(1)):
+        match = re.match(r"\s*(linux-image-[^\s(]+)\s*(?:\(\s*=\s*([^\s)]+)\s*\))?", alternative)
+        if match is not None:
+            return match.group(1), match.group(2)
+    return None
 
 
 async def _query_apt() -> tuple[str, str] | None:
     apt_cache = _proc.tool("apt-cache")
     code, out = await _proc.run(
-        [apt_cache, "depends", KERNEL_META_PACKAGE], what="apt-cache depends", check=False
+        [apt_cache, "show", "--no-all-versions", KERNEL_META_PACKAGE], what="apt-cache show", check=False
     )
-    if code != 0:
+    parsed = parse_kernel_depends(out) if code == 0 else None
+    if parsed is None:
         return None
-    match = re.search(r"^\s*\|?Depends:\s*(linux-image-[^\s<>]+)\s*$", out, re.MULTILINE)
-    if match is None:
+    package, version = parsed
+    if version is not None:
+        return package, version
+    code, out = await _proc.run([apt_cache, "show", "--no-all-versions", package], what="apt-cache show", check=False)
+    found = re.search(r"^Version:\s*(\S+)", out, re.MULTILINE)
+    if code != 0 or found is None:
         return None
-    package = match.group(1)
-    code, out = await _proc.run(
-        [apt_cache, "show", "--no-all-versions", package], what="apt-cache show", check=False
-    )
-    version = re.search(r"^Version:\s*(\S+)", out, re.MULTILINE)
-    if code != 0 or version is None:
-        return None
-    return package, version.group(1)
+    return package, found.group(1)
 
 
-async def fetch_kernel(
-    work: Path, package: str, version: str, progress: Callable[[str], None]
-) -> KernelPackage:
+async def fetch_kernel(work: Path, package: str, version: str, progress: Callable[[str], None]) -> KernelPackage:
     """apt-get download + dpkg-deb -x into `work`; never installs anything into the host."""
     progress(f"image: downloading kernel {package} ({version})")
     download = work / "deb"
@@ -236,9 +285,7 @@ async def prepare_modules(kernel: KernelPackage, wanted: Iterable[str]) -> list[
 async def _read_module(path: Path) -> bytes:
     name = path.name
     if name.endswith(".ko.zst"):
-        await _proc.run(
-            [_proc.tool("zstd"), "-d", "-q", "-f", path, "-o", path.with_suffix("")], what="zstd -d"
-        )
+        await _proc.run([_proc.tool("zstd"), "-d", "-q", "-f", path, "-o", path.with_suffix("")], what="zstd -d")
         return await asyncio.to_thread(path.with_suffix("").read_bytes)
     data = await asyncio.to_thread(path.read_bytes)
     if name.endswith(".ko.xz"):

@@ -66,10 +66,7 @@ def apt_mirror(sources: Iterable[tuple[str, str]], suite: str = SUITE) -> str | 
             for stanza in _deb822_stanzas(text):
                 if stanza.get("enabled", "yes").lower() == "no":
                     continue
-                if (
-                    "deb" not in stanza.get("types", "").split()
-                    or suite not in stanza.get("suites", "").split()
-                ):
+                if "deb" not in stanza.get("types", "").split() or suite not in stanza.get("suites", "").split():
                     continue
                 for uri in stanza.get("uris", "").split():
                     if re.match(r"^(https?|ftp|file):", uri):
@@ -154,9 +151,7 @@ def debootstrap_key(mirror: str) -> dict[str, object]:
     return {"suite": SUITE, "variant": VARIANT, "include": list(INCLUDE), "arch": ARCH, "mirror": mirror}
 
 
-async def debootstrap_tree(
-    cache: Path, mirror: str, progress: Callable[[str], None], *, force: bool = False
-) -> Path:
+async def debootstrap_tree(cache: Path, mirror: str, progress: Callable[[str], None], *, force: bool = False) -> Path:
     """A debootstrap'd tree for the current inputs, built once and reused until they change."""
     key = debootstrap_key(mirror)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -264,6 +259,11 @@ async def build_rootfs(
         for item in files.values():
             _write_file(staging, item)
         (staging / "var/lib/slicer").mkdir(parents=True, exist_ok=True)
+        # debootstrap leaves its .debs and package lists behind (~90 MB); a guest has no use for them.
+        for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*"):
+            for path in staging.glob(pattern):
+                if path.is_file() and path.name != "lock":
+                    path.unlink()
 
     await asyncio.to_thread(overlay)
     # Byte-compile with the guest's own python3 (3.11.2): the host's may be another version.

@@ -1,0 +1,1 @@
+"""The ``slicer`` command line (``pyslicer.cli.main:main``)."""

@@ -1,0 +1,805 @@
+"""Unit tests of pyslicer.client: request building, parsing and error mapping on httpx.MockTransport,
+plus the full-duplex exec transports against a tiny ASGI server under uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from pyslicer.client import (
+    AgentHealth,
+    AsyncSlicerClient,
+    ExecFrame,
+    SlicerAPIError,
+    SlicerClient,
+    SlicerConnectionError,
+    SlicerResponseError,
+    SlicerTimeoutError,
+    is_unix_socket,
+)
+from pyslicer.errors import ConfigError, SlicerError
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SLICER_URL", "SLICER_TOKEN", "SLICER_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class Recorder:
+    """A MockTransport handler that answers from a route table and keeps every request."""
+
+    def __init__(self, routes: dict[tuple[str, str], Any] | None = None) -> None:
+        self.routes = routes or {}
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        key = (request.method, request.url.path)
+        if key not in self.routes:
+            return httpx.Response(404, json={"error": f"no route {request.url.path}", "code": "not_found"})
+        answer = self.routes[key]
+        if callable(answer):
+            result: httpx.Response = answer(request)
+            return result
+        if isinstance(answer, httpx.Response):
+            return answer
+        return httpx.Response(200, json=answer)
+
+    @property
+    def last(self) -> httpx.Request:
+        return self.requests[-1]
+
+
+def client_for(handler: Handler, **kwargs: Any) -> SlicerClient:
+    return SlicerClient(url="http://slicer.test", transport=httpx.MockTransport(handler), **kwargs)
+
+
+def async_client_for(handler: Handler, **kwargs: Any) -> AsyncSlicerClient:
+    return AsyncSlicerClient(url="http://slicer.test", transport=httpx.MockTransport(handler), **kwargs)
+
+
+def ndjson(*frames: dict[str, Any]) -> httpx.Response:
+    body = "".join(json.dumps(frame) + "\n" for frame in frames).encode()
+    return httpx.Response(200, content=body, headers={"content-type": "application/x-ndjson"})
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "uds"),
+    [
+        ("/run/slicer/api.sock", "/run/slicer/api.sock"),
+        ("./slicer.sock", "./slicer.sock"),
+        ("../x/api", "../x/api"),
+        ("unix:///var/run/slicer", "/var/run/slicer"),
+        ("slicer.sock", "slicer.sock"),
+    ],
+)
+def test_unix_socket_urls(url: str, uds: str) -> None:
+    assert is_unix_socket(url)
+    client = SlicerClient(url=url)
+    assert client.socket_path == uds
+    assert client.base_url == "http://localhost"
+    assert client.url == url
+
+
+def test_home_socket_is_expanded() -> None:
+    client = SlicerClient(url="~/slicer/api.sock")
+    assert client.socket_path == os.path.expanduser("~/slicer/api.sock")
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("http://10.0.0.2:8080", "http://10.0.0.2:8080"),
+        ("https://slicer.example.com/", "https://slicer.example.com"),
+        ("127.0.0.1:9000", "http://127.0.0.1:9000"),
+    ],
+)
+def test_tcp_urls(url: str, base: str) -> None:
+    assert not is_unix_socket(url)
+    client = SlicerClient(url=url)
+    assert client.socket_path is None
+    assert client.base_url == base
+
+
+def test_url_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SlicerClient().base_url == "http://127.0.0.1:8080"
+    monkeypatch.setenv("SLICER_URL", "/tmp/env.sock")
+    assert SlicerClient().socket_path == "/tmp/env.sock"
+    assert SlicerClient(url="http://h:1").base_url == "http://h:1"
+
+
+@pytest.mark.parametrize("url", ["ftp://host", "http://", "unix://"])
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(ConfigError):
+        SlicerClient(url=url)
+
+
+def auth_header(client_kwargs: dict[str, Any]) -> str | None:
+    recorder = Recorder({("GET", "/info"): {"version": "1"}})
+    with client_for(recorder, **client_kwargs) as client:
+        client.info()
+    value: str | None = recorder.last.headers.get("authorization")
+    return value
+
+
+def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert auth_header({}) is None
+    assert auth_header({"token": "abc"}) == "Bearer abc"
+    assert auth_header({"token_file": str(token_file)}) == "Bearer from-file"
+    monkeypatch.setenv("SLICER_TOKEN_FILE", str(token_file))
+    assert auth_header({}) == "Bearer from-file"
+    monkeypatch.setenv("SLICER_TOKEN", "from-env")
+    assert auth_header({}) == "Bearer from-env"
+    # explicit arguments beat the environment
+    assert auth_header({"token": "explicit"}) == "Bearer explicit"
+    assert auth_header({"token_file": str(token_file)}) == "Bearer from-file"
+
+
+def test_token_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read token file"):
+        SlicerClient(token_file=str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.write_text("  \n")
+    with pytest.raises(ConfigError, match="is empty"):
+        SlicerClient(token_file=str(empty))
+
+
+# -- requests and responses ------------------------------------------------------------------------
+
+
+NODE = {
+    "hostname": "vm-1",
+    "hostgroup": "vm",
+    "ip": "192.168.137.2",
+    "ram_bytes": 4294967296,
+    "cpus": 2,
+    "created_at": "2025-09-02T08:32:37.667253315+01:00",
+    "arch": "x86_64",
+    "status": "Running",
+    "tags": ["a"],
+    "future_field": 1,
+}
+
+
+def test_info_healthz_metrics() -> None:
+    recorder = Recorder(
+        {
+            ("GET", "/info"): {"version": "0.1.0", "git_commit": "abc", "platform": "linux", "arch": "amd64"},
+            ("GET", "/healthz"): {"status": "ok"},
+            ("GET", "/metrics"): httpx.Response(200, text="slicer_vm_running 1\n"),
+        }
+    )
+    client = client_for(recorder)
+    info = client.info()
+    assert (info.version, info.git_commit, info.platform, info.arch) == ("0.1.0", "abc", "linux", "amd64")
+    assert client.healthz() == "ok"
+    assert client.metrics() == "slicer_vm_running 1\n"
+    assert recorder.last.headers["user-agent"].startswith("pyslicer/")
+
+    recorder.routes[("GET", "/healthz")] = httpx.Response(200, text="OK")
+    assert client.healthz() == "ok"
+
+
+def test_node_lists() -> None:
+    recorder = Recorder({("GET", "/nodes"): [NODE], ("GET", "/hostgroup/my group/nodes"): None})
+    client = client_for(recorder)
+    [node] = client.nodes()
+    assert node.hostname == "vm-1" and node.hostgroup == "vm" and node.cpus == 2 and node.tags == ["a"]
+    assert node.created_at is not None and node.created_at.microsecond == 667253
+    assert node.model_dump()["future_field"] == 1  # unknown fields survive
+    assert recorder.last.url.query == b""
+
+    client.nodes(tag="env=prod")
+    assert recorder.last.url.params.multi_items() == [("tag", "env=prod")]
+    client.nodes(tag_prefix="env=")
+    assert recorder.last.url.params.multi_items() == [("tag_prefix", "env=")]
+
+    assert client.group_nodes("my group", tag="x") == []  # a Go nil slice arrives as null
+    assert recorder.last.url.raw_path == b"/hostgroup/my%20group/nodes?tag=x"
+
+
+def test_host_groups() -> None:
+    recorder = Recorder(
+        {("GET", "/hostgroup"): [{"name": "vm", "count": 1, "ram_bytes": 1 << 30, "cpus": 2, "arch": "x86_64"}]}
+    )
+    [group] = client_for(recorder).host_groups()
+    assert (group.name, group.count, group.ram_bytes, group.cpus, group.gpu_count) == ("vm", 1, 1 << 30, 2, 0)
+
+
+def test_create_node() -> None:
+    created = {"hostname": "vm-2", "ip": "192.168.137.3/24", "created_at": "2025-01-01T00:00:00Z"}
+    recorder = Recorder({("POST", "/hostgroup/vm/nodes"): httpx.Response(201, json=created)})
+    client = client_for(recorder)
+    node = client.create_node("vm", cpus=1, ram_bytes=1 << 30, tags=["t1", "t2"], userdata="echo hi")
+    assert node.hostname == "vm-2" and node.ip == "192.168.137.3/24"
+    request = recorder.last
+    assert request.url.query == b""
+    assert json.loads(request.content) == {"cpus": 1, "ram_bytes": 1 << 30, "tags": ["t1", "t2"], "userdata": "echo hi"}
+    assert request.headers["content-type"] == "application/json"
+
+    client.create_node("vm", wait="agent", timeout="30s", persistent=False)
+    assert recorder.last.url.params.multi_items() == [("wait", "agent"), ("timeout", "30s")]
+    assert json.loads(recorder.last.content) == {"persistent": False}
+    client.create_node("vm", wait="userdata", timeout=90)
+    assert recorder.last.url.params.multi_items() == [("wait", "userdata"), ("timeout", "1m30s")]
+    assert recorder.last.extensions["timeout"]["read"] is None  # the server holds the answer while it waits
+
+    with pytest.raises(ValueError):
+        client.create_node("vm", wait="nope")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        client.create_node("vm", tags="oops")
+
+
+def test_delete_logs_health() -> None:
+    recorder = Recorder(
+        {
+            ("DELETE", "/hostgroup/vm/nodes/vm-1"): {"message": "Node deleted", "disk_removed": "true"},
+            ("GET", "/vm/vm-1/logs"): {"hostname": "vm-1", "lines": 2, "content": "a\nb\n"},
+            ("GET", "/vm/vm-1/health"): {
+                "hostname": "vm-1",
+                "agent_uptime": 2_500_000_000,
+                "agent_version": "0.1.0",
+                "system_uptime": 3_000_000_000,
+                "userdata_ran": True,
+                "userdata_exit_code": 0,
+            },
+        }
+    )
+    client = client_for(recorder)
+    assert client.delete_node("vm", "vm-1").message == "Node deleted"
+    logs = client.logs("vm-1")
+    assert logs.content == "a\nb\n" and recorder.last.url.query == b""
+    client.logs("vm-1", lines=0)
+    assert recorder.last.url.params.multi_items() == [("lines", "0")]
+    health = client.health("vm-1")
+    assert health.agent_up and health.agent_uptime_seconds == 2.5 and health.userdata_ran
+
+
+def test_is_ready() -> None:
+    status = {"code": 200}
+
+    def head(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status["code"])
+
+    recorder = Recorder({("HEAD", "/vm/vm-1/health"): head})
+    client = client_for(recorder)
+    assert client.is_ready("vm-1") is True
+    assert recorder.last.method == "HEAD"
+    status["code"] = 503
+    assert client.is_ready("vm-1") is False
+    status["code"] = 404
+    with pytest.raises(SlicerAPIError) as info:
+        client.is_ready("vm-1")
+    assert info.value.status == 404
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def test_json_error_mapping() -> None:
+    recorder = Recorder(
+        {("GET", "/vm/vm-9/health"): httpx.Response(404, json={"error": "vm-9 not found", "code": "not_found"})}
+    )
+    with pytest.raises(SlicerAPIError) as info:
+        client_for(recorder).health("vm-9")
+    error = info.value
+    assert isinstance(error, SlicerError)
+    assert (error.status, error.code, error.message, str(error)) == (
+        404,
+        "not_found",
+        "vm-9 not found",
+        "vm-9 not found",
+    )
+    assert error.method == "GET" and error.url == "http://slicer.test/vm/vm-9/health"
+
+
+@pytest.mark.parametrize(
+    ("response", "code", "message"),
+    [
+        (httpx.Response(409, json={"error": "vm is paused"}), "conflict", "vm is paused"),
+        (httpx.Response(500, text="boom\n"), "internal_error", "boom"),
+        (httpx.Response(502), "http_error", "HTTP 502 Bad Gateway"),
+        (httpx.Response(401, json={"message": "nope"}), "unauthorized", '{"message":"nope"}'),
+    ],
+)
+def test_error_fallbacks(response: httpx.Response, code: str, message: str) -> None:
+    with pytest.raises(SlicerAPIError) as info:
+        client_for(Recorder({("GET", "/info"): response})).info()
+    assert info.value.code == code
+    assert info.value.message == message
+
+
+def test_connection_errors() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    with pytest.raises(SlicerConnectionError, match=r"cannot reach slicer at http://slicer.test: .*refused"):
+        client_for(refuse).info()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(SlicerConnectionError, match="did not answer in time"):
+        client_for(slow).nodes()
+
+
+def test_real_connection_failure(tmp_path: Path) -> None:
+    with pytest.raises(SlicerConnectionError, match="cannot reach slicer at"):
+        SlicerClient(url=str(tmp_path / "absent.sock")).info()
+
+
+def test_invalid_responses() -> None:
+    with pytest.raises(SlicerResponseError, match="invalid JSON"):
+        client_for(Recorder({("GET", "/info"): httpx.Response(200, text="<html>")})).info()
+    with pytest.raises(SlicerResponseError):
+        client_for(Recorder({("GET", "/nodes"): {"not": "a list"}})).nodes()
+
+
+# -- exec ------------------------------------------------------------------------------------------
+
+
+def test_exec_query_parameters() -> None:
+    recorder = Recorder({("POST", "/vm/vm-1/exec"): ndjson({"type": "exit", "exit_code": 0})})
+    client = client_for(recorder)
+    list(
+        client.exec(
+            "vm-1",
+            "/bin/sh",
+            ["-c", "echo $A"],
+            env=["A=1", "B=2"],
+            uid=1000,
+            gid=0,
+            cwd="/tmp",
+            shell="/bin/bash",
+            base64=True,
+        )
+    )
+    assert recorder.last.url.params.multi_items() == [
+        ("cmd", "/bin/sh"),
+        ("args", "-c"),
+        ("args", "echo $A"),
+        ("env", "A=1"),
+        ("env", "B=2"),
+        ("uid", "1000"),
+        ("gid", "0"),
+        ("cwd", "/tmp"),
+        ("shell", "/bin/bash"),
+        ("stdout", "true"),
+        ("stderr", "true"),
+        ("stdio", "base64"),
+    ]
+    assert recorder.last.content == b""
+    assert recorder.last.extensions["timeout"]["read"] is None
+
+    list(client.exec("vm-1", "env", env={"K": "V"}))
+    assert recorder.last.url.params.multi_items() == [
+        ("cmd", "env"),
+        ("env", "K=V"),
+        ("stdout", "true"),
+        ("stderr", "true"),
+    ]
+    with pytest.raises(TypeError):
+        client.exec("vm-1", "echo", "not-a-list")
+
+
+def test_exec_typed_frames() -> None:
+    recorder = Recorder(
+        {
+            ("POST", "/vm/vm-1/exec"): ndjson(
+                {"type": "started", "pid": 42, "started_at": "2025-09-02T07:39:32.388239809Z"},
+                {"type": "stdout", "data": "hello\n"},
+                {"type": "stderr", "data": "oops\n"},
+                {"type": "gap", "dropped_bytes": 1},
+                {"type": "exit", "exit_code": 3, "ended_at": "2025-09-02T07:39:33Z"},
+            )
+        }
+    )
+    frames = list(client_for(recorder).exec("vm-1", "x"))
+    assert [f.type for f in frames] == ["started", "stdout", "stderr", "exit"]
+    started, out, err, end = frames
+    assert started.pid == 42 and started.started_at is not None and started.started_at.second == 32
+    assert out.data == b"hello\n" and out.text == "hello\n"
+    assert err.data == b"oops\n"
+    assert end.exit_code == 3 and end.ended_at is not None and end.signal is None
+
+
+def test_exec_base64_frames() -> None:
+    binary = bytes(range(256))
+    recorder = Recorder(
+        {
+            ("POST", "/vm/vm-1/exec"): ndjson(
+                {"type": "started", "pid": 1},
+                {"type": "stdout", "data": b64(binary), "encoding": "base64"},
+                {"type": "exit", "exit_code": 137, "signal": "KILL"},
+            )
+        }
+    )
+    frames = list(client_for(recorder).exec("vm-1", "cat", base64=True))
+    assert frames[1] == ExecFrame("stdout", data=binary)
+    assert (frames[2].exit_code, frames[2].signal) == (137, "KILL")
+
+
+def test_exec_untyped_frames() -> None:
+    recorder = Recorder(
+        {
+            ("POST", "/vm/vm-1/exec"): ndjson(
+                {"timestamp": "2025-09-02T07:39:32.388239809Z", "stdout": "Hello\n", "stderr": "", "exit_code": 0},
+                {"timestamp": "2025-09-02T07:39:32.488239809Z", "stdout": "", "stderr": "err\n", "exit_code": 0},
+                {"stdout": b64(b"\xff\x00"), "stderr": b64(b"e"), "encoding": "base64", "exit_code": 0},
+                {"stdout": "", "stderr": "", "exit_code": 2},
+            )
+        }
+    )
+    frames = list(client_for(recorder).exec("vm-1", "x"))
+    assert [(f.type, f.data) for f in frames] == [
+        ("stdout", b"Hello\n"),
+        ("stderr", b"err\n"),
+        ("stdout", b"\xff\x00"),
+        ("stderr", b"e"),
+        ("exit", b""),
+    ]
+    assert frames[0].timestamp is not None
+    assert frames[-1].exit_code == 2
+
+
+def test_exec_error_frames() -> None:
+    recorder = Recorder({("POST", "/vm/vm-1/exec"): ndjson({"error": "exec: nope: not found", "exit_code": 127})})
+    frames = list(client_for(recorder).exec("vm-1", "nope"))
+    assert frames == [ExecFrame("error", error="exec: nope: not found", exit_code=127)]
+
+    recorder.routes[("POST", "/vm/vm-1/exec")] = ndjson({"type": "exit", "error": "cannot start", "exit_code": 126})
+    [frame] = client_for(recorder).exec("vm-1", "nope")
+    assert (frame.type, frame.error, frame.exit_code) == ("error", "cannot start", 126)
+
+
+def test_exec_stream_cut_short() -> None:
+    recorder = Recorder({("POST", "/vm/vm-1/exec"): ndjson({"type": "started", "pid": 1})})
+    frames = list(client_for(recorder).exec("vm-1", "x"))
+    assert frames[-1].type == "error" and "without an exit frame" in (frames[-1].error or "")
+
+    recorder.routes[("POST", "/vm/vm-1/exec")] = httpx.Response(200, text="not json\n")
+    with pytest.raises(SlicerResponseError, match="invalid exec frame"):
+        list(client_for(recorder).exec("vm-1", "x"))
+
+
+def test_exec_http_error() -> None:
+    recorder = Recorder(
+        {("POST", "/vm/vm-1/exec"): httpx.Response(409, json={"error": "vm-1 is paused", "code": "conflict"})}
+    )
+    frames = client_for(recorder).exec("vm-1", "x")
+    with pytest.raises(SlicerAPIError) as info:
+        next(frames)
+    assert (info.value.status, info.value.code, info.value.message) == (409, "conflict", "vm-1 is paused")
+
+
+def echo_exec(request: httpx.Request) -> httpx.Response:
+    body = request.read()
+    return ndjson({"type": "stdout", "data": b64(body), "encoding": "base64"}, {"type": "exit", "exit_code": 0})
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [b"abc\x00def", [b"abc", b"\x00", b"def"], iter([b"abc\x00", b"def"])],
+    ids=["bytes", "list", "iterator"],
+)
+def test_exec_stdin_body(stdin: Any) -> None:
+    recorder = Recorder({("POST", "/vm/vm-1/exec"): echo_exec})
+    frames = list(client_for(recorder).exec("vm-1", "cat", stdin=stdin, base64=True))
+    assert ("stdin", "true") in recorder.last.url.params.multi_items()
+    assert frames[0].data == b"abc\x00def"
+
+
+def test_exec_stdin_file(tmp_path: Path) -> None:
+    path = tmp_path / "input"
+    path.write_bytes(b"x" * 200_000)
+    recorder = Recorder({("POST", "/vm/vm-1/exec"): echo_exec})
+    with path.open("rb") as file:
+        frames = list(client_for(recorder).exec("vm-1", "cat", stdin=file, base64=True))
+    assert frames[0].data == b"x" * 200_000
+
+
+def test_exec_buffered() -> None:
+    recorder = Recorder(
+        {
+            ("POST", "/vm/vm-1/exec"): {
+                "stdout": b64(b"out\xff"),
+                "stderr": b64(b"err"),
+                "exit_code": 1,
+                "encoding": "base64",
+            }
+        }
+    )
+    client = client_for(recorder)
+    result = client.exec_buffered("vm-1", "sh", ["-c", "x"], uid=0, base64=True)
+    assert (result.stdout, result.stderr, result.exit_code, result.error) == (b"out\xff", b"err", 1, None)
+    assert not result.ok
+    assert recorder.last.url.params.multi_items() == [
+        ("cmd", "sh"),
+        ("args", "-c"),
+        ("args", "x"),
+        ("uid", "0"),
+        ("stdout", "true"),
+        ("stderr", "true"),
+        ("buffered", "true"),
+        ("stdio", "base64"),
+    ]
+
+    recorder.routes[("POST", "/vm/vm-1/exec")] = {"stdout": "hi\n", "stderr": "", "exit_code": 0}
+    result = client.exec_buffered("vm-1", "echo", ["hi"])
+    assert result.stdout_text == "hi\n" and result.ok
+
+    recorder.routes[("POST", "/vm/vm-1/exec")] = {"exit_code": 127, "error": "not found"}
+    result = client.exec_buffered("vm-1", "nope")
+    assert (result.exit_code, result.error, result.stdout) == (127, "not found", b"")
+
+
+# -- readiness -------------------------------------------------------------------------------------
+
+
+def health_sequence(*answers: Any) -> Handler:
+    remaining = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = remaining.pop(0) if len(remaining) > 1 else remaining[0]
+        if isinstance(answer, httpx.Response):
+            return answer
+        return httpx.Response(200, json=answer)
+
+    return handler
+
+
+def test_wait_ready() -> None:
+    handler = health_sequence(
+        httpx.Response(503, json={"error": "agent unavailable"}),
+        {"agent_uptime": 0},
+        {"agent_uptime": 5, "userdata_ran": False},
+    )
+    health = client_for(handler).wait_ready("vm-1", 5, interval=0.01)
+    assert isinstance(health, AgentHealth) and health.agent_uptime == 5
+
+
+def test_wait_ready_userdata() -> None:
+    handler = health_sequence({"agent_uptime": 5}, {"agent_uptime": 6, "userdata_ran": True})
+    assert client_for(handler).wait_ready("vm-1", 5, userdata=True, interval=0.01).userdata_ran
+
+
+def test_wait_ready_gives_up() -> None:
+    handler = health_sequence({"agent_uptime": 5, "userdata_ran": False})
+    started = time.monotonic()
+    with pytest.raises(SlicerTimeoutError, match=r"vm-1: agent and userdata not ready after 300ms"):
+        client_for(handler).wait_ready("vm-1", 0.3, userdata=True, interval=0.01)
+    assert time.monotonic() - started < 2
+
+
+def test_wait_ready_fatal_errors() -> None:
+    handler = health_sequence(httpx.Response(404, json={"error": "vm-1 not found"}))
+    with pytest.raises(SlicerAPIError, match="vm-1 not found"):
+        client_for(handler).wait_ready("vm-1", 30)
+
+
+# -- async -----------------------------------------------------------------------------------------
+
+
+async def test_async_requests_and_errors() -> None:
+    recorder = Recorder(
+        {
+            ("GET", "/info"): {"version": "1"},
+            ("GET", "/nodes"): [NODE],
+            ("POST", "/hostgroup/vm/nodes"): {"hostname": "vm-2"},
+            ("GET", "/vm/vm-1/health"): httpx.Response(500, json={"error": "agent broke", "code": "agent_unavailable"}),
+        }
+    )
+    async with async_client_for(recorder, token="t") as client:
+        assert (await client.info()).version == "1"
+        assert recorder.last.headers["authorization"] == "Bearer t"
+        [node] = await client.nodes(tag="x")
+        assert node.hostname == "vm-1" and recorder.last.url.params["tag"] == "x"
+        assert (await client.create_node("vm", cpus=2, wait="agent")).hostname == "vm-2"
+        assert json.loads(recorder.last.content) == {"cpus": 2}
+        with pytest.raises(SlicerAPIError) as info:
+            await client.health("vm-1")
+        assert (info.value.status, info.value.code) == (500, "agent_unavailable")
+
+
+async def test_async_exec() -> None:
+    recorder = Recorder(
+        {
+            ("POST", "/vm/vm-1/exec"): ndjson(
+                {"type": "started", "pid": 7},
+                {"type": "stdout", "data": b64(b"\x01\x02"), "encoding": "base64"},
+                {"type": "exit", "exit_code": 0},
+            )
+        }
+    )
+    client = async_client_for(recorder)
+    frames = [frame async for frame in client.exec("vm-1", "cat", ["-"], uid=1, base64=True)]
+    assert [f.type for f in frames] == ["started", "stdout", "exit"]
+    assert frames[1].data == b"\x01\x02"
+    assert recorder.last.url.params.get_list("args") == ["-"]
+    await client.aclose()
+
+
+async def test_async_exec_stdin_sources() -> None:
+    recorder = Recorder({("POST", "/vm/vm-1/exec"): echo_exec})
+    client = async_client_for(recorder)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one "
+        yield b"two"
+
+    def blocking() -> Iterator[bytes]:
+        yield b"from "
+        yield b"a thread"
+
+    sources: list[tuple[Any, bytes]] = [
+        (b"raw", b"raw"),
+        (chunks(), b"one two"),
+        ([b"a", b"b"], b"ab"),
+        (blocking(), b"from a thread"),
+    ]
+    for stdin, expected in sources:
+        frames = [f async for f in client.exec("vm-1", "cat", stdin=stdin)]
+        assert frames[0].data == expected
+        assert recorder.last.url.params["stdin"] == "true"
+
+
+async def test_async_exec_buffered_and_wait_ready() -> None:
+    recorder = Recorder(
+        {
+            ("POST", "/vm/vm-1/exec"): {"stdout": "x", "stderr": "", "exit_code": 0},
+            ("GET", "/vm/vm-1/health"): health_sequence({"agent_uptime": 0}, {"agent_uptime": 1}),
+            ("HEAD", "/vm/vm-1/health"): httpx.Response(200),
+        }
+    )
+    client = async_client_for(recorder)
+    result = await client.exec_buffered("vm-1", "echo")
+    assert result.stdout == b"x" and recorder.last.url.params["buffered"] == "true"
+    assert (await client.wait_ready("vm-1", 5, interval=0.01)).agent_uptime == 1
+    assert await client.is_ready("vm-1")
+    with pytest.raises(SlicerTimeoutError):
+        await async_client_for(health_sequence({"agent_uptime": 0})).wait_ready("vm-1", 0.2, interval=0.01)
+
+
+# -- full-duplex exec against a real HTTP server -----------------------------------------------------
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echoes each chunk of the request body as a stdout frame the moment it arrives."""
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-type", b"application/x-ndjson")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def frame(obj: dict[str, Any]) -> None:
+        await send({"type": "http.response.body", "body": (json.dumps(obj) + "\n").encode(), "more_body": True})
+
+    await frame({"type": "started", "pid": 1})
+    auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+    await frame({"type": "stderr", "data": auth})
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if message.get("body"):
+            await frame({"type": "stdout", "data": b64(message["body"]), "encoding": "base64"})
+        if not message.get("more_body"):
+            break
+    await frame({"type": "exit", "exit_code": 0})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@pytest.fixture(scope="module", params=["unix", "tcp"])
+def echo_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "unix":
+        path = tmp_path_factory.mktemp("duplex") / "api.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        url = str(path)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.listen(16)
+    server = uvicorn.Server(uvicorn.Config(echo_app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    yield url
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def test_duplex_exec_interleaves(echo_server: str) -> None:
+    echoed = threading.Event()
+
+    def stdin() -> Iterator[bytes]:
+        yield b"first\n"
+        # Only a full-duplex client sees the echo of the first chunk before sending the second.
+        assert echoed.wait(5), "no output before stdin finished: exec is not full duplex"
+        yield b"second\n"
+
+    frames: list[ExecFrame] = []
+    with SlicerClient(url=echo_server, token="sekret") as client:
+        for frame in client.exec("vm-1", "cat", stdin=stdin(), base64=True):
+            frames.append(frame)
+            if frame.type == "stdout":
+                echoed.set()
+    assert [(f.type, f.data) for f in frames] == [
+        ("started", b""),
+        ("stderr", b"Bearer sekret"),
+        ("stdout", b"first\n"),
+        ("stdout", b"second\n"),
+        ("exit", b""),
+    ]
+
+
+def test_duplex_exec_large_body(echo_server: str) -> None:
+    # Output flowing back while 8 MiB flow in would deadlock a client that writes the whole body first.
+    data = os.urandom(8 << 20)
+    with SlicerClient(url=echo_server) as client:
+        received = b"".join(f.data for f in client.exec("vm-1", "cat", stdin=data, base64=True) if f.type == "stdout")
+    assert received == data
+
+
+def test_duplex_exec_early_close(echo_server: str) -> None:
+    def endless() -> Iterator[bytes]:
+        while True:
+            yield b"y\n"
+            time.sleep(0.001)
+
+    with SlicerClient(url=echo_server) as client:
+        frames = client.exec("vm-1", "cat", stdin=endless(), base64=True)
+        for frame in frames:
+            if frame.type == "stdout":
+                break
+        frames.close()
+        # the client is still usable afterwards
+        assert [f.type for f in client.exec("vm-1", "cat", stdin=b"z")][-1] == "exit"
+
+
+async def test_async_duplex_exec(echo_server: str) -> None:
+    echoed = asyncio.Event()
+
+    async def stdin() -> AsyncIterator[bytes]:
+        yield b"first\n"
+        await asyncio.wait_for(echoed.wait(), 5)
+        yield b"second\n"
+
+    outputs = []
+    async with AsyncSlicerClient(url=echo_server) as client:
+        async for frame in client.exec("vm-1", "cat", stdin=stdin(), base64=True):
+            if frame.type == "stdout":
+                outputs.append(frame.data)
+                echoed.set()
+        data = os.urandom(4 << 20)
+        received = [f.data async for f in client.exec("vm-1", "cat", stdin=data, base64=True) if f.type == "stdout"]
+    assert outputs == [b"first\n", b"second\n"]
+    assert b"".join(received) == data
