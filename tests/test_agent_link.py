@@ -27,9 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 async def link(tmp_path: Path) -> AsyncIterator[AgentLink]:
     host_end, agent_end = socket.socketpair()
     env = {**os.environ, "SLICER_AGENT_FD": str(agent_end.fileno()), "PYTHONPATH": str(SRC)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyslicer.agent"], env=env, pass_fds=[agent_end.fileno()]
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "pyslicer.agent"], env=env, pass_fds=[agent_end.fileno()])
     agent_end.close()
     host_end.setblocking(False)
     loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ shared by every daemon through a symlink, so the suite boots VMs, not images.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -151,10 +152,8 @@ def stop_daemon(daemon: RunningDaemon) -> None:
             daemon.process.kill()
             daemon.process.wait()
     for pid in pids:  # only ours, by PID, and only if the daemon failed to stop them
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture(scope="session")

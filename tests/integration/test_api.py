@@ -44,9 +44,7 @@ def test_service_vm_is_listed_protected_and_runs_its_userdata(api: httpx.Client)
     assert nodes[0]["status"] == "Running" and nodes[0]["ram_bytes"] == 384 * 1024**2
     assert_error(api.delete("/hostgroup/svc/nodes/svc-1"), 403, "protected")
     wait_for_agent(api, "svc-1")
-    result = api.post(
-        "/vm/svc-1/exec", params={"cmd": "cat", "args": "/var/tmp/from-userdata", "buffered": "1"}
-    ).json()
+    result = api.post("/vm/svc-1/exec", params={"cmd": "cat", "args": "/var/tmp/from-userdata", "buffered": "1"}).json()
     for _ in range(100):
         if result["exit_code"] == 0:
             break

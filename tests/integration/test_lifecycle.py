@@ -66,9 +66,7 @@ def test_agent_unreachable_dead_qemu_and_delete(daemon: RunningDaemon, api: http
     assert_error(api.get(f"/vm/{hostname}/health"), 404)
 
 
-def test_daemon_stop_removes_sandboxes_and_keeps_services(
-    guest_image: Path, tmp_path: Path
-) -> None:
+def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp_path: Path) -> None:
     second = start_daemon(tmp_path, guest_image)
     try:
         with second.client() as api:

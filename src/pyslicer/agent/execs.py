@@ -150,9 +150,7 @@ class ExecSession:
         stdin_task = asyncio.get_running_loop().create_task(self._feed_stdin()) if wants_stdin else None
         assert proc.stdout is not None and proc.stderr is not None
         try:
-            await asyncio.gather(
-                self._pump(proc.stdout, Channel.STDOUT), self._pump(proc.stderr, Channel.STDERR)
-            )
+            await asyncio.gather(self._pump(proc.stdout, Channel.STDOUT), self._pump(proc.stderr, Channel.STDERR))
             returncode = await proc.wait()
         finally:
             if stdin_task is not None:

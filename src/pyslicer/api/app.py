@@ -119,6 +119,7 @@ def create_app(daemon: Daemon, *, token: str | None) -> ASGIApp:
             Exception: unexpected_error,
         },
     )
+    app.router.redirect_slashes = False  # Slicer: "/nodes/" is not "/nodes"
     app.state.daemon = daemon
     app.state.metrics = metrics.ApiMetrics(daemon)
     return AuthAndMetrics(app, token=token, metrics=app.state.metrics)

@@ -209,5 +209,3 @@ class ExecStreamResponse(Response):
         if not ended:
             await emit(exit_frame({"type": "error", "error": "the command was cancelled", "exit_code": 1}))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-

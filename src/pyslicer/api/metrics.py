@@ -86,9 +86,7 @@ def system_metrics() -> Iterable[Metric]:
 class ApiMetrics:
     def __init__(self, daemon: Daemon) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "slicer_api_requests", "API requests", ["method", "code"], registry=self.registry
-        )
+        self.requests = Counter("slicer_api_requests", "API requests", ["method", "code"], registry=self.registry)
         self.duration = Histogram(
             "slicer_api_request_duration_seconds", "API request duration", ["method", "code"], registry=self.registry
         )

@@ -235,7 +235,7 @@ async def fetch_kernel(work: Path, package: str, version: str, progress: Callabl
 async def extract_vmlinux(bzimage: Path, dest: Path, work: Path, progress: Callable[[str], None]) -> bool:
     """Write the uncompressed ELF kernel to `dest`; False (with a progress note) if that fails."""
     blob = await asyncio.to_thread(bzimage.read_bytes)
-    payload = find_lz4_payload(blob)
+    payload = await asyncio.to_thread(find_lz4_payload, blob)
     if payload is None:
         progress(f"image: no LZ4 payload in {bzimage.name}; booting the bzImage instead")
         return False
