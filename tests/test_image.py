@@ -29,6 +29,7 @@ from pyslicer.image.kernel import (
     parse_kernel_depends,
 )
 from pyslicer.image.rootfs import apt_mirror, is_static_elf, mounts_under, rootfs_size
+from tests.conftest import IMAGE_CACHE
 
 # --- bzImage payload ---------------------------------------------------------------------------
 
@@ -355,9 +356,9 @@ def test_image_dir(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def image_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """PYSLICER_TEST_DATA_DIR reuses a data dir (and its debootstrap cache) across runs."""
-    given = os.environ.get("PYSLICER_TEST_DATA_DIR")
-    return Path(given) if given else tmp_path_factory.mktemp("slicer-data")
+    """The machine's shared test image cache (with its debootstrap cache), as the integration tests use."""
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    return IMAGE_CACHE
 
 
 @pytest.mark.integration

@@ -22,8 +22,7 @@ import httpx
 import pytest
 
 from pyslicer.image import ensure_image
-
-IMAGE_CACHE = Path(os.environ.get("PYSLICER_TEST_IMAGE_CACHE", "/var/tmp/pyslicer-test-images"))
+from tests.conftest import IMAGE_CACHE
 
 pytestmark = pytest.mark.integration
 

@@ -117,6 +117,7 @@ class ExecSession:
 
     async def _execute(self) -> None:
         wants_stdin = bool(self._request.get("stdin"))
+        started_at = now()  # before the spawn, so ended_at - started_at is the whole guest-side cost
         try:
             argv, env, cwd, uid, gid = build_launch(self._request)
             self._proc = await asyncio.create_subprocess_exec(
@@ -146,7 +147,7 @@ class ExecSession:
             return
 
         proc = self._proc
-        self._send_json({"type": "started", "pid": proc.pid, "started_at": now()})
+        self._send_json({"type": "started", "pid": proc.pid, "started_at": started_at})
         stdin_task = asyncio.get_running_loop().create_task(self._feed_stdin()) if wants_stdin else None
         assert proc.stdout is not None and proc.stderr is not None
         try:

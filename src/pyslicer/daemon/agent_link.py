@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,9 +120,10 @@ class AgentLink:
     """Connects to the unix socket QEMU serves for the guest's virtio-serial port, and keeps
     reconnecting until closed. ``ready`` is set while an agent has said READY on this connection."""
 
-    def __init__(self, socket_path: Path, name: str) -> None:
+    def __init__(self, socket_path: Path, name: str, on_ready: Callable[[], None] | None = None) -> None:
         self.socket_path = socket_path
         self.name = name
+        self._on_ready = on_ready
         self.ready = asyncio.Event()
         self.agent_info: dict[str, Any] = {}
         self._streams: dict[int, AgentStream] = {}
@@ -213,6 +214,8 @@ class AgentLink:
                 self._fail_streams("the agent restarted")
             self.agent_info = info
             self.ready.set()
+            if self._on_ready is not None:
+                self._on_ready()
             return
         stream = self._streams.get(frame.stream)
         if stream is None:

@@ -26,6 +26,7 @@ class Node:
         self.link: AgentLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._userdata_sent = False
+        self._changed = asyncio.Event()
         self.on_stopped: Callable[[Node], Awaitable[None]] | None = None
 
     @property
@@ -36,33 +37,32 @@ class Node:
         check_transition(self.hostname, self.state, target)
         log.info("%s: %s -> %s", self.hostname, self.state.value, target.value)
         self.state = target
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     # -- running -------------------------------------------------------------------------------
     def attach(self, vm: VMProcess) -> None:
         """Take over a started VM: connect to its agent and watch its process."""
         self.vm = vm
         self.transition(NodeState.BOOTING)
-        self.link = AgentLink(self.spec.agent_socket, self.hostname)
+        self.link = AgentLink(self.spec.agent_socket, self.hostname, on_ready=self._on_agent_ready)
         self.link.start()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._watch_agent(self.link), name=f"{self.hostname}-agent"),
-            loop.create_task(self._watch_process(vm), name=f"{self.hostname}-process"),
-        ]
+        self._tasks = [asyncio.get_running_loop().create_task(self._watch_process(vm), name=f"{self.hostname}-process")]
 
-    async def _watch_agent(self, link: AgentLink) -> None:
-        while True:
-            await link.ready.wait()
-            if self.state is NodeState.BOOTING:
-                self.transition(NodeState.RUNNING)
-            if not self._userdata_sent:
-                try:
-                    await link.call({"op": "userdata", "script": self.record.userdata})
-                    self._userdata_sent = True
-                except AgentError as exc:
-                    log.warning("%s: could not hand over userdata: %s", self.hostname, exc)
-            while link.ready.is_set():
-                await asyncio.sleep(0.5)
+    def _on_agent_ready(self) -> None:
+        if self.state is NodeState.BOOTING:
+            self.transition(NodeState.RUNNING)
+        if not self._userdata_sent:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._hand_over_userdata()))
+
+    async def _hand_over_userdata(self) -> None:
+        if self.link is None:
+            return
+        try:
+            await self.link.call({"op": "userdata", "script": self.record.userdata})
+            self._userdata_sent = True
+        except AgentError as exc:
+            log.warning("%s: could not hand over userdata: %s", self.hostname, exc)
 
     async def _watch_process(self, vm: VMProcess) -> None:
         status = await vm.wait()
@@ -114,13 +114,23 @@ class Node:
                 while True:
                     if self.state not in (NodeState.BOOTING, NodeState.RUNNING, NodeState.CREATING):
                         raise AgentError(f"{self.hostname} is {self.state.value}", code="vm_stopped")
-                    if self.link is not None and self.link.ready.is_set():
+                    link = self.link
+                    if link is not None and link.ready.is_set():
                         if not userdata:
                             return
                         with contextlib.suppress(AgentError):
                             if (await self.health()).get("userdata_ran"):
                                 return
-                    await asyncio.sleep(0.02 if not userdata else 0.2)
+                        await asyncio.sleep(0.2)
+                        continue
+                    waiters = [asyncio.ensure_future(self._changed.wait())]
+                    if link is not None:
+                        waiters.append(asyncio.ensure_future(link.ready.wait()))
+                    try:
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for waiter in waiters:
+                            waiter.cancel()
         except TimeoutError:
             what = "userdata to finish" if userdata else "the agent"
             raise Timeout(f"timed out after {timeout:g}s waiting for {what} on {self.hostname}") from None
