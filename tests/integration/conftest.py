@@ -111,14 +111,16 @@ config:
 
 
 def start_daemon(tmp: Path, images: Path) -> RunningDaemon:
+    """A daemon on tmp/data; a data dir left by an earlier daemon there is taken over as it is."""
     data_dir = tmp / "data"
-    data_dir.mkdir(parents=True)
-    (data_dir / "images").symlink_to(images)
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True)
+        (data_dir / "images").symlink_to(images)
     port = free_port()
     config = tmp / "slicer.yaml"
     config.write_text(CONFIG.format(port=port))
     log_path = tmp / "daemon.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "pyslicer.cli.main", "up", str(config), "--data-dir", str(data_dir)],
             stdout=log,

@@ -73,10 +73,12 @@ def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp
             created = api.post("/hostgroup/sbox/nodes?wait=agent", json={})
             assert created.status_code == 201, created.text
             hostname = created.json()["hostname"]
-            assert len(second.qemu_pids()) == 2
+            wait_for_agent(api, "svc-1")
+            assert exec_buffered(api, "svc-1", "/bin/sh", "-c", "echo kept > /root/state")["exit_code"] == 0
             qemu_pids = second.qemu_pids()
+            assert len(qemu_pids) == 2
         second.process.send_signal(signal.SIGTERM)
-        assert second.process.wait(60) == 0
+        assert second.process.wait(90) == 0
     finally:
         stop_daemon(second)
     for pid in qemu_pids:
@@ -85,3 +87,14 @@ def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp
     assert disks == {"svc-1.qcow2"}, "the sandbox disk goes, the persistent service disk stays"
     assert not list((second.data_dir / "run").rglob("*.sock"))
     assert f"{hostname}.log" not in {p.name for p in (second.data_dir / "logs").iterdir()}
+    assert "no clean shutdown" not in second.log()
+
+    # The service comes back on the next start with what it wrote before its clean shutdown.
+    third = start_daemon(tmp_path, guest_image)
+    try:
+        with third.client() as api:
+            wait_for_agent(api, "svc-1")
+            assert exec_buffered(api, "svc-1", "cat", "/root/state")["stdout"] == "kept\n"
+            assert api.get("/nodes").json()[0]["hostname"] == "svc-1"
+    finally:
+        stop_daemon(third)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_SOCKET_PATH = 100
+GRACEFUL_STOP_SECONDS = 20.0
 
 
 def utc_now() -> str:
@@ -76,7 +77,7 @@ class Daemon:
         progress: Callable[[str], None] = print,
     ) -> None:
         self.config = config
-        self.data_dir = data_dir
+        self.data_dir = data_dir.absolute()  # qcow2 overlays record their base by absolute path
         self.progress = progress
         self.groups = {group.name: HostGroup(group) for group in config.host_groups}
         self.nodes: dict[str, Node] = {}
@@ -130,7 +131,7 @@ class Daemon:
             shutil.rmtree(self._run_root, ignore_errors=True)
 
     async def _shutdown_node(self, node: Node) -> None:
-        await node.stop()
+        await node.stop(graceful_timeout=GRACEFUL_STOP_SECONDS if node.record.persistent else 0)
         shutil.rmtree(node.spec.run_dir, ignore_errors=True)
         if not node.record.persistent:
             await self._forget(node)
@@ -263,7 +264,7 @@ class Daemon:
             self.nodes[hostname] = node
         try:
             if not spec.disk.exists():
-                await create_overlay(self.image.rootfs, spec.disk, record.disk_bytes or None)
+                await create_overlay(await self._pinned_base(), spec.disk, record.disk_bytes or None)
             await self.registry.put(record)
             shutil.rmtree(run_dir, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
@@ -274,6 +275,19 @@ class Daemon:
             await self._destroy(node)
             raise
         return node
+
+    async def _pinned_base(self) -> Path:
+        """The base rootfs under a name that is its content, so rebuilding the image never changes the
+        base beneath an existing overlay (which would corrupt that disk)."""
+        assert self.image is not None
+        digest = str(self.image.manifest["outputs"]["rootfs.ext4"]["sha256"])[:16]
+        pinned = self.image.rootfs.parent.parent / "bases" / f"rootfs-{digest}.ext4"
+        if not pinned.exists():
+            pinned.parent.mkdir(exist_ok=True)
+            staging = pinned.with_name(f".{pinned.name}.{os.getpid()}")
+            await asyncio.to_thread(os.link, self.image.rootfs, staging)
+            os.replace(staging, pinned)
+        return pinned
 
     async def _on_node_stopped(self, node: Node) -> None:
         shutil.rmtree(node.spec.run_dir, ignore_errors=True)

@@ -26,6 +26,7 @@ class Node:
         self.link: AgentLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._userdata_sent = False
+        self._stopping = False
         self._changed = asyncio.Event()
         self.on_stopped: Callable[[Node], Awaitable[None]] | None = None
 
@@ -66,7 +67,7 @@ class Node:
 
     async def _watch_process(self, vm: VMProcess) -> None:
         status = await vm.wait()
-        if self.state is NodeState.DELETED:
+        if self.state is NodeState.DELETED or self._stopping:
             return
         log.warning("%s: QEMU exited with status %s", self.hostname, status)
         await self._release()
@@ -83,9 +84,19 @@ class Node:
             await self.link.close()
             self.link = None
 
-    async def stop(self) -> None:
-        """Kill the VM and release everything that belongs to its run (not its disk)."""
+    async def stop(self, *, graceful_timeout: float = 0) -> None:
+        """Stop the VM and release everything that belongs to its run (not its disk).
+
+        With a graceful timeout the guest first shuts down cleanly (its filesystem unmounted), so a
+        persistent disk is consistent; the process is killed when that does not happen in time."""
+        self._stopping = True
         vm, self.vm = self.vm, None
+        if graceful_timeout and vm is not None and self.link is not None and self.link.ready.is_set():
+            try:
+                self.link.open({"op": "exec", "cmd": "/usr/local/sbin/busybox", "args": ["reboot"]})
+                await asyncio.wait_for(vm.wait(), graceful_timeout)
+            except (AgentError, TimeoutError):
+                log.warning("%s: no clean shutdown within %gs; killing it", self.hostname, graceful_timeout)
         await self._release()
         if vm is not None:
             await vm.kill()
