@@ -66,9 +66,11 @@ class RunningDaemon:
     token: str
     log_path: Path
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+    def client(self) -> httpx.Client:
+        if self.url.startswith("/"):
+            return httpx.Client(base_url="http://slicer", transport=httpx.HTTPTransport(uds=self.url), timeout=120)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
     def qemu_pids(self) -> set[int]:
         pids = set()
@@ -103,22 +105,24 @@ config:
   hypervisor: qemu
   accel: auto
   api:
-    bind_address: 127.0.0.1
+    bind_address: {address}
     port: {port}
     auth:
       enabled: true
 """
 
 
-def start_daemon(tmp: Path, images: Path) -> RunningDaemon:
-    """A daemon on tmp/data; a data dir left by an earlier daemon there is taken over as it is."""
+def start_daemon(tmp: Path, images: Path, *, unix_socket: bool = False) -> RunningDaemon:
+    """A daemon on tmp/data; a data dir left by an earlier daemon there is taken over as it is.
+    With unix_socket the API listens on tmp/api.sock (no auth) instead of loopback TCP."""
     data_dir = tmp / "data"
     if not data_dir.exists():
         data_dir.mkdir(parents=True)
         (data_dir / "images").symlink_to(images)
     port = free_port()
     config = tmp / "slicer.yaml"
-    config.write_text(CONFIG.format(port=port))
+    address = str(tmp / "api.sock") if unix_socket else "127.0.0.1"
+    config.write_text(CONFIG.format(port=port, address=address))
     log_path = tmp / "daemon.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -126,19 +130,21 @@ def start_daemon(tmp: Path, images: Path) -> RunningDaemon:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = address if unix_socket else f"http://127.0.0.1:{port}"
+    probe = RunningDaemon(process, data_dir, url, "", log_path).client()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"daemon exited early:\n{log_path.read_text()}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            if probe.get("/healthz", timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
             time.sleep(0.1)
     else:
         process.kill()
         raise RuntimeError(f"daemon did not answer:\n{log_path.read_text()}")
+    probe.close()
     token = (data_dir / "auth" / "token").read_text().strip()
     return RunningDaemon(process, data_dir, url, token, log_path)
 

@@ -22,6 +22,8 @@ def test_streaming_frames_are_typed_and_ordered(api: httpx.Client, sandbox: str)
     stdout = "".join(f["data"] for f in got if f["type"] == "stdout")
     stderr = "".join(f["data"] for f in got if f["type"] == "stderr")
     assert (stdout, stderr) == ("out\n", "err\n")
+    # the TypeScript SDK reads the payload under the channel's name
+    assert all(f[f["type"]] == f["data"] for f in got if f["type"] in ("stdout", "stderr"))
 
 
 def test_output_streams_before_the_command_ends(daemon: RunningDaemon, sandbox: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from pyslicer.client import SlicerClient
 from tests.integration.conftest import RunningDaemon, start_daemon, stop_daemon
 from tests.integration.helpers import assert_error, exec_buffered, wait_for_agent
 
@@ -89,12 +90,16 @@ def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp
     assert f"{hostname}.log" not in {p.name for p in (second.data_dir / "logs").iterdir()}
     assert "no clean shutdown" not in second.log()
 
-    # The service comes back on the next start with what it wrote before its clean shutdown.
-    third = start_daemon(tmp_path, guest_image)
+    # The service comes back on the next start with what it wrote before its clean shutdown. This
+    # daemon serves on a unix socket, where no token is needed.
+    third = start_daemon(tmp_path, guest_image, unix_socket=True)
     try:
         with third.client() as api:
             wait_for_agent(api, "svc-1")
             assert exec_buffered(api, "svc-1", "cat", "/root/state")["stdout"] == "kept\n"
-            assert api.get("/nodes").json()[0]["hostname"] == "svc-1"
+            assert [n["hostname"] for n in api.get("/nodes").json()] == ["svc-1"]
+        with SlicerClient(third.url) as sdk:
+            assert sdk.exec_buffered("svc-1", "hostname").stdout == b"svc-1\n"
     finally:
         stop_daemon(third)
+    assert not Path(third.url).exists(), "the daemon removes its socket when it stops"

@@ -2,81 +2,111 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import glob
 import os
-from collections.abc import Callable
+import time
 
-from pyslicer.protocol import Frame, FrameDecoder
+from pyslicer.agent.wire import FrameDecoder
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyslicer.agent.loop import Loop
+    from pyslicer.agent.wire import Frame
 
 PORT_NAME = "agent"
+PORTS_DIR = "/sys/class/virtio-ports"
+READ_SIZE = 256 * 1024
+FIRST_BACKOFF = 0.005
+MAX_BACKOFF = 0.1
 
 
 def find_port(name: str = PORT_NAME) -> str | None:
-    for name_file in glob.glob("/sys/class/virtio-ports/*/name"):
+    try:
+        ports = sorted(os.listdir(PORTS_DIR))
+    except OSError:
+        return None
+    for port in ports:
         try:
-            with open(name_file) as f:
+            with open(f"{PORTS_DIR}/{port}/name") as f:
                 if f.read().strip() == name:
-                    return "/dev/" + os.path.basename(os.path.dirname(name_file))
+                    return "/dev/" + port
         except OSError:
             continue
     return None
 
 
+def open_channel() -> int:
+    """The port's fd, non-blocking and not inherited by children; waits for the port to show up."""
+    inherited = os.environ.get("SLICER_AGENT_FD")  # lets tests run the agent over a socketpair
+    if inherited:
+        fd = int(inherited)
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        return fd
+    path = find_port()
+    while path is None:
+        time.sleep(0.05)  # nothing else to do before the port exists
+        path = find_port()
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 class SerialLink:
     """Non-blocking reads and writes on the port.
 
-    While no host is connected, read() returns EOF at once; we then back off with sleeps instead of
-    spinning, and report the disconnect so every stream is dropped.
+    While no host is connected, read() returns EOF at once (and epoll says HUP): we then stop watching
+    the port and look again after a sleep that grows from 5 ms to 100 ms, so we never spin, and report
+    the disconnect so every stream is dropped. Writes go through an outbox, flushed when the port is
+    writable; nothing blocks.
     """
 
     def __init__(
         self,
+        loop: Loop,
         fd: int,
         on_frames: Callable[[list[Frame]], None],
         on_disconnect: Callable[[], None],
     ) -> None:
+        self._loop = loop
         self._fd = fd
         self._on_frames = on_frames
         self._on_disconnect = on_disconnect
         self._decoder = FrameDecoder()
         self._outbox = bytearray()
         self._writing = False
-        self._loop = asyncio.get_running_loop()
+        self._backoff = FIRST_BACKOFF
         self.connected = True
 
-    async def run(self) -> None:
-        backoff = 0.005
-        readable = asyncio.Event()
-        while True:
-            readable.clear()
-            self._loop.add_reader(self._fd, readable.set)
-            try:
-                await readable.wait()
-            finally:
-                self._loop.remove_reader(self._fd)
-            try:
-                data = os.read(self._fd, 256 * 1024)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
-                    raise
-                data = b""
-            if data:
-                backoff = 0.005
-                self.connected = True
-                self._on_frames(self._decoder.feed(data))
-                continue
-            if self.connected:
-                self.connected = False
-                self._decoder = FrameDecoder()
-                self._outbox.clear()
-                self._on_disconnect()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 0.1)
+    def start(self) -> None:
+        self._loop.add_reader(self._fd, self._on_readable)
 
+    # -- reading -------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
+                raise
+            data = b""
+        if data:
+            self._backoff = FIRST_BACKOFF
+            self.connected = True
+            self._on_frames(self._decoder.feed(data))  # a ProtocolError here ends the agent (init restarts it)
+            return
+        if self.connected:
+            self.connected = False
+            self._decoder = FrameDecoder()
+            self._outbox.clear()
+            self._stop_writing()
+            self._on_disconnect()
+        self._loop.remove_reader(self._fd)
+        self._loop.call_later(self._backoff, self.start)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    # -- writing -------------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
         self._outbox += data
         if not self._writing:
@@ -94,10 +124,11 @@ class SerialLink:
             del self._outbox[:written]
         if self._outbox and not self._writing:
             self._writing = True
-            self._loop.add_writer(self._fd, self._on_writable)
-        elif not self._outbox and self._writing:
+            self._loop.add_writer(self._fd, self._flush)
+        elif not self._outbox:
+            self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        if self._writing:
             self._writing = False
             self._loop.remove_writer(self._fd)
-
-    def _on_writable(self) -> None:
-        self._flush()

@@ -83,6 +83,16 @@ class OutputText:
         return self._decoders[channel].decode(data, final)
 
 
+def output_frame(channel: Channel, data: str, is_base64: bool) -> dict[str, Any]:
+    """A typed output frame; the payload also goes under the channel's own name, which older
+    clients (and the TypeScript SDK) read instead of ``data``."""
+    name = CHANNEL_NAMES[channel]
+    frame: dict[str, Any] = {"type": name, "data": data, name: data, "timestamp": utc_now()}
+    if is_base64:
+        frame["encoding"] = "base64"
+    return frame
+
+
 def exit_frame(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("type") == "error":
         return {
@@ -183,19 +193,12 @@ class ExecStreamResponse(Response):
         try:
             async for event in self.stream:
                 if isinstance(event, Output):
-                    frame: dict[str, Any] = {
-                        "type": CHANNEL_NAMES[event.channel],
-                        "data": text.decode(event.channel, event.data),
-                        "timestamp": utc_now(),
-                    }
-                    if text.base64:
-                        frame["encoding"] = "base64"
-                    if frame["data"]:
-                        await emit(frame)
+                    if data := text.decode(event.channel, event.data):
+                        await emit(output_frame(event.channel, data, text.base64))
                     self.stream.consumed(len(event.data))
                 elif isinstance(event, OutputEnd):
                     if not text.base64 and (rest := text.decode(event.channel, b"", final=True)):
-                        await emit({"type": CHANNEL_NAMES[event.channel], "data": rest, "timestamp": utc_now()})
+                        await emit(output_frame(event.channel, rest, False))
                 elif isinstance(event, Message):
                     body = event.body
                     if body.get("type") in ("exit", "error"):
