@@ -89,3 +89,9 @@ class AgentError(Unavailable):
     """The in-guest agent is unreachable or broke the protocol."""
 
     code = "agent_unavailable"
+
+
+class NetworkError(SlicerError):
+    """A namespace, bridge or tap could not be set up."""
+
+    code = "network_error"

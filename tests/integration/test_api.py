@@ -61,7 +61,7 @@ def test_sandbox_listing_and_tags(api: httpx.Client, sandbox: str) -> None:
     everything = api.get("/nodes").json()
     mine = next(n for n in everything if n["hostname"] == sandbox)
     assert mine["hostgroup"] == "sbox" and mine["tags"] == ["shared", "team-a"]
-    assert mine["cpus"] == 2 and mine["status"] == "Running" and mine["created_at"]
+    assert mine["cpus"] == 2 and mine["status"] == "Running" and mine["created_at"] and mine["ip"]
     assert [n["hostname"] for n in api.get("/nodes", params={"tag": "shared"}).json()] == [sandbox]
     assert [n["hostname"] for n in api.get("/nodes", params={"tag_prefix": "team-"}).json()] == [sandbox]
     assert api.get("/hostgroup/sbox/nodes", params={"tag": "nothing"}).json() == []

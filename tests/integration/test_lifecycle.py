@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from pyslicer.client import SlicerClient
+from pyslicer.net import NetworkNamespace
 from tests.integration.conftest import RunningDaemon, start_daemon, stop_daemon
 from tests.integration.helpers import assert_error, exec_buffered, wait_for_agent
 
@@ -89,6 +90,7 @@ def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp
     assert not list((second.data_dir / "run").rglob("*.sock"))
     assert f"{hostname}.log" not in {p.name for p in (second.data_dir / "logs").iterdir()}
     assert "no clean shutdown" not in second.log()
+    assert not NetworkNamespace(second.data_dir.absolute()).exists, "the daemon's namespace goes with it"
 
     # The service comes back on the next start with what it wrote before its clean shutdown. This
     # daemon serves on a unix socket, where no token is needed.

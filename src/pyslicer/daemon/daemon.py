@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import logging
 import os
 import platform
@@ -24,7 +25,8 @@ from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.storage import create_overlay, remove_disk
 from pyslicer.errors import BadRequest, Forbidden, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage, ensure_image
-from pyslicer.vmm import Hypervisor, QemuHypervisor, VMSpec, choose_accel
+from pyslicer.net import GroupNetwork, Lease, NetworkNamespace
+from pyslicer.vmm import Hypervisor, Nic, QemuHypervisor, VMSpec, choose_accel
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,12 @@ class NodeRequest:
 
 
 class HostGroup:
-    def __init__(self, config: HostGroupConfig) -> None:
+    def __init__(self, config: HostGroupConfig, network: GroupNetwork) -> None:
         self.config = config
         self.name = config.name
+        self.network = network
         self.next_index = 1
+        self.taps = itertools.count(1)
 
     def new_hostname(self, taken: set[str]) -> str:
         while f"{self.name}-{self.next_index}" in taken:
@@ -77,10 +81,15 @@ class Daemon:
         progress: Callable[[str], None] = print,
     ) -> None:
         self.config = config
-        self.data_dir = data_dir.absolute()  # qcow2 overlays record their base by absolute path
         self.progress = progress
-        self.groups = {group.name: HostGroup(group) for group in config.host_groups}
+        self.data_dir = data_dir.absolute()  # qcow2 overlays record their base by absolute path
+        self.netns = NetworkNamespace(self.data_dir)
+        self.groups = {
+            group.name: HostGroup(group, GroupNetwork(group, index, self.netns))
+            for index, group in enumerate(config.host_groups)
+        }
         self.nodes: dict[str, Node] = {}
+        self.leases: dict[str, Lease] = {}
         self.accel, self.accel_reason = choose_accel(config.accel)
         self.hypervisor: Hypervisor = QemuHypervisor(self.accel)
         self.image: GuestImage | None = None
@@ -112,6 +121,9 @@ class Daemon:
         self.token = await asyncio.to_thread(self._load_token)
         self.progress(f"accel {self.accel_reason}")
         self.image = await ensure_image(self.data_dir, progress=self.progress)
+        await self.netns.create()
+        for group in self.groups.values():
+            await group.network.create()
         self.registry = await Registry.open(self.data_dir / "state.db")
         await self._recover()
         for group in self.groups.values():
@@ -127,11 +139,13 @@ class Daemon:
         if self.registry is not None:
             await self.registry.close()
             self.registry = None
+        await self.netns.delete()
         if self._run_root != self.data_dir / "run":
             shutil.rmtree(self._run_root, ignore_errors=True)
 
     async def _shutdown_node(self, node: Node) -> None:
         await node.stop(graceful_timeout=GRACEFUL_STOP_SECONDS if node.record.persistent else 0)
+        await self._release_lease(node)
         shutil.rmtree(node.spec.run_dir, ignore_errors=True)
         if not node.record.persistent:
             await self._forget(node)
@@ -248,6 +262,10 @@ class Daemon:
                     tags=list(request.tags),
                 )
             run_dir = self._run_root / hostname
+            taken = {lease.address.ip.compressed for lease in self.leases.values()}
+            lease = await group.network.lease(hostname, next(group.taps), taken, wanted=record.ip)
+            self.leases[hostname] = lease
+            record.ip = str(lease.address.ip)
             spec = VMSpec(
                 name=hostname,
                 vcpus=record.cpus,
@@ -257,7 +275,8 @@ class Daemon:
                 disk=self.disk_path(hostname),
                 run_dir=run_dir,
                 console_log=self.console_path(hostname),
-                kernel_args={"slicer.hostname": hostname},
+                kernel_args={"slicer.hostname": hostname, **lease.kernel_args},
+                nic=Nic(tap=lease.tap, mac=lease.mac, netns=lease.netns),
             )
             node = Node(record, spec)
             node.on_stopped = self._on_node_stopped
@@ -291,6 +310,12 @@ class Daemon:
 
     async def _on_node_stopped(self, node: Node) -> None:
         shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+        await self._release_lease(node)
+
+    async def _release_lease(self, node: Node) -> None:
+        lease = self.leases.pop(node.hostname, None)
+        if lease is not None:
+            await self.groups[node.record.host_group].network.release(lease.tap)
 
     async def delete_node(self, group_name: str, hostname: str) -> bool:
         node = self.node(hostname)
@@ -309,6 +334,7 @@ class Daemon:
             node.transition(NodeState.DELETED)
         await node.stop()
         shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+        await self._release_lease(node)
         await self._forget(node)
 
     async def _forget(self, node: Node) -> None:

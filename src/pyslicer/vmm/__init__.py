@@ -1,12 +1,13 @@
 """Hypervisors: how a VM process is started and controlled."""
 
 from pyslicer.vmm.accel import choose_accel, hardware_kvm_available
-from pyslicer.vmm.base import Accel, Hypervisor, VMProcess, VMSpec
+from pyslicer.vmm.base import Accel, Hypervisor, Nic, VMProcess, VMSpec
 from pyslicer.vmm.qemu import QemuHypervisor, QemuVM
 
 __all__ = [
     "Accel",
     "Hypervisor",
+    "Nic",
     "QemuHypervisor",
     "QemuVM",
     "VMProcess",

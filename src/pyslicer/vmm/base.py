@@ -10,6 +10,15 @@ Accel = Literal["kvm", "tcg"]
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A tap device, prepared by the caller inside ``netns``, for the VM's one network card."""
+
+    tap: str
+    mac: str
+    netns: str
+
+
+@dataclass(frozen=True)
 class VMSpec:
     name: str
     vcpus: int
@@ -21,6 +30,7 @@ class VMSpec:
     """Holds the sockets and QEMU's own log while the VM runs."""
     console_log: Path
     kernel_args: dict[str, str] = field(default_factory=dict)
+    nic: Nic | None = None
 
     @property
     def agent_socket(self) -> Path:

@@ -41,7 +41,16 @@ def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
     }
     append = " ".join(f"{key}={value}" if value else key for key, value in kernel_args.items())
     run = spec.run_dir
+    prefix: list[str] = []
+    nic: list[str] = []
+    if spec.nic is not None:
+        prefix = [shutil.which("ip") or "ip", "netns", "exec", spec.nic.netns]
+        nic = [
+            "-netdev", f"tap,id=net0,ifname={spec.nic.tap},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net0,mac={spec.nic.mac}",
+        ]  # fmt: skip
     return [
+        *prefix,
         binary,
         "-name", spec.name,
         "-M", "microvm",
@@ -60,6 +69,7 @@ def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
         "-chardev", f"socket,id=agent0,path={spec.agent_socket},server=on,wait=off",
         "-device", "virtserialport,chardev=agent0,name=agent",
         "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
+        *nic,
     ]  # fmt: skip
 
 
