@@ -12,13 +12,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from pyslicer.daemon.agent_link import AgentLink, AgentStream, Message, Output
-from pyslicer.protocol import Channel
+from pyslicer.protocol import INITIAL_WINDOW, Channel, FrameType, encode_json
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -126,3 +127,458 @@ async def test_concurrent_streams_and_cancel(link: AgentLink) -> None:
 async def test_signal_is_reported(link: AgentLink) -> None:
     _, _, messages = await collect(link.open({"op": "exec", "cmd": "sh", "args": ["-c", "kill -9 $$"]}))
     assert messages[-1]["signal"] == "SIGKILL" and messages[-1]["exit_code"] == 137
+
+
+# -- identities, cwd, env ------------------------------------------------------------------------------
+
+
+async def test_uid_and_gid_switching(link: AgentLink) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    out, _, messages = await collect(
+        link.open({"op": "exec", "cmd": "sh", "args": ["-c", "id -u; id -g; id -G"], "uid": 65534})
+    )
+    assert messages[-1]["exit_code"] == 0, messages
+    assert out.split() == [b"65534", b"65534", b"65534"]  # the account's group, no supplementary groups
+    out, _, _ = await collect(link.open({"op": "exec", "cmd": "id", "args": ["-u"], "uid": 65534, "gid": 4321}))
+    assert out == b"65534\n"
+    out, _, _ = await collect(
+        link.open({"op": "exec", "cmd": "sh", "args": ["-c", "id -g; id -G"], "uid": 65534, "gid": 4321})
+    )
+    assert out.split() == [b"4321", b"4321"]
+    out, _, _ = await collect(link.open({"op": "exec", "cmd": "id", "args": ["-u"]}))
+    assert out == b"0\n"
+
+
+async def test_errors_as_another_user(link: AgentLink, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    _, _, messages = await collect(link.open({"op": "exec", "cmd": "no-such-tool", "uid": 65534}))
+    assert messages == [{"type": "error", "error": "exec: no-such-tool: not found", "exit_code": 127}]
+    missing = str(tmp_path / "gone")
+    _, _, messages = await collect(link.open({"op": "exec", "cmd": "true", "uid": 65534, "cwd": missing}))
+    assert messages == [{"type": "error", "error": f"exec: {missing}: not found", "exit_code": 127}]
+
+
+async def test_cwd(link: AgentLink, tmp_path: Path) -> None:
+    out, _, messages = await collect(link.open({"op": "exec", "cmd": "pwd", "cwd": str(tmp_path)}))
+    assert out == f"{tmp_path}\n".encode() and messages[-1]["exit_code"] == 0
+    missing = str(tmp_path / "gone")
+    _, _, messages = await collect(link.open({"op": "exec", "cmd": "pwd", "cwd": missing}))
+    assert messages == [{"type": "error", "error": f"exec: {missing}: not found", "exit_code": 127}]
+    # the agent's own directory is untouched by a child's cwd
+    out, _, _ = await collect(link.open({"op": "exec", "cmd": "./x", "cwd": str(tmp_path)}))
+    assert out == b""
+
+
+async def test_permission_denied_is_126(link: AgentLink, tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    _, _, messages = await collect(link.open({"op": "exec", "cmd": str(script)}))
+    assert messages == [{"type": "error", "error": f"exec: [Errno 13] Permission denied: '{script}'", "exit_code": 126}]
+
+
+async def test_env(link: AgentLink) -> None:
+    request = {"op": "exec", "cmd": "env", "env": ["GREETING=hi there", "EMPTY=", "HOME=/elsewhere"]}
+    out, _, messages = await collect(link.open(request))
+    assert messages[-1]["exit_code"] == 0
+    env = dict(line.split("=", 1) for line in out.decode().splitlines())
+    assert env["GREETING"] == "hi there" and env["EMPTY"] == "" and env["HOME"] == "/elsewhere"
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["LANG"] == "C.UTF-8" and "SLICER_AGENT_FD" not in env and "PYTHONPATH" not in env
+    _, _, messages = await collect(link.open({"op": "exec", "cmd": "env", "env": ["NOEQUALS"]}))
+    assert messages == [{"type": "error", "error": "env entry 'NOEQUALS' is not KEY=VALUE", "exit_code": 1}]
+
+
+async def test_shell_and_quoting(link: AgentLink) -> None:
+    request = {"op": "exec", "cmd": "printf '%s|'", "args": ["a b", "it's", "", "$HOME"], "shell": "/bin/sh"}
+    out, _, _ = await collect(link.open(request))
+    assert out == b"a b|it's||$HOME|"
+
+
+async def test_children_inherit_only_stdio(link: AgentLink) -> None:
+    identities = [{}, {"uid": 65534}] if os.geteuid() == 0 else [{}]  # posix_spawn, and fork
+    for identity in identities:
+        out, _, _ = await collect(link.open({"op": "exec", "cmd": "ls", "args": ["/proc/self/fd"], **identity}))
+        assert sorted(int(fd) for fd in out.split()) == [0, 1, 2, 3]  # 3: the directory ls is reading
+
+
+async def test_unknown_op(link: AgentLink) -> None:
+    assert await link.call({"op": "nope"}) == {"type": "error", "error": "unknown op 'nope'"}
+
+
+# -- stdin, flow control, cancel ---------------------------------------------------------------------------
+
+
+async def test_stdin_eof_with_a_child_that_does_not_read(link: AgentLink) -> None:
+    stream = link.open({"op": "exec", "cmd": "sh", "args": ["-c", "sleep 0.5; echo done"], "stdin": True})
+
+    async def feed() -> None:
+        await stream.write(os.urandom(2 * 1024 * 1024))  # far more than the pipe and the window hold
+        stream.close_input()
+
+    feeder = asyncio.create_task(feed())
+    out, _, messages = await asyncio.wait_for(collect(stream), 30)
+    await asyncio.wait_for(feeder, 5)  # the credit came back although nobody read the bytes
+    assert out == b"done\n" and messages[-1]["exit_code"] == 0
+
+
+async def test_stdin_closed_at_once(link: AgentLink) -> None:
+    stream = link.open({"op": "exec", "cmd": "wc", "args": ["-c"], "stdin": True})
+    stream.close_input()
+    out, _, messages = await asyncio.wait_for(collect(stream), 30)
+    assert out.strip() == b"0" and messages[-1]["exit_code"] == 0
+
+
+async def test_without_stdin_the_child_reads_dev_null(link: AgentLink) -> None:
+    out, _, _ = await asyncio.wait_for(collect(link.open({"op": "exec", "cmd": "wc", "args": ["-c"]})), 30)
+    assert out.strip() == b"0"
+
+
+async def test_output_beyond_the_window_with_a_slow_consumer(link: AgentLink) -> None:
+    size = 3 * INITIAL_WINDOW + 12345
+    script = f"head -c {size} /dev/zero; echo finished >&2"
+    stream = link.open({"op": "exec", "cmd": "sh", "args": ["-c", script]})
+    events = aiter(stream)
+    received = 0
+    while received < INITIAL_WINDOW:  # consume nothing: exactly one window arrives, then the agent stops reading
+        event = await anext(events)
+        if isinstance(event, Output):
+            assert event.channel is Channel.STDOUT
+            received += len(event.data)
+    await asyncio.sleep(0.5)
+    assert received == INITIAL_WINDOW and stream._events.empty()  # the child is blocked on its full pipe
+    stream.consumed(received)
+    consumed = received
+    most_outstanding = 0
+    stderr = b""
+    exit_code = None
+    async for event in events:
+        if isinstance(event, Output):
+            received += len(event.data)
+            most_outstanding = max(most_outstanding, received - consumed)
+            if event.channel is Channel.STDERR:
+                stderr += event.data
+            await asyncio.sleep(0.002)  # a slow reader
+            stream.consumed(len(event.data))
+            consumed += len(event.data)
+        elif isinstance(event, Message) and event.body["type"] == "exit":
+            exit_code = event.body["exit_code"]
+    assert most_outstanding <= INITIAL_WINDOW
+    assert received == size + len(b"finished\n") and stderr == b"finished\n" and exit_code == 0
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+async def test_cancel_kills_the_process_group(link: AgentLink) -> None:
+    stream = link.open({"op": "exec", "cmd": "sh", "args": ["-c", "sleep 300 & echo $!; wait"]})
+    pids: list[int] = []
+    async for event in stream:
+        if isinstance(event, Message) and event.body["type"] == "started":
+            pids.append(int(event.body["pid"]))
+        elif isinstance(event, Output):
+            pids.append(int(event.data))
+            break
+    assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
+    stream.cancel()
+    deadline = asyncio.get_running_loop().time() + 10
+    while not all(_gone(pid) for pid in pids):
+        assert asyncio.get_running_loop().time() < deadline, f"still running: {pids}"
+        await asyncio.sleep(0.05)
+    assert (await link.call({"op": "health"}))["agent_uptime"] > 0
+
+
+async def test_many_concurrent_streams(link: AgentLink) -> None:
+    async def one(i: int) -> None:
+        if i % 2:
+            payload = os.urandom(100_000 + i)
+            stream = link.open({"op": "exec", "cmd": "cat", "stdin": True})
+
+            async def feed() -> None:
+                await stream.write(payload)
+                stream.close_input()
+
+            feeder = asyncio.create_task(feed())
+            out, err, messages = await collect(stream)
+            await feeder
+            assert out == payload
+        else:
+            script = f"head -c {300_000 + i} /dev/zero | tr '\\0' x; echo {i} >&2"
+            out, err, messages = await collect(link.open({"op": "exec", "cmd": "sh", "args": ["-c", script]}))
+            assert out == b"x" * (300_000 + i) and err == f"{i}\n".encode()
+        assert messages[0]["type"] == "started" and messages[-1] == {**messages[-1], "exit_code": 0}
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(60))), 120)
+    assert (await link.call({"op": "health"}))["agent_uptime"] > 0
+
+
+async def test_hello_drops_every_stream(link: AgentLink) -> None:
+    stream = link.open({"op": "exec", "cmd": "sh", "args": ["-c", "echo $$; exec sleep 300"]})
+    pid = None
+    async for event in stream:
+        if isinstance(event, Output):
+            pid = int(event.data)
+            break
+    assert pid is not None
+    link.send(encode_json(FrameType.HELLO, 0, {"version": 1}))  # as a reconnecting host would
+    deadline = asyncio.get_running_loop().time() + 10
+    while not _gone(pid):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+
+
+# -- the agent's own copies of stdlib and protocol behaviour ------------------------------------------------
+
+
+def test_wire_matches_the_protocol() -> None:
+    from pyslicer import protocol
+    from pyslicer.agent import wire
+
+    assert wire.HEADER.format == protocol.HEADER.format
+    assert (wire.MAX_PAYLOAD, wire.INITIAL_WINDOW) == (protocol.MAX_PAYLOAD, protocol.INITIAL_WINDOW)
+    assert wire.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+    assert {t.value: t.name for t in protocol.FrameType} == wire.TYPE_NAMES
+    for t in protocol.FrameType:
+        assert getattr(wire, t.name) == t.value
+    assert tuple(c.value for c in protocol.Channel) == wire.CHANNELS
+    for c in protocol.Channel:
+        assert getattr(wire, c.name) == c.value
+    assert wire.window_payload(77) == protocol.window_payload(77)
+    body = {"type": "exit", "exit_code": 1, "ended_at": "x", "error": 'é\u2603\U0001f600"\\\n', "n": None}
+    assert wire.encode_json(4, 9, body) == protocol.encode_json(protocol.FrameType.MESSAGE, 9, body)
+
+
+@pytest.mark.parametrize(
+    "wire_bytes",
+    [
+        bytes([99, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+        bytes([5, 9, 0, 0, 0, 1, 0, 0, 0, 0]),
+        bytes([5, 1, 0, 0, 0, 1]) + (65 * 1024).to_bytes(4, "big"),
+    ],
+)
+def test_wire_decoder_refuses_what_the_protocol_refuses(wire_bytes: bytes) -> None:
+    from pyslicer import protocol
+    from pyslicer.agent import wire
+
+    with pytest.raises(protocol.ProtocolError) as theirs:
+        protocol.FrameDecoder().feed(wire_bytes)
+    with pytest.raises(wire.ProtocolError) as ours:
+        wire.FrameDecoder().feed(wire_bytes)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_wire_decoder_round_trip() -> None:
+    import random
+
+    from pyslicer import protocol
+    from pyslicer.agent import wire
+
+    rng = random.Random(3)
+    frames = [
+        (rng.choice(list(protocol.FrameType)), rng.randrange(2**32), os.urandom(rng.randrange(3000)))
+        for _ in range(200)
+    ]
+    data = b"".join(
+        protocol.encode(t, s, p, rng.randrange(3) if t in (protocol.FrameType.DATA, protocol.FrameType.EOF) else 0)
+        for t, s, p in frames
+    )
+    decoder = wire.FrameDecoder()
+    got: list[wire.Frame] = []
+    offset = 0
+    while offset < len(data):
+        step = rng.randint(1, 5000)
+        got += decoder.feed(data[offset : offset + step])
+        offset += step
+    reference = protocol.FrameDecoder().feed(data)
+    assert [(f.type, f.stream, f.payload, f.flags) for f in got] == [
+        (f.type.value, f.stream, f.payload, f.flags) for f in reference
+    ]
+
+
+JSON_SAMPLES = [
+    b'{"op":"exec","cmd":"sh","args":["-c","echo \\u00e9"],"uid":0,"window":262144,"stdin":true}',
+    b'{"a": [1, 2.5, -3e10, null, false, {"b": "\\ud83d\\ude00"}], "c": NaN, "d": -Infinity}  \n',
+    b'{"dup": 1, "dup": 2}',
+    b'{"big": 123456789012345678901234567890, "f": 1.0000000000000002}',
+    b"{}",
+    b"{",
+    b'{"a":',
+    b'{"a" 1}',
+    b'{"a":1} x',
+    b'{"a":1}{}',
+    b'{"a":"\x01"}',
+    b'{"a":"\\x"}',
+    b"\xef\xbb\xbf{}",
+    b"  {}",
+    b"[1]",
+    b"",
+    b"\xff",
+    b'{"\xff":1}',
+    '{"a":"é"}'.encode("utf-16-le"),
+    '{"a":"é"}'.encode("utf-32"),
+    b'{"a":"\xed\xa0\x80"}',
+]
+
+
+@pytest.mark.parametrize("data", JSON_SAMPLES)
+def test_wire_json_loads_is_json_loads(data: bytes) -> None:
+    import json
+
+    from pyslicer.agent import wire
+
+    try:
+        expected: object = json.loads(data)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            wire.loads(data)
+    else:
+        got = wire.loads(data)
+        assert repr(got) == repr(expected)  # repr: NaN != NaN
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "started", "pid": 123, "started_at": "2024-01-01T00:00:00.000001Z"},
+        {"s": 'é\u2603\U0001f600\x00\x1f"\\/\ud800', "f": [1.5, float("inf"), float("nan"), -0.0, 1e300]},
+        {1: "int key", False: 2, None: 3, 2.5: 4, "nested": {"l": [[], {}, ()]}},
+    ],
+)
+def test_wire_json_dumps_is_json_dumps(body: dict[str, object]) -> None:
+    import json
+
+    from pyslicer.agent import wire
+
+    assert wire.dumps(body) == json.dumps(body, separators=(",", ":"))
+
+
+def test_wire_json_dumps_refuses_what_json_refuses() -> None:
+    import json
+
+    from pyslicer.agent import wire
+
+    with pytest.raises(TypeError) as theirs:
+        json.dumps({"x": object()})
+    with pytest.raises(TypeError) as ours:
+        wire.dumps({"x": object()})
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_shell_quote_is_shlex_quote() -> None:
+    import shlex
+
+    from pyslicer.agent.spawn import shell_quote
+
+    for word in ["", "plain", "a b", "it's", "$HOME", "é", "x=1,y:2/z@%+.-_", "tab\tnewline\n", "'", '"', "*?[]"]:
+        assert shell_quote(word) == shlex.quote(word)
+
+
+def test_signal_names_are_signal_module_names() -> None:
+    import signal
+
+    from pyslicer.agent.spawn import signal_name
+
+    for signo in range(1, signal.NSIG):
+        try:
+            expected = signal.Signals(signo).name
+        except ValueError:  # glibc's own two, then the real-time ones
+            unnamed = f"SIGRTMIN+{signo - signal.SIGRTMIN}" if signo > signal.SIGRTMIN else f"SIG{signo}"
+            assert signal_name(signo) == unnamed
+        else:
+            assert signal_name(signo) == expected
+
+
+def test_now_is_datetime_isoformat() -> None:
+    import datetime
+
+    from pyslicer.agent.spawn import now
+
+    for _ in range(1000):
+        before = datetime.datetime.now(datetime.UTC)
+        stamp = now()
+        after = datetime.datetime.now(datetime.UTC)
+        parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before - datetime.timedelta(microseconds=1) <= parsed <= after
+        assert stamp == parsed.isoformat().replace("+00:00", "Z")
+        assert stamp.endswith("Z") and ("." in stamp) == (parsed.microsecond != 0)
+
+
+def test_the_agent_imports_little() -> None:
+    """What costs under TCG stays out: no asyncio, logging, subprocess, json, enum, re, ..."""
+    code = "import sys; import pyslicer.agent.server; print(' '.join(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    heavy = {
+        "asyncio",
+        "logging",
+        "concurrent",
+        "inspect",
+        "ssl",
+        "subprocess",
+        "socket",
+        "selectors",
+        "json",
+        "enum",
+        "re",
+        "typing",
+        "dataclasses",
+        "datetime",
+        "signal",
+        "threading",
+        "collections",
+        "functools",
+        "contextlib",
+        "pathlib",
+        "shlex",
+        "secrets",
+        "glob",
+        "pyslicer.protocol",
+    }
+    assert loaded & heavy == set()
+
+
+def test_ready_unsolicited_then_on_hello_and_no_spin_without_a_host() -> None:
+    from pyslicer.protocol import FrameDecoder, decode_json
+
+    host_end, agent_end = socket.socketpair()
+    env = {**os.environ, "SLICER_AGENT_FD": str(agent_end.fileno()), "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-m", "pyslicer.agent"], env=env, pass_fds=[agent_end.fileno()])
+    agent_end.close()
+    try:
+        host_end.settimeout(10)
+        decoder = FrameDecoder()
+
+        def next_frame() -> dict[str, object]:
+            while not (frames := decoder.feed(host_end.recv(65536))):
+                pass
+            assert frames[0].type is FrameType.READY
+            return decode_json(frames[0])
+
+        first = next_frame()  # before any HELLO
+        assert first["version"] == 1 and first["hostname"] == socket.gethostname()
+        host_end.sendall(encode_json(FrameType.HELLO, 0, {"version": 1}))
+        assert next_frame()["instance"] == first["instance"]
+        host_end.close()  # no host: every read is EOF at once; the agent must back off, not spin
+
+        def cpu_ticks() -> int:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+
+        before = cpu_ticks()
+        time.sleep(1)
+        assert cpu_ticks() - before < 30  # a spinning agent burns ~100 ticks a second
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

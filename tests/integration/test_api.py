@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from tests.integration.conftest import RunningDaemon
@@ -44,16 +46,12 @@ def test_service_vm_is_listed_protected_and_runs_its_userdata(api: httpx.Client)
     assert nodes[0]["status"] == "Running" and nodes[0]["ram_bytes"] == 384 * 1024**2
     assert_error(api.delete("/hostgroup/svc/nodes/svc-1"), 403, "protected")
     wait_for_agent(api, "svc-1")
-    result = api.post("/vm/svc-1/exec", params={"cmd": "cat", "args": "/var/tmp/from-userdata", "buffered": "1"}).json()
-    for _ in range(100):
-        if result["exit_code"] == 0:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # userdata runs in the background after the agent is up
+        if api.get("/vm/svc-1/health").json()["userdata_ran"]:
             break
-        import time
-
         time.sleep(0.3)
-        result = api.post(
-            "/vm/svc-1/exec", params={"cmd": "cat", "args": "/var/tmp/from-userdata", "buffered": "1"}
-        ).json()
+    result = api.post("/vm/svc-1/exec", params={"cmd": "cat", "args": "/var/tmp/from-userdata", "buffered": "1"}).json()
     assert result["stdout"] == "service-userdata\n"
 
 

@@ -1,197 +1,264 @@
-"""One command run for one stream: stdout/stderr out under the host's credit, stdin in."""
+"""One command run for one stream: stdout/stderr out under the host's credit, stdin in.
+
+Output is read from the pipes only while the host has granted credit, at most that much, so nothing
+piles up in the agent; a child that writes faster than the host reads blocks on its full pipe. Stdin
+bytes are written as the pipe takes them, and each chunk's credit goes back to the host once written
+(or at once when the child stopped reading), so the host never stalls.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime
 import os
-import pwd
-import shlex
-import signal
-from typing import TYPE_CHECKING, Any
+import sys
 
-from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameType, window_payload
+from pyslicer.agent.spawn import SIGKILL, LaunchError, build_launch, now, signal_name, spawn, watch_exit
+from pyslicer.agent.wire import (
+    DATA,
+    EOF,
+    INITIAL_WINDOW,
+    MAX_PAYLOAD,
+    MESSAGE,
+    STDERR,
+    STDIN,
+    STDOUT,
+    WINDOW,
+    window_payload,
+)
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from pyslicer.agent.server import Agent
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
-
-
-class LaunchError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def build_launch(request: dict[str, Any]) -> tuple[list[str], dict[str, str], str, int, int]:
-    cmd = request.get("cmd")
-    args = request.get("args") or []
-    if not isinstance(cmd, str) or not cmd:
-        raise LaunchError("cmd is required", 1)
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise LaunchError("args must be a list of strings", 1)
-    shell = request.get("shell") or ""
-    argv = [shell, "-c", " ".join([cmd, *map(shlex.quote, args)])] if shell else [cmd, *args]
-
-    uid = int(request.get("uid") or 0)
-    try:
-        account: pwd.struct_passwd | None = pwd.getpwuid(uid)
-    except KeyError:
-        account = None
-    gid_value = request.get("gid")
-    gid = int(gid_value) if gid_value is not None else (account.pw_gid if account else uid)
-    home = account.pw_dir if account else "/"
-    env = {
-        "PATH": DEFAULT_PATH,
-        "HOME": home,
-        "USER": account.pw_name if account else str(uid),
-        "LOGNAME": account.pw_name if account else str(uid),
-        "LANG": "C.UTF-8",
-    }
-    for item in request.get("env") or []:
-        key, sep, value = str(item).partition("=")
-        if not sep or not key:
-            raise LaunchError(f"env entry {item!r} is not KEY=VALUE", 1)
-        env[key] = value
-    cwd = request.get("cwd") or (home if os.path.isdir(home) else "/")
-    return argv, env, str(cwd), uid, gid
 
 
 class ExecSession:
     def __init__(self, agent: Agent, stream: int, request: dict[str, Any]) -> None:
         self._agent = agent
+        self._loop = agent.loop
         self._stream = stream
         self._request = request
-        self._credit = int(request.get("window") or INITIAL_WINDOW)
-        self._credit_changed = asyncio.Event()
-        self._stdin_queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._credit = 0  # set by _start from the request's window
+        self._wants_stdin = bool(request.get("stdin"))
+        self._pid = 0
+        self._returncode: int | None = None
+        self._stdout = -1  # our ends of the pipes; -1 once closed
+        self._stderr = -1
+        self._stdin = -1
+        self._stdin_queue: list[bytes] = []
+        self._stdin_offset = 0  # bytes of _stdin_queue[0] already written
+        self._stdin_eof = False
+        self._stdin_broken = False
         self._cancelled = False
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._done = False
 
     # -- from the host -------------------------------------------------------------------------
-    def on_data(self, channel: Channel, data: bytes) -> None:
-        if channel is Channel.STDIN:
-            self._stdin_queue.put_nowait(data)
+    def start(self) -> None:
+        self._guard(self._start)
 
-    def on_eof(self, channel: Channel) -> None:
-        if channel is Channel.STDIN:
-            self._stdin_queue.put_nowait(None)
+    def on_data(self, channel: int, data: bytes) -> None:
+        if channel == STDIN and self._wants_stdin and not self._stdin_eof and not self._done:
+            if self._stdin_broken:
+                self._send(WINDOW, window_payload(len(data)))
+            else:
+                self._stdin_queue.append(data)
+                self._guard(self._write_stdin)
+
+    def on_eof(self, channel: int) -> None:
+        if channel == STDIN and self._wants_stdin and not self._stdin_eof:
+            self._stdin_eof = True
+            if not self._stdin_queue:
+                self._close_stdin()
 
     def on_window(self, increment: int) -> None:
         self._credit += increment
-        self._credit_changed.set()
+        self._update_reading()
 
     def cancel(self) -> None:
+        """The host is gone or gave up: kill the process group, drop the pipes, send nothing more."""
         self._cancelled = True
-        self._kill(signal.SIGKILL)
-        self._task.cancel()
+        self._kill()
+        self._close_all()
 
-    # -- running -------------------------------------------------------------------------------
+    # -- sending -------------------------------------------------------------------------------
+    def _send(self, frame_type: int, payload: bytes = b"", flags: int = 0) -> None:
+        if not self._cancelled:
+            self._agent.send(frame_type, self._stream, payload, flags)
+
     def _send_json(self, body: dict[str, Any]) -> None:
         if not self._cancelled:
-            self._agent.send_json(FrameType.MESSAGE, self._stream, body)
+            self._agent.send_json(MESSAGE, self._stream, body)
 
-    def _kill(self, sig: signal.Signals) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, sig)
+    def _finish(self) -> None:
+        self._done = True
+        self._close_all()
+        if not self._cancelled:
+            self._agent.finish(self._stream, self)
 
-    async def _run(self) -> None:
+    def _guard(self, step: Callable[[], None]) -> None:
         try:
-            await self._execute()
-        except asyncio.CancelledError:
-            self._kill(signal.SIGKILL)
-            raise
+            step()
         except Exception as exc:  # the host must always see an end to the stream
+            if self._done or self._cancelled:
+                print(f"slicer-agent: stream {self._stream}: {exc!r}", file=sys.stderr)
+                return
             self._send_json({"type": "error", "error": f"agent: {exc}", "exit_code": 1})
-        finally:
-            if not self._cancelled:
-                self._agent.finish(self._stream, self)
+            self._kill()
+            self._finish()
 
-    async def _execute(self) -> None:
-        wants_stdin = bool(self._request.get("stdin"))
+    # -- running -------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._credit = int(self._request.get("window") or INITIAL_WINDOW)
         started_at = now()  # before the spawn, so ended_at - started_at is the whole guest-side cost
+        child_ends: list[int] = []
         try:
             argv, env, cwd, uid, gid = build_launch(self._request)
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if wants_stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                user=uid,
-                group=gid,
-                extra_groups=[],
-                start_new_session=True,
-            )
+            try:
+                self._stdout, stdout_w = os.pipe()
+                child_ends.append(stdout_w)
+                self._stderr, stderr_w = os.pipe()
+                child_ends.append(stderr_w)
+                stdin_r: int | None = None
+                if self._wants_stdin:
+                    stdin_r, self._stdin = os.pipe()
+                    child_ends.append(stdin_r)
+                self._pid = spawn(argv, env, cwd, (stdin_r, stdout_w, stderr_w), uid=uid, gid=gid, new_session=True)
+            finally:
+                for fd in child_ends:
+                    os.close(fd)
         except LaunchError as exc:
-            self._send_json({"type": "error", "error": str(exc), "exit_code": exc.exit_code})
+            self._fail_launch(str(exc), exc.exit_code)
             return
         except FileNotFoundError as exc:
             what = exc.filename or self._request.get("cmd")
-            self._send_json({"type": "error", "error": f"exec: {what}: not found", "exit_code": 127})
+            self._fail_launch(f"exec: {what}: not found", 127)
             return
         except PermissionError as exc:
-            self._send_json({"type": "error", "error": f"exec: {exc}", "exit_code": 126})
+            self._fail_launch(f"exec: {exc}", 126)
             return
         except (OSError, ValueError) as exc:
-            self._send_json({"type": "error", "error": f"exec: {exc}", "exit_code": 1})
+            self._fail_launch(f"exec: {exc}", 1)
             return
 
-        proc = self._proc
-        self._send_json({"type": "started", "pid": proc.pid, "started_at": started_at})
-        stdin_task = asyncio.get_running_loop().create_task(self._feed_stdin()) if wants_stdin else None
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            await asyncio.gather(self._pump(proc.stdout, Channel.STDOUT), self._pump(proc.stderr, Channel.STDERR))
-            returncode = await proc.wait()
-        finally:
-            if stdin_task is not None:
-                stdin_task.cancel()
+        self._send_json({"type": "started", "pid": self._pid, "started_at": started_at})
+        for fd in (self._stdout, self._stderr, self._stdin):
+            if fd >= 0:
+                os.set_blocking(fd, False)
+        watch_exit(self._loop, self._pid, self._on_exit)
+        self._update_reading()
+
+    def _fail_launch(self, message: str, exit_code: int) -> None:
+        self._send_json({"type": "error", "error": message, "exit_code": exit_code})
+        self._finish()
+
+    def _on_exit(self, returncode: int) -> None:
+        self._returncode = returncode
+        self._guard(self._maybe_exit)
+
+    def _maybe_exit(self) -> None:
+        """The exit frame goes out once both outputs reached EOF and the child is reaped."""
+        if self._done or self._cancelled or self._stdout >= 0 or self._stderr >= 0 or self._returncode is None:
+            return
+        returncode = self._returncode
         frame: dict[str, Any] = {"type": "exit", "exit_code": returncode, "ended_at": now()}
         if returncode < 0:
             frame["exit_code"] = 128 - returncode
-            frame["signal"] = signal.Signals(-returncode).name
+            frame["signal"] = signal_name(-returncode)
         self._send_json(frame)
+        self._finish()
 
-    async def _pump(self, reader: asyncio.StreamReader, channel: Channel) -> None:
-        while True:
-            while self._credit <= 0:
-                self._credit_changed.clear()
-                await self._credit_changed.wait()
-            data = await reader.read(min(self._credit, MAX_PAYLOAD))
-            if not data:
-                if not self._cancelled:
-                    self._agent.send(FrameType.EOF, self._stream, flags=channel)
+    def _kill(self) -> None:
+        # The group outlives its leader while a member holds the pipes; its id cannot be reused meanwhile.
+        running = self._returncode is None or self._stdout >= 0 or self._stderr >= 0
+        if self._pid and running:
+            try:
+                os.killpg(self._pid, SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                return  # gone already
+
+    # -- output --------------------------------------------------------------------------------
+    def _update_reading(self) -> None:
+        reading = self._credit > 0 and not self._cancelled and not self._done
+        for fd, callback in ((self._stdout, self._on_stdout), (self._stderr, self._on_stderr)):
+            if fd < 0:
+                continue
+            if reading:
+                self._loop.add_reader(fd, callback)
+            else:
+                self._loop.remove_reader(fd)
+
+    def _on_stdout(self) -> None:
+        self._guard(lambda: self._read(STDOUT))
+
+    def _on_stderr(self) -> None:
+        self._guard(lambda: self._read(STDERR))
+
+    def _read(self, channel: int) -> None:
+        fd = self._stdout if channel == STDOUT else self._stderr
+        if fd < 0 or self._credit <= 0:
+            return
+        try:
+            data = os.read(fd, min(self._credit, MAX_PAYLOAD))
+        except BlockingIOError:
+            return
+        if not data:
+            self._loop.forget(fd)
+            os.close(fd)
+            if channel == STDOUT:
+                self._stdout = -1
+            else:
+                self._stderr = -1
+            self._send(EOF, flags=channel)
+            self._maybe_exit()
+            return
+        self._credit -= len(data)
+        self._send(DATA, data, channel)
+        if self._credit <= 0:
+            self._update_reading()
+
+    # -- stdin ---------------------------------------------------------------------------------
+    def _write_stdin(self) -> None:
+        if self._stdin < 0:
+            return
+        while self._stdin_queue:
+            chunk = self._stdin_queue[0]
+            try:
+                written = os.write(self._stdin, memoryview(chunk)[self._stdin_offset :])
+            except BlockingIOError:
+                self._loop.add_writer(self._stdin, self._on_stdin_writable)
                 return
-            self._credit -= len(data)
-            if not self._cancelled:
-                self._agent.send(FrameType.DATA, self._stream, data, flags=channel)
+            except OSError:  # the child closed its stdin (EPIPE) or is gone
+                self._stdin_broken = True
+                self._close_stdin()
+                return
+            self._stdin_offset += written
+            if self._stdin_offset == len(chunk):
+                self._stdin_queue.pop(0)
+                self._stdin_offset = 0
+                self._send(WINDOW, window_payload(len(chunk)))
+        self._loop.remove_writer(self._stdin)
+        if self._stdin_eof:
+            self._close_stdin()
 
-    async def _feed_stdin(self) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        stdin = self._proc.stdin
-        broken = False
-        while True:
-            chunk = await self._stdin_queue.get()
-            if chunk is None:
-                break
-            if not broken:
-                try:
-                    stdin.write(chunk)
-                    await stdin.drain()
-                except (BrokenPipeError, ConnectionResetError):
-                    broken = True
-            # credit goes back even when the child stopped reading, so the host never stalls
-            if not self._cancelled:
-                self._agent.send(FrameType.WINDOW, self._stream, window_payload(len(chunk)))
-        with contextlib.suppress(OSError):
-            stdin.close()
+    def _on_stdin_writable(self) -> None:
+        self._guard(self._write_stdin)
+
+    def _close_stdin(self) -> None:
+        if self._stdin >= 0:
+            self._loop.forget(self._stdin)
+            os.close(self._stdin)
+            self._stdin = -1
+        # whatever was still queued will never reach the child: its credit goes back all the same
+        queued, self._stdin_queue, self._stdin_offset = self._stdin_queue, [], 0
+        if self._stdin_broken:
+            for chunk in queued:
+                self._send(WINDOW, window_payload(len(chunk)))
+
+    def _close_all(self) -> None:
+        for fd in (self._stdout, self._stderr, self._stdin):
+            if fd >= 0:
+                self._loop.forget(fd)
+                os.close(fd)
+        self._stdout = self._stderr = self._stdin = -1
+        self._stdin_queue = []

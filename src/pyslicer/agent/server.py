@@ -1,24 +1,32 @@
-"""Agent main loop: one link, many streams."""
+"""Agent main loop: one link, many streams.
+
+Everything runs on one thread in ``Loop``; the imports are kept to what the interpreter mostly has
+loaded already (no asyncio, logging, subprocess, socket, json, enum, ...), because under TCG every
+import costs and the host waits for READY before a VM counts as started.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import secrets
-import socket
 import sys
 import time
-from typing import Any, Protocol
 
 from pyslicer import __version__
 from pyslicer.agent.execs import ExecSession
-from pyslicer.agent.link import SerialLink, find_port
+from pyslicer.agent.link import SerialLink, open_channel
+from pyslicer.agent.loop import Loop
 from pyslicer.agent.userdata import Userdata
-from pyslicer.protocol import (
+from pyslicer.agent.wire import (
+    CLOSE,
+    DATA,
+    EOF,
+    HELLO,
+    MESSAGE,
+    OPEN,
     PROTOCOL_VERSION,
-    Channel,
+    READY,
+    WINDOW,
     Frame,
-    FrameType,
     ProtocolError,
     decode_json,
     encode,
@@ -26,45 +34,43 @@ from pyslicer.protocol import (
     window_increment,
 )
 
-
-class Session(Protocol):
-    def on_data(self, channel: Channel, data: bytes) -> None: ...
-    def on_eof(self, channel: Channel) -> None: ...
-    def on_window(self, increment: int) -> None: ...
-    def cancel(self) -> None: ...
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
         self.started = time.monotonic()
-        self.instance = secrets.token_hex(8)
-        self.userdata = Userdata()
-        self.sessions: dict[int, Session] = {}
+        self.instance = os.urandom(8).hex()
+        self.userdata = Userdata(loop)
+        self.sessions: dict[int, ExecSession] = {}
         self.link: SerialLink | None = None
 
     # -- sending -------------------------------------------------------------------------------
-    def send(self, frame_type: FrameType, stream: int, payload: bytes = b"", flags: int = 0) -> None:
+    def send(self, frame_type: int, stream: int, payload: bytes = b"", flags: int = 0) -> None:
         assert self.link is not None
         self.link.send(encode(frame_type, stream, payload, flags))
 
-    def send_json(self, frame_type: FrameType, stream: int, body: dict[str, Any]) -> None:
+    def send_json(self, frame_type: int, stream: int, body: dict[str, Any]) -> None:
         assert self.link is not None
         self.link.send(encode_json(frame_type, stream, body))
 
-    def finish(self, stream: int, session: Session) -> None:
+    def finish(self, stream: int, session: ExecSession) -> None:
         if self.sessions.get(stream) is session:
             del self.sessions[stream]
-            self.send(FrameType.CLOSE, stream)
+            self.send(CLOSE, stream)
 
     def send_ready(self) -> None:
         self.send_json(
-            FrameType.READY,
+            READY,
             0,
             {
                 "version": PROTOCOL_VERSION,
                 "agent_version": __version__,
                 "instance": self.instance,
-                "hostname": socket.gethostname(),
+                "hostname": os.uname().nodename,
             },
         )
 
@@ -77,51 +83,54 @@ class Agent:
                 print(f"slicer-agent: dropping bad frame: {exc}", file=sys.stderr)
                 if frame.stream:
                     self.cancel(frame.stream)
-                    self.send(FrameType.CLOSE, frame.stream)
+                    self.send(CLOSE, frame.stream)
 
     def dispatch(self, frame: Frame) -> None:
-        if frame.type is FrameType.HELLO:
+        frame_type = frame.type
+        if frame_type == HELLO:
             self.reset()
             self.send_ready()
             return
-        if frame.type is FrameType.OPEN:
+        if frame_type == OPEN:
             self.open(frame.stream, decode_json(frame))
             return
         session = self.sessions.get(frame.stream)
         if session is None:
             return  # a stream that already ended; the host learns that from our CLOSE
-        if frame.type is FrameType.DATA:
-            session.on_data(Channel(frame.flags), frame.payload)
-        elif frame.type is FrameType.EOF:
-            session.on_eof(Channel(frame.flags))
-        elif frame.type is FrameType.WINDOW:
+        if frame_type == DATA:
+            session.on_data(frame.flags, frame.payload)
+        elif frame_type == EOF:
+            session.on_eof(frame.flags)
+        elif frame_type == WINDOW:
             session.on_window(window_increment(frame))
-        elif frame.type is FrameType.CLOSE:
+        elif frame_type == CLOSE:
             self.cancel(frame.stream)
         else:
-            raise ProtocolError(f"unexpected {frame.type.name} frame from the host")
+            raise ProtocolError(f"unexpected {frame.name} frame from the host")
 
     def open(self, stream: int, request: dict[str, Any]) -> None:
         if stream == 0 or stream in self.sessions:
             raise ProtocolError(f"stream {stream} cannot be opened")
         op = request.get("op")
         if op == "health":
-            self.send_json(FrameType.MESSAGE, stream, self.health())
-            self.send(FrameType.CLOSE, stream)
+            self.send_json(MESSAGE, stream, self.health())
+            self.send(CLOSE, stream)
         elif op == "userdata":
             script = request.get("script")
             started = self.userdata.start(script if isinstance(script, str) else "")
-            self.send_json(FrameType.MESSAGE, stream, {"started": started})
-            self.send(FrameType.CLOSE, stream)
+            self.send_json(MESSAGE, stream, {"started": started})
+            self.send(CLOSE, stream)
         elif op == "exec":
-            self.sessions[stream] = ExecSession(self, stream, request)
+            session = ExecSession(self, stream, request)
+            self.sessions[stream] = session
+            session.start()
         else:
-            self.send_json(FrameType.MESSAGE, stream, {"type": "error", "error": f"unknown op {op!r}"})
-            self.send(FrameType.CLOSE, stream)
+            self.send_json(MESSAGE, stream, {"type": "error", "error": f"unknown op {op!r}"})
+            self.send(CLOSE, stream)
 
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "hostname": socket.gethostname(),
+            "hostname": os.uname().nodename,
             "agent_uptime": max(1, int((time.monotonic() - self.started) * 1e9)),
             "agent_version": __version__,
             "system_uptime": int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1e9),
@@ -141,26 +150,38 @@ class Agent:
             self.cancel(stream)
 
 
-async def open_channel() -> int:
-    inherited = os.environ.get("SLICER_AGENT_FD")  # lets tests run the agent over a socketpair
-    if inherited:
-        fd = int(inherited)
-        os.set_blocking(fd, False)
-        return fd
-    path = find_port()
-    while path is None:
-        await asyncio.sleep(0.05)
-        path = find_port()
-    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+def tidy_fds() -> None:
+    """Children inherit fds 0-2 and nothing else, as with subprocess's close_fds=True.
 
-
-async def serve() -> None:
-    fd = await open_channel()
-    agent = Agent()
-    agent.link = SerialLink(fd, agent.on_frames, agent.reset)
-    agent.send_ready()
-    await agent.link.run()
+    Every fd Python opens is close-on-exec already; this covers what the agent itself inherited. Fds
+    0-2 are kept open (on /dev/null if need be), so a pipe never lands on them.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open("/dev/null", os.O_RDWR)  # takes the lowest free number: fd
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                continue  # the listing's own fd, closed by now
 
 
 def main() -> None:
-    asyncio.run(serve())
+    tidy_fds()
+    if os.geteuid() == 0 and os.getgroups():
+        os.setgroups([])  # what every child gets anyway (extra_groups=[]); lets spawn take the posix_spawn path
+    loop = Loop()
+    fd = open_channel()
+    agent = Agent(loop)
+    agent.link = SerialLink(loop, fd, agent.on_frames, agent.reset)
+    agent.send_ready()
+    agent.link.start()
+    loop.run()

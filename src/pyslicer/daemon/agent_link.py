@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Stream ids are unique for the daemon's lifetime, so a late frame for a stream of an earlier
 # connection can never land on a new stream.
 _stream_ids = itertools.count(1)
+MAX_QUEUED_EVENTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class AgentStream:
         self.id = stream_id
         self._events: asyncio.Queue[StreamEvent | AgentError | None] = asyncio.Queue()
         self._send_credit = INITIAL_WINDOW
+        self._receive_budget = INITIAL_WINDOW
         self._credit_changed = asyncio.Event()
         self.closed = False
 
@@ -71,6 +73,17 @@ class AgentStream:
             self.closed = True
             self._credit_changed.set()
         self._events.put_nowait(event)
+
+    def _receive(self, event: Message | Output | OutputEnd) -> None:
+        """Queue what the agent sent, holding it to the window we granted: a guest that ignores flow
+        control (or floods events) is breaking the protocol, not growing the daemon's memory."""
+        if isinstance(event, Output):
+            self._receive_budget -= len(event.data)
+            if self._receive_budget < 0:
+                raise ProtocolError(f"stream {self.id}: the agent sent more than the window allows")
+        elif self._events.qsize() > MAX_QUEUED_EVENTS:
+            raise ProtocolError(f"stream {self.id}: the agent sent too many events")
+        self._deliver(event)
 
     def _grant(self, increment: int) -> None:
         self._send_credit += increment
@@ -88,6 +101,7 @@ class AgentStream:
 
     def consumed(self, size: int) -> None:
         if size and not self.closed:
+            self._receive_budget += size
             self._link.send(encode(FrameType.WINDOW, self.id, window_payload(size)))
 
     async def write(self, data: bytes) -> None:
@@ -221,11 +235,11 @@ class AgentLink:
         if stream is None:
             return
         if frame.type is FrameType.MESSAGE:
-            stream._deliver(Message(decode_json(frame)))
+            stream._receive(Message(decode_json(frame)))
         elif frame.type is FrameType.DATA:
-            stream._deliver(Output(Channel(frame.flags), frame.payload))
+            stream._receive(Output(Channel(frame.flags), frame.payload))
         elif frame.type is FrameType.EOF:
-            stream._deliver(OutputEnd(Channel(frame.flags)))
+            stream._receive(OutputEnd(Channel(frame.flags)))
         elif frame.type is FrameType.WINDOW:
             stream._grant(window_increment(frame))
         elif frame.type is FrameType.CLOSE:

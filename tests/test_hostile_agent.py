@@ -1,0 +1,57 @@
+"""The daemon's link holds a guest to the protocol: a misbehaving agent cannot grow the daemon's memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pyslicer.daemon.agent_link import AgentLink
+from pyslicer.errors import AgentError
+from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameDecoder, FrameType, encode, encode_json
+
+
+async def run_against(tmp_path: Path, misbehave: Callable[[asyncio.StreamWriter, int], None]) -> AgentError:
+    async def fake_agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        while data := await reader.read(65536):
+            for frame in decoder.feed(data):
+                if frame.type is FrameType.HELLO:
+                    writer.write(encode_json(FrameType.READY, 0, {"instance": "x"}))
+                elif frame.type is FrameType.OPEN:
+                    misbehave(writer, frame.stream)
+            await writer.drain()
+
+    path = tmp_path / "agent.sock"
+    server = await asyncio.start_unix_server(fake_agent, str(path))
+    link = AgentLink(path, "hostile")
+    link.start()
+    try:
+        await link.wait_ready(5)
+        stream = link.open({"op": "exec", "cmd": "x"})
+        with pytest.raises(AgentError) as raised:
+            async with asyncio.timeout(5):
+                async for _ in stream:
+                    pass  # never consumed: no credit goes back
+        return raised.value
+    finally:
+        await link.close()
+        server.close()
+
+
+async def test_output_beyond_the_window_breaks_the_connection(tmp_path: Path) -> None:
+    def flood(writer: asyncio.StreamWriter, stream: int) -> None:
+        for _ in range(INITIAL_WINDOW // MAX_PAYLOAD + 1):
+            writer.write(encode(FrameType.DATA, stream, b"x" * MAX_PAYLOAD, Channel.STDOUT))
+
+    await run_against(tmp_path, flood)
+
+
+async def test_an_event_flood_breaks_the_connection(tmp_path: Path) -> None:
+    def flood(writer: asyncio.StreamWriter, stream: int) -> None:
+        for _ in range(5000):
+            writer.write(encode_json(FrameType.MESSAGE, stream, {"type": "noise"}))
+
+    await run_against(tmp_path, flood)
