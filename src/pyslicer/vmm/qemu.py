@@ -36,6 +36,18 @@ def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
         "root": "/dev/vda",
         "rw": "",
         "quiet": "",
+        # Skip boot work a micro-VM has no use for (crypto self-tests, legacy keyboard and UART probing,
+        # AppArmor without profiles): measured ~0.8 s faster to a ready agent under TCG.
+        "cryptomgr.notests": "",
+        "no_timer_check": "",
+        "i8042.noaux": "",
+        "i8042.nopnp": "",
+        "i8042.nokbd": "",
+        "8250.nr_uarts": "1",
+        "random.trust_cpu": "on",
+        "apparmor": "0",
+        "ima_appraise": "off",
+        "integrity_audit": "0",
         **({"tsc_early_khz": str(host_tsc_khz())} if accel == "tcg" else {}),
         **spec.kernel_args,
     }
