@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyslicer.daemon.agent_link import AgentLink
-from pyslicer.errors import AgentError
+from pyslicer.errors import AgentError, BadRequest
 from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameDecoder, FrameType, encode, encode_json
 
 
@@ -55,3 +55,24 @@ async def test_an_event_flood_breaks_the_connection(tmp_path: Path) -> None:
             writer.write(encode_json(FrameType.MESSAGE, stream, {"type": "noise"}))
 
     await run_against(tmp_path, flood)
+
+
+async def test_a_request_too_large_for_one_frame_is_a_clear_400(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+
+    async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(encode_json(FrameType.READY, 0, {"instance": "x"}))
+        await writer.drain()
+        await reader.read(65536)
+
+    server = await asyncio.start_unix_server(agent, str(path))
+    link = AgentLink(path, "big")
+    link.start()
+    try:
+        await link.wait_ready(5)
+        with pytest.raises(BadRequest, match="too large"):
+            link.open({"op": "exec", "cmd": "echo", "args": ["x" * 70_000]})
+    finally:
+        await link.close()
+        server.close()

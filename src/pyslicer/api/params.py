@@ -51,6 +51,8 @@ async def json_body(request: Request, limit: int = 1024 * 1024) -> dict[str, Any
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     return data

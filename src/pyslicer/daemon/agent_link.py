@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyslicer.errors import AgentError
+from pyslicer.errors import AgentError, BadRequest
 from pyslicer.protocol import (
     INITIAL_WINDOW,
     MAX_PAYLOAD,
@@ -166,9 +166,18 @@ class AgentLink:
     def open(self, request: dict[str, Any]) -> AgentStream:
         if self._writer is None or not self.ready.is_set():
             raise AgentError(f"agent on {self.name} is not connected")
-        stream = AgentStream(self, next(_stream_ids))
+        stream_id = next(_stream_ids)
+        try:
+            frame = encode_json(FrameType.OPEN, stream_id, {**request, "window": INITIAL_WINDOW})
+        except ValueError:
+            raise BadRequest(
+                f"the request is too large for the agent (at most {MAX_PAYLOAD // 1024} KiB of command, "
+                "arguments and environment)",
+                code="request_too_large",
+            ) from None
+        stream = AgentStream(self, stream_id)
         self._streams[stream.id] = stream
-        self.send(encode_json(FrameType.OPEN, stream.id, {**request, "window": INITIAL_WINDOW}))
+        self.send(frame)
         return stream
 
     async def call(self, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
