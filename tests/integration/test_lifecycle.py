@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -105,3 +106,15 @@ def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp
     finally:
         stop_daemon(third)
     assert not Path(third.url).exists(), "the daemon removes its socket when it stops"
+
+
+def test_concurrent_creates_of_one_hostname(daemon: RunningDaemon, api: httpx.Client) -> None:
+    """Only one wins; the loser must not disturb the winner's VM or disk."""
+    with ThreadPoolExecutor(4) as pool, daemon.client() as a, daemon.client() as b:
+        answers = list(pool.map(lambda c: c.post("/hostgroup/sbox/nodes", json={"hostname": "twin"}), (a, b)))
+    assert sorted(r.status_code for r in answers) == [201, 400], [r.text for r in answers]
+    assert_error(next(r for r in answers if r.status_code == 400), 400, "already in use")
+    assert (daemon.data_dir / "disks" / "twin.qcow2").exists()
+    assert "twin" in node_names(api)
+    assert api.delete("/hostgroup/sbox/nodes/twin").status_code == 200
+    assert not (daemon.data_dir / "disks" / "twin.qcow2").exists()

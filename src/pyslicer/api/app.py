@@ -8,7 +8,7 @@ import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +61,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse({"error": str(exc.detail), "code": code}, status_code=exc.status_code)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "the client disconnected", "code": "client_disconnected"}, status_code=400)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -116,6 +120,7 @@ def create_app(daemon: Daemon, *, token: str | None) -> ASGIApp:
         exception_handlers={
             SlicerError: slicer_error,
             HTTPException: http_error,
+            ClientDisconnect: client_gone,
             Exception: unexpected_error,
         },
     )

@@ -84,7 +84,8 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
 
 def serve(config: SlicerConfig, data_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)  # it logs every connection at INFO
+    # qemu.qmp logs each connection at INFO and each failed attempt at ERROR; we report failures ourselves.
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(config, data_dir))
     sys.stdout.flush()

@@ -247,6 +247,8 @@ class Daemon:
         assert self.image is not None and self.registry is not None
         config = group.config
         async with self._lock:
+            if request.hostname is not None and request.hostname in self.nodes:
+                raise BadRequest(f"hostname: {request.hostname!r} is already in use", code="hostname")
             hostname = request.hostname or group.new_hostname(set(self.nodes))
             if record is None:
                 record = NodeRecord(
@@ -338,7 +340,8 @@ class Daemon:
         await self._forget(node)
 
     async def _forget(self, node: Node) -> None:
-        self.nodes.pop(node.hostname, None)
+        if self.nodes.get(node.hostname) is node:
+            del self.nodes[node.hostname]
         remove_disk(node.spec.disk)
         with contextlib.suppress(FileNotFoundError):
             node.spec.console_log.unlink()
