@@ -190,7 +190,7 @@ class NetworkConfig(_Model):
     def _check_bridge(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not _IFNAME_RE.match(value) or len(value) > 15:
+        if not _IFNAME_RE.fullmatch(value) or len(value) > 15:
             raise _invalid(
                 "interface_name",
                 f"{value!r} is not a valid interface name (1-15 characters: letters, digits, '-', '_', '.')",
@@ -207,7 +207,7 @@ class NetworkConfig(_Model):
                 "tap_prefix_too_long",
                 f"{value!r} is too long: at most 14 characters (a VM number is appended)",
             )
-        if not _IFNAME_RE.match(value):
+        if not _IFNAME_RE.fullmatch(value):
             raise _invalid(
                 "interface_name",
                 f"{value!r} is not a valid interface name prefix (letters, digits, '-', '_', '.')",
@@ -300,7 +300,7 @@ class HostGroupConfig(_Model):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _GROUP_NAME_RE.match(value):
+        if not _GROUP_NAME_RE.fullmatch(value):
             raise _invalid(
                 "group_name",
                 f"{value!r} is not a valid host group name: 1-32 characters of lowercase letters, digits "
@@ -400,7 +400,7 @@ class ApiConfig(_Model):
             return str(ipaddress.ip_address(host))
         except ValueError:
             pass
-        if _HOSTNAME_RE.match(host):
+        if _HOSTNAME_RE.fullmatch(host):
             return host
         raise _invalid(
             "bind_address",

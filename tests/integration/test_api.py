@@ -117,6 +117,8 @@ def test_bad_create_requests(api: httpx.Client) -> None:
     assert_error(api.post("/hostgroup/sbox/nodes", content=b"{not json"), 400, "JSON")
     assert_error(api.post("/hostgroup/sbox/nodes", content=b"[" * 100_000), 400, "nested")
     assert_error(api.post("/hostgroup/sbox/nodes", json={"hostname": "Bad_Name"}), 400, "hostname")
+    assert_error(api.post("/hostgroup/sbox/nodes", json={"hostname": "ab\n"}), 400, "hostname")
+    assert_error(api.post("/hostgroup/sbox/nodes", json={"userdata": "#" * 50_000}), 400, "userdata")
     assert_error(api.delete("/hostgroup/sbox/nodes/sbox-999"), 404)
     assert_error(api.get("/nodes/"), 404)
     assert_error(api.put("/nodes"), 405)

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode, urlparse
 
 import httpx
+import pytest
 
 from tests.integration.conftest import RunningDaemon
 from tests.integration.helpers import assert_error, exec_buffered, exec_stream, sh
@@ -150,7 +151,20 @@ def test_bad_exec_requests(api: httpx.Client, sandbox: str) -> None:
         "stdin is not supported",
     )
     assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "uid": "root"}), 400, "uid")
+    assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "uid": str(2**32 - 1)}), 400, "uid")
     assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "stdio": "hex"}), 400, "stdio")
     assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "stdin": "maybe"}), 400, "stdin")
     assert_error(api.post("/vm/nope-1/exec", params={"cmd": "id"}), 404)
-    assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "echo", "args": "x" * 70_000}), 400, "too large")
+    assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "echo", "args": "\x01" * 12_000}), 400, "too large")
+
+
+def test_a_client_that_leaves_stops_its_command(daemon: RunningDaemon, api: httpx.Client, sandbox: str) -> None:
+    for buffered in ("true", "false"):
+        with daemon.client() as client, pytest.raises(httpx.ReadTimeout):
+            params = {"cmd": "sleep", "args": "77", "buffered": buffered}
+            with client.stream("POST", f"/vm/{sandbox}/exec", params=params, timeout=1.5) as response:
+                response.read()
+        deadline = time.monotonic() + 20
+        while exec_buffered(api, sandbox, "pgrep", "-f", "sleep 77")["exit_code"] == 0:
+            assert time.monotonic() < deadline, f"sleep outlived its client (buffered={buffered})"
+            time.sleep(0.2)

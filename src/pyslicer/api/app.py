@@ -67,9 +67,12 @@ async def client_gone(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "the client disconnected", "code": "client_disconnected"}, status_code=400)
 
 
+INTERNAL_ERROR = {"error": "internal error; see the daemon log", "code": "internal_error"}
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"error": "internal error; see the daemon log", "code": "internal_error"}, status_code=500)
+    # Starlette re-raises after this answer; AuthAndMetrics logs it once and keeps the connection usable.
+    return JSONResponse(INTERNAL_ERROR, status_code=500)
 
 
 class AuthAndMetrics:
@@ -85,7 +88,7 @@ class AuthAndMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status = 0
 
         async def send_and_count(message: Message) -> None:
             nonlocal status
@@ -101,8 +104,12 @@ class AuthAndMetrics:
                 await response(scope, receive, send_and_count)
                 return
             await self.app(scope, receive, send_and_count)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not status:
+                await JSONResponse(INTERNAL_ERROR, status_code=500)(scope, receive, send_and_count)
         finally:
-            self.metrics.observe(scope["method"], status, time.perf_counter() - started)
+            self.metrics.observe(scope["method"], status or 500, time.perf_counter() - started)
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:

@@ -12,6 +12,7 @@ import base64
 import codecs
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,11 @@ from pyslicer.api.nodes import daemon
 from pyslicer.api.params import query_bool, query_int
 from pyslicer.daemon.agent_link import AgentStream, Message, Output, OutputEnd
 from pyslicer.daemon.daemon import utc_now
-from pyslicer.errors import AgentError, BadRequest, NotSupported, Unavailable
+from pyslicer.errors import AgentError, BadRequest, NotSupported, SlicerError, Unavailable
 from pyslicer.protocol import Channel
 
 BUFFERED_LIMIT = 32 * 1024 * 1024
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to setreuid: it would run the command as root
 CHANNEL_NAMES = {Channel.STDOUT: "stdout", Channel.STDERR: "stderr"}
 
 
@@ -61,8 +63,8 @@ def parse_exec_query(request: Request) -> ExecOptions:
         "cmd": cmd,
         "args": params.getlist("args"),
         "env": env,
-        "uid": query_int(request, "uid"),
-        "gid": query_int(request, "gid"),
+        "uid": query_int(request, "uid", maximum=MAX_ID),
+        "gid": query_int(request, "gid", maximum=MAX_ID),
         "cwd": params.get("cwd") or None,
         "shell": params.get("shell") or None,
         "stdin": stdin,
@@ -110,17 +112,51 @@ async def exec_command(request: Request) -> Response:
     options = parse_exec_query(request)
     stream = node.open_exec(options.agent_request)
     if options.buffered:
-        return await buffered_answer(stream, options)
+        return ExecBufferedResponse(stream, options)
     return ExecStreamResponse(stream, options)
 
 
-async def buffered_answer(stream: AgentStream, options: ExecOptions) -> JSONResponse:
-    text = OutputText(options.base64)
-    chunks: dict[Channel, list[bytes]] = {Channel.STDOUT: [], Channel.STDERR: []}
-    size = 0
-    result: dict[str, Any] = {"stdout": "", "stderr": "", "exit_code": 1}
-    try:
-        async for event in stream:
+class ExecBufferedResponse(Response):
+    """One JSON object once the command ends. The output is held as the bytes that arrived (at most
+    BUFFERED_LIMIT) and encoded piece by piece while it is written, never as one big string; a client
+    that leaves stops the command."""
+
+    media_type = "application/json"
+
+    def __init__(self, stream: AgentStream, options: ExecOptions) -> None:
+        self.stream = stream
+        self.options = options
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-store"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = asyncio.get_running_loop().create_task(self._watch(receive))
+        try:
+            chunks, tail = await self._collect()
+        except SlicerError as exc:
+            await JSONResponse(exc.to_json(), status_code=exc.status)(scope, receive, send)
+            return
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            self.stream.cancel()
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        for piece in json_pieces(chunks, tail, self.options.base64):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.stream.cancel()
+
+    async def _collect(self) -> tuple[dict[Channel, list[bytes]], dict[str, Any]]:
+        chunks: dict[Channel, list[bytes]] = {Channel.STDOUT: [], Channel.STDERR: []}
+        tail: dict[str, Any] = {"exit_code": 1, "error": "the command was cancelled"}
+        size = 0
+        async for event in self.stream:
             if isinstance(event, Output):
                 size += len(event.data)
                 if size > BUFFERED_LIMIT:
@@ -129,18 +165,35 @@ async def buffered_answer(stream: AgentStream, options: ExecOptions) -> JSONResp
                         code="buffer_exhausted",
                     )
                 chunks[event.channel].append(event.data)
-                stream.consumed(len(event.data))
+                self.stream.consumed(len(event.data))
             elif isinstance(event, Message) and event.body.get("type") in ("exit", "error"):
-                result["exit_code"] = event.body.get("exit_code", 1)
+                tail = {"exit_code": event.body.get("exit_code", 1)}
                 if error := event.body.get("error"):
-                    result["error"] = error
-    finally:
-        stream.cancel()
+                    tail["error"] = error
+        if self.options.base64:
+            tail["encoding"] = "base64"
+        return chunks, tail
+
+
+def json_pieces(chunks: dict[Channel, list[bytes]], tail: dict[str, Any], use_base64: bool) -> Iterator[bytes]:
+    """``{"stdout": ..., "stderr": ..., **tail}`` as a sequence of byte strings."""
+    yield b"{"
     for channel, name in CHANNEL_NAMES.items():
-        result[name] = text.decode(channel, b"".join(chunks[channel]), final=True)
-    if options.base64:
-        result["encoding"] = "base64"
-    return JSONResponse(result)
+        yield f'"{name}":"'.encode()
+        if use_base64:
+            carry = b""
+            for chunk in chunks[channel]:
+                data = carry + chunk
+                whole = len(data) - len(data) % 3  # base64 pieces join cleanly only at 3-byte bounds
+                yield base64.b64encode(data[:whole])
+                carry = data[whole:]
+            yield base64.b64encode(carry) + b'",'
+        else:
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            for chunk in chunks[channel]:
+                yield json.dumps(decoder.decode(chunk))[1:-1].encode()
+            yield json.dumps(decoder.decode(b"", True))[1:-1].encode() + b'",'
+    yield json.dumps(tail)[1:].encode()
 
 
 class ExecStreamResponse(Response):

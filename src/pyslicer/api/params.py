@@ -25,7 +25,7 @@ def query_bool(request: Request, name: str, default: bool = False) -> bool:
     raise BadRequest(f"{name}: {raw!r} is not a boolean", code=f"invalid_{name}")
 
 
-def query_int(request: Request, name: str, *, minimum: int = 0, maximum: int = 2**32 - 1) -> int | None:
+def query_int(request: Request, name: str, *, minimum: int = 0, maximum: int = 2**31 - 1) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None

@@ -14,6 +14,7 @@ from pyslicer.api.params import query_int
 from pyslicer.errors import SlicerError
 
 DEFAULT_LOG_LINES = 20
+MAX_LOG_BYTES = 16 * 1024 * 1024
 
 
 async def health(request: Request) -> Response:
@@ -29,25 +30,29 @@ async def health(request: Request) -> Response:
     return JSONResponse(body)
 
 
-def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of a file (all of it for 0), reading backwards in blocks."""
+def tail_lines(path: Path, lines: int, *, block: int = 64 * 1024, limit: int = MAX_LOG_BYTES) -> str:
+    """The last ``lines`` lines of a file (all of it for 0), reading backwards in blocks; never more than
+    ``limit`` bytes, since a guest decides how much its console writes."""
     try:
         with path.open("rb") as log:
-            size = log.seek(0, os.SEEK_END)
-            if lines == 0:
-                log.seek(0)
-                return log.read().decode(errors="replace")
-            data = b""
-            position = size
-            while position > 0 and data.count(b"\n") <= lines:
-                step = min(block, position)
+            position = log.seek(0, os.SEEK_END)
+            blocks: list[bytes] = []
+            newlines = 0
+            taken = 0
+            while position > 0 and taken < limit and (lines == 0 or newlines <= lines):
+                step = min(block, position, limit - taken)
                 position -= step
                 log.seek(position)
-                data = log.read(step) + data
+                data = log.read(step)
+                blocks.append(data)
+                newlines += data.count(b"\n")
+                taken += step
     except FileNotFoundError:
         return ""
-    kept = data.splitlines(keepends=True)[-lines:]
-    return b"".join(kept).decode(errors="replace")
+    text = b"".join(reversed(blocks))
+    if lines:
+        text = b"".join(text.splitlines(keepends=True)[-lines:])
+    return text.decode(errors="replace")
 
 
 async def logs(request: Request) -> JSONResponse:

@@ -23,7 +23,7 @@ from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import Node
 from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.storage import create_overlay, remove_disk
-from pyslicer.errors import BadRequest, Forbidden, NotFound, SlicerError, Timeout
+from pyslicer.errors import BadRequest, ConfigError, Forbidden, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage, ensure_image
 from pyslicer.net import GroupNetwork, Lease, NetworkNamespace
 from pyslicer.vmm import Hypervisor, Nic, QemuHypervisor, VMSpec, choose_accel
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_SOCKET_PATH = 100
 GRACEFUL_STOP_SECONDS = 20.0
+MAX_USERDATA_BYTES = 48 * 1024  # handed to the agent in one frame
 
 
 def utc_now() -> str:
@@ -88,6 +89,9 @@ class Daemon:
             group.name: HostGroup(group, GroupNetwork(group, index, self.netns))
             for index, group in enumerate(config.host_groups)
         }
+        for index, group in enumerate(config.host_groups):
+            if len(group.userdata.encode()) > MAX_USERDATA_BYTES:
+                raise ConfigError(f"config.host_groups[{index}].userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB")
         self.nodes: dict[str, Node] = {}
         self.leases: dict[str, Lease] = {}
         self.accel, self.accel_reason = choose_accel(config.accel)
@@ -227,8 +231,10 @@ class Daemon:
                 f"for host group {group.name}",
                 code="ram_bytes",
             )
+        if request.userdata is not None and len(request.userdata.encode()) > MAX_USERDATA_BYTES:
+            raise BadRequest(f"userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB", code="userdata")
         if request.hostname is not None:
-            if not HOSTNAME_RE.match(request.hostname):
+            if not HOSTNAME_RE.fullmatch(request.hostname):
                 raise BadRequest(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
             if request.hostname in self.nodes:
                 raise BadRequest(f"hostname: {request.hostname!r} is already in use", code="hostname")

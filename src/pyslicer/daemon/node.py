@@ -11,7 +11,7 @@ from typing import Any
 from pyslicer.daemon.agent_link import AgentLink, AgentStream
 from pyslicer.daemon.lifecycle import NodeState, check_transition, require_running
 from pyslicer.daemon.registry import NodeRecord
-from pyslicer.errors import AgentError, Timeout
+from pyslicer.errors import AgentError, SlicerError, Timeout
 from pyslicer.vmm import VMProcess, VMSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Node:
         try:
             await self.link.call({"op": "userdata", "script": self.record.userdata})
             self._userdata_sent = True
-        except AgentError as exc:
+        except SlicerError as exc:
             log.warning("%s: could not hand over userdata: %s", self.hostname, exc)
 
     async def _watch_process(self, vm: VMProcess) -> None:
@@ -101,8 +101,12 @@ class Node:
         if vm is not None:
             await vm.kill()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a broken helper task must never keep a VM from being stopped
+                log.exception("%s: task %s failed", self.hostname, task.get_name())
         self._tasks = []
 
     # -- agent ---------------------------------------------------------------------------------
