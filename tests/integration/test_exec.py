@@ -168,3 +168,9 @@ def test_a_client_that_leaves_stops_its_command(daemon: RunningDaemon, api: http
         while exec_buffered(api, sandbox, "pgrep", "-f", "sleep 77")["exit_code"] == 0:
             assert time.monotonic() < deadline, f"sleep outlived its client (buffered={buffered})"
             time.sleep(0.2)
+
+
+def test_guest_clock_follows_the_host(api: httpx.Client, sandbox: str) -> None:
+    api.get(f"/vm/{sandbox}/health")
+    guest = float(sh(api, sandbox, "date +%s.%N"))
+    assert abs(guest - time.time()) < 2

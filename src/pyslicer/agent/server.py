@@ -39,6 +39,21 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+CLOCK_TOLERANCE = 0.5
+# Run over an inherited fd, the agent is on a test host whose clock is not ours to set.
+CLOCK_SYNC = "SLICER_AGENT_FD" not in os.environ
+
+
+def sync_clock(host_time: object) -> None:
+    """Follow the host's clock: a TCG guest's clock drifts, and its timestamps (started_at, ended_at,
+    file times) should agree with the host's."""
+    if CLOCK_SYNC and isinstance(host_time, int | float) and abs(time.time() - host_time) > CLOCK_TOLERANCE:
+        try:  # noqa: SIM105 - contextlib is an import the agent does without
+            time.clock_settime(time.CLOCK_REALTIME, float(host_time))
+        except OSError:
+            pass  # not root (tests on the host): keep the clock we have
+
+
 class Agent:
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
@@ -89,6 +104,7 @@ class Agent:
         frame_type = frame.type
         if frame_type == HELLO:
             self.reset()
+            sync_clock(decode_json(frame).get("time"))
             self.send_ready()
             return
         if frame_type == OPEN:
@@ -113,7 +129,7 @@ class Agent:
             raise ProtocolError(f"stream {stream} cannot be opened")
         op = request.get("op")
         if op == "health":
-            self.send_json(MESSAGE, stream, self.health())
+            self.send_json(MESSAGE, stream, self.health(request))
             self.send(CLOSE, stream)
         elif op == "userdata":
             script = request.get("script")
@@ -128,7 +144,8 @@ class Agent:
             self.send_json(MESSAGE, stream, {"type": "error", "error": f"unknown op {op!r}"})
             self.send(CLOSE, stream)
 
-    def health(self) -> dict[str, Any]:
+    def health(self, request: dict[str, Any]) -> dict[str, Any]:
+        sync_clock(request.get("time"))
         body: dict[str, Any] = {
             "hostname": os.uname().nodename,
             "agent_uptime": max(1, int((time.monotonic() - self.started) * 1e9)),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,7 @@ class AgentLink:
                 await asyncio.sleep(0.01)
                 continue
             self._writer = writer
-            self.send(encode_json(FrameType.HELLO, 0, {"version": PROTOCOL_VERSION}))
+            self.send(encode_json(FrameType.HELLO, 0, {"version": PROTOCOL_VERSION, "time": time.time()}))
             try:
                 await self._read(reader)
             except (ConnectionError, ProtocolError) as exc:

@@ -34,6 +34,25 @@ HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_SOCKET_PATH = 100
 GRACEFUL_STOP_SECONDS = 20.0
 MAX_USERDATA_BYTES = 48 * 1024  # handed to the agent in one frame
+MAX_CONSOLE_LOG_BYTES = 16 * 1024 * 1024
+CONSOLE_CHECK_SECONDS = 5.0
+
+
+def trim_log(path: Path, limit: int) -> None:
+    """Keep the newest half of a log over ``limit`` bytes: a guest decides how much its console writes,
+    and must not fill the host's disk. QEMU appends (O_APPEND), so it goes on at the new end."""
+    try:
+        with path.open("r+b") as log:
+            size = log.seek(0, os.SEEK_END)
+            if size <= limit:
+                return
+            log.seek(size - limit // 2)
+            keep = log.read(limit // 2)
+            log.seek(0)
+            log.truncate(0)
+            log.write(b"[... earlier console output trimmed by pyslicer ...]\n" + keep)
+    except FileNotFoundError:
+        pass
 
 
 def utc_now() -> str:
@@ -102,6 +121,7 @@ class Daemon:
         self.token: str | None = None
         self._run_root = self._choose_run_root()
         self._lock = asyncio.Lock()
+        self._housekeeping: asyncio.Task[None] | None = None
 
     # -- paths ---------------------------------------------------------------------------------
     def _choose_run_root(self) -> Path:
@@ -121,6 +141,7 @@ class Daemon:
     async def start(self) -> None:
         for sub in ("disks", "logs", "auth"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self._run_root, ignore_errors=True)  # sockets of VMs of an earlier run
         self._run_root.mkdir(parents=True, exist_ok=True)
         self.token = await asyncio.to_thread(self._load_token)
         self.progress(f"accel {self.accel_reason}")
@@ -136,8 +157,17 @@ class Daemon:
                 if hostname not in self.nodes:
                     await self._launch(group, NodeRequest(hostname=hostname), service=True)
             group.next_index = max(group.next_index, group.config.count + 1)
+        self._housekeeping = asyncio.get_running_loop().create_task(self._keep_logs_bounded())
+
+    async def _keep_logs_bounded(self) -> None:
+        while True:
+            await asyncio.sleep(CONSOLE_CHECK_SECONDS)
+            for node in list(self.nodes.values()):
+                await asyncio.to_thread(trim_log, node.spec.console_log, MAX_CONSOLE_LOG_BYTES)
 
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         nodes = list(self.nodes.values())
         await asyncio.gather(*(self._shutdown_node(node) for node in nodes), return_exceptions=True)
         if self.registry is not None:
@@ -327,7 +357,7 @@ class Daemon:
 
     async def delete_node(self, group_name: str, hostname: str) -> bool:
         node = self.node(hostname)
-        if node.record.host_group != group_name:
+        if node.record.host_group != group_name or node.state is NodeState.DELETED:
             raise NotFound(f"VM {hostname!r} not found in host group {group_name!r}", code="vm_not_found")
         if node.record.protected:
             raise Forbidden(

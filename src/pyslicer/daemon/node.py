@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,7 +118,7 @@ class Node:
         return self.link
 
     async def health(self) -> dict[str, Any]:
-        return await self.agent().call({"op": "health"}, timeout=5)
+        return await self.agent().call({"op": "health", "time": time.time()}, timeout=5)
 
     def open_exec(self, request: dict[str, Any]) -> AgentStream:
         return self.agent().open({"op": "exec", **request})

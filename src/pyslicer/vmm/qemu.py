@@ -71,7 +71,9 @@ def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
         "-m", str(max(1, spec.ram_bytes // MIB)),
         "-smp", str(spec.vcpus),
         "-nodefaults", "-no-user-config", "-no-reboot", "-nographic",
-        "-serial", f"file:{spec.console_log}",
+        # append=on: the daemon trims a log that grows too large, and QEMU then keeps writing at its end
+        "-chardev", f"file,id=console0,path={spec.console_log},append=on",
+        "-serial", "chardev:console0",
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
         "-append", append,
