@@ -69,17 +69,20 @@ def test_agent_unreachable_dead_qemu_and_delete(daemon: RunningDaemon, api: http
     assert_error(api.get(f"/vm/{hostname}/health"), 404)
 
 
-def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp_path: Path) -> None:
+def test_daemon_stop_removes_sandboxes_and_keeps_what_persists(guest_image: Path, tmp_path: Path) -> None:
     second = start_daemon(tmp_path, guest_image)
     try:
         with second.client() as api:
             created = api.post("/hostgroup/sbox/nodes?wait=agent", json={})
             assert created.status_code == 201, created.text
             hostname = created.json()["hostname"]
+            kept = api.post("/hostgroup/sbox/nodes?wait=agent", json={"hostname": "keeper", "persistent": True})
+            assert kept.status_code == 201, kept.text
             wait_for_agent(api, "svc-1")
-            assert exec_buffered(api, "svc-1", "/bin/sh", "-c", "echo kept > /root/state")["exit_code"] == 0
+            for vm in ("svc-1", "keeper"):
+                assert exec_buffered(api, vm, "/bin/sh", "-c", f"echo {vm} > /root/state")["exit_code"] == 0
             qemu_pids = second.qemu_pids()
-            assert len(qemu_pids) == 2
+            assert len(qemu_pids) == 3
         second.process.send_signal(signal.SIGTERM)
         assert second.process.wait(90) == 0
     finally:
@@ -87,25 +90,28 @@ def test_daemon_stop_removes_sandboxes_and_keeps_services(guest_image: Path, tmp
     for pid in qemu_pids:
         assert not Path(f"/proc/{pid}").exists() or "qemu" not in Path(f"/proc/{pid}/comm").read_text()
     disks = {p.name for p in (second.data_dir / "disks").iterdir()}
-    assert disks == {"svc-1.qcow2"}, "the sandbox disk goes, the persistent service disk stays"
+    assert disks == {"svc-1.qcow2", "keeper.qcow2"}, "the ephemeral sandbox's disk goes, persistent disks stay"
     assert not list((second.data_dir / "run").rglob("*.sock"))
     assert f"{hostname}.log" not in {p.name for p in (second.data_dir / "logs").iterdir()}
     assert "no clean shutdown" not in second.log()
     assert not NetworkNamespace(second.data_dir.absolute()).exists, "the daemon's namespace goes with it"
 
-    # The service comes back on the next start with what it wrote before its clean shutdown. This
-    # daemon serves on a unix socket, where no token is needed.
+    # The service and the persistent sandbox come back on the next start with what they wrote before
+    # their clean shutdown. This daemon serves on a unix socket, where no token is needed.
     third = start_daemon(tmp_path, guest_image, unix_socket=True)
     try:
         with third.client() as api:
-            wait_for_agent(api, "svc-1")
-            assert exec_buffered(api, "svc-1", "cat", "/root/state")["stdout"] == "kept\n"
-            assert [n["hostname"] for n in api.get("/nodes").json()] == ["svc-1"]
+            assert sorted(n["hostname"] for n in api.get("/nodes").json()) == ["keeper", "svc-1"]
+            for vm in ("svc-1", "keeper"):
+                wait_for_agent(api, vm)
+                assert exec_buffered(api, vm, "cat", "/root/state")["stdout"] == f"{vm}\n"
         with SlicerClient(third.url) as sdk:
             assert sdk.exec_buffered("svc-1", "hostname").stdout == b"svc-1\n"
+            sdk.delete_node("sbox", "keeper")
     finally:
         stop_daemon(third)
     assert not Path(third.url).exists(), "the daemon removes its socket when it stops"
+    assert {p.name for p in (third.data_dir / "disks").iterdir()} == {"svc-1.qcow2"}
 
 
 def test_concurrent_creates_of_one_hostname(daemon: RunningDaemon, api: httpx.Client) -> None:
