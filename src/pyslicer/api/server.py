@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from pyslicer.api.app import create_app
 from pyslicer.config import SlicerConfig
@@ -87,5 +88,5 @@ def serve(config: SlicerConfig, data_dir: Path) -> None:
     # qemu.qmp logs each connection at INFO and each failed attempt at ERROR; we report failures ourselves.
     logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(config, data_dir))
+        uvloop.run(run(config, data_dir))
     sys.stdout.flush()
