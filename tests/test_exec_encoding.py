@@ -38,3 +38,16 @@ def test_pieces_join_to_the_whole_answer(seed: int) -> None:
     }
     encoded = json.loads(b"".join(json_pieces(chunks, {**tail, "encoding": "base64"}, use_base64=True)))
     assert base64.b64decode(encoded["stdout"]) == out and base64.b64decode(encoded["stderr"]) == err
+
+
+def test_frames_from_the_guest_are_rebuilt_from_known_fields() -> None:
+    from pyslicer.api.exec import exit_frame, started_frame
+
+    hostile = {"type": "exit", "exit_code": {"x": 1}, "ended_at": 5, "signal": ["KILL"], "extra": "x" * 10}
+    frame = exit_frame(hostile)
+    assert frame["exit_code"] == 1 and isinstance(frame["ended_at"], str)
+    assert "signal" not in frame and "extra" not in frame
+    assert exit_frame({"type": "error", "error": "exec: x: not found", "exit_code": 127})["exit_code"] == 127
+    assert exit_frame({"type": "exit", "exit_code": True})["exit_code"] == 1
+    started = started_frame({"type": "started", "pid": "1; rm -rf /", "started_at": None})
+    assert started["pid"] == 0 and isinstance(started["started_at"], str)

@@ -95,16 +95,36 @@ def output_frame(channel: Channel, data: str, is_base64: bool) -> dict[str, Any]
     return frame
 
 
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _text(value: Any, default: str) -> str:
+    return value if isinstance(value, str) else default
+
+
+def started_frame(body: dict[str, Any]) -> dict[str, Any]:
+    """Rebuilt from the fields we know: what the guest sends is input like any other."""
+    return {
+        "type": "started",
+        "pid": _int(body.get("pid"), 0),
+        "started_at": _text(body.get("started_at"), utc_now()),
+        "timestamp": utc_now(),
+    }
+
+
 def exit_frame(body: dict[str, Any]) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "exit",
+        "exit_code": _int(body.get("exit_code"), 1),
+        "ended_at": _text(body.get("ended_at"), utc_now()),
+        "timestamp": utc_now(),
+    }
     if body.get("type") == "error":
-        return {
-            "type": "exit",
-            "error": body.get("error", "exec failed"),
-            "exit_code": body.get("exit_code", 1),
-            "ended_at": utc_now(),
-            "timestamp": utc_now(),
-        }
-    return {**body, "timestamp": utc_now()}
+        frame["error"] = _text(body.get("error"), "exec failed")
+    elif isinstance(signal := body.get("signal"), str):
+        frame["signal"] = signal
+    return frame
 
 
 async def exec_command(request: Request) -> Response:
@@ -167,9 +187,9 @@ class ExecBufferedResponse(Response):
                 chunks[event.channel].append(event.data)
                 self.stream.consumed(len(event.data))
             elif isinstance(event, Message) and event.body.get("type") in ("exit", "error"):
-                tail = {"exit_code": event.body.get("exit_code", 1)}
-                if error := event.body.get("error"):
-                    tail["error"] = error
+                tail = {"exit_code": _int(event.body.get("exit_code"), 1)}
+                if event.body.get("type") == "error":
+                    tail["error"] = _text(event.body.get("error"), "exec failed")
         if self.options.base64:
             tail["encoding"] = "base64"
         return chunks, tail
@@ -258,7 +278,7 @@ class ExecStreamResponse(Response):
                         ended = True
                         await emit(exit_frame(body))
                     elif body.get("type") == "started":
-                        await emit({**body, "timestamp": utc_now()})
+                        await emit(started_frame(body))
         except AgentError as exc:
             ended = True
             await emit(exit_frame({"type": "error", "error": exc.message, "exit_code": 1}))
