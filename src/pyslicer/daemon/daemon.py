@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyslicer import __version__
-from pyslicer.config import HostGroupConfig, SlicerConfig
+from pyslicer.config import MIN_RAM_BYTES, HostGroupConfig, SlicerConfig
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import Node
 from pyslicer.daemon.registry import NodeRecord, Registry
@@ -255,19 +255,16 @@ class Daemon:
             raise BadRequest(
                 f"cpus: {request.cpus} is outside 1..{ceiling.vcpu} for host group {group.name}", code="cpus"
             )
-        if request.ram_bytes is not None and not 64 * 2**20 <= request.ram_bytes <= ceiling.ram_bytes:
+        if request.ram_bytes is not None and not MIN_RAM_BYTES <= request.ram_bytes <= ceiling.ram_bytes:
             raise BadRequest(
-                f"ram_bytes: {request.ram_bytes} is outside {64 * 2**20}..{ceiling.ram_bytes} "
+                f"ram_bytes: {request.ram_bytes} is outside {MIN_RAM_BYTES}..{ceiling.ram_bytes} "
                 f"for host group {group.name}",
                 code="ram_bytes",
             )
         if request.userdata is not None and len(request.userdata.encode()) > MAX_USERDATA_BYTES:
             raise BadRequest(f"userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB", code="userdata")
-        if request.hostname is not None:
-            if not HOSTNAME_RE.fullmatch(request.hostname):
-                raise BadRequest(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
-            if request.hostname in self.nodes:
-                raise BadRequest(f"hostname: {request.hostname!r} is already in use", code="hostname")
+        if request.hostname is not None and not HOSTNAME_RE.fullmatch(request.hostname):
+            raise BadRequest(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
 
     def _count_launch(self, group: str, code: str) -> None:
         self.launch_counts[(group, code)] = self.launch_counts.get((group, code), 0) + 1
