@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
@@ -125,6 +125,15 @@ def parse_size(text: str | int) -> int:
     if exact.denominator != 1:
         raise ConfigError(f"invalid size {text!r}: not a whole number of bytes")
     return int(exact)
+
+
+def _supported(value: str, supported: str, known: Iterable[str], kind: str, what: str) -> str:
+    """Slicer's other choices are known but refused on this build; anything else is not a choice at all."""
+    if value == supported:
+        return value
+    if value in known:
+        raise _invalid("not_supported", f"{value!r} is not supported on this build (use {supported})")
+    raise _invalid(kind, f"{value!r} is not {what}; expected one of {', '.join(known)}")
 
 
 def _drop_nulls(data: Any) -> Any:
@@ -311,11 +320,7 @@ class HostGroupConfig(_Model):
     @field_validator("storage")
     @classmethod
     def _check_storage(cls, value: str) -> str:
-        if value == SUPPORTED_STORAGE:
-            return value
-        if value in KNOWN_STORAGE:
-            raise _invalid("not_supported", f"{value!r} is not supported on this build (use {SUPPORTED_STORAGE})")
-        raise _invalid("storage", f"{value!r} is not a storage type; expected one of image, devmapper, zfs")
+        return _supported(value, SUPPORTED_STORAGE, KNOWN_STORAGE, "storage", "a storage type")
 
     @field_validator("storage_size", mode="before")
     @classmethod
@@ -456,14 +461,7 @@ class SlicerConfig(_Model):
     @field_validator("hypervisor")
     @classmethod
     def _check_hypervisor(cls, value: str) -> str:
-        if value == SUPPORTED_HYPERVISOR:
-            return value
-        if value in KNOWN_HYPERVISORS:
-            raise _invalid("not_supported", f"{value!r} is not supported on this build (use {SUPPORTED_HYPERVISOR})")
-        raise _invalid(
-            "hypervisor",
-            f"{value!r} is not a hypervisor; expected one of firecracker, cloud-hypervisor, qemu",
-        )
+        return _supported(value, SUPPORTED_HYPERVISOR, KNOWN_HYPERVISORS, "hypervisor", "a hypervisor")
 
     @field_validator("ssh_keys", mode="before")
     @classmethod
