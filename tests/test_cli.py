@@ -18,6 +18,7 @@ from pyslicer.cli._common import CliState
 from pyslicer.cli.main import cli
 from pyslicer.client import SlicerClient
 from pyslicer.errors import ConfigError
+from tests.fake_api import Recorder
 
 
 @pytest.fixture(autouse=True)
@@ -26,36 +27,18 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-class FakeApi:
-    """Routes (method, path) to canned answers, records requests and the client factory's arguments."""
+class FakeApi(Recorder):
+    """Also records the client factory's arguments."""
 
     def __init__(self, routes: dict[tuple[str, str], Any] | None = None) -> None:
-        self.routes = routes or {}
-        self.requests: list[httpx.Request] = []
+        super().__init__(routes)
         self.factory_args: list[tuple[str | None, str | None, str | None]] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        key = (request.method, request.url.path)
-        if key not in self.routes:
-            return httpx.Response(404, json={"error": f"no route {request.url.path}", "code": "not_found"})
-        answer = self.routes[key]
-        if callable(answer):
-            response: httpx.Response = answer(request)
-            return response
-        if isinstance(answer, httpx.Response):
-            return answer
-        return httpx.Response(200, json=answer)
 
     def factory(self, url: str | None, token: str | None, token_file: str | None) -> SlicerClient:
         self.factory_args.append((url, token, token_file))
         return SlicerClient(
             url=url or "http://slicer.test", token=token, token_file=token_file, transport=httpx.MockTransport(self)
         )
-
-    @property
-    def last(self) -> httpx.Request:
-        return self.requests[-1]
 
     def run(self, *args: str, input: bytes | str | None = None, env: dict[str, str] | None = None) -> Result:
         return CliRunner().invoke(cli, list(args), obj=CliState(client_factory=self.factory), input=input, env=env)

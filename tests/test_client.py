@@ -30,6 +30,7 @@ from pyslicer.client import (
     is_unix_socket,
 )
 from pyslicer.errors import ConfigError, SlicerError
+from tests.fake_api import Recorder
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -38,31 +39,6 @@ Handler = Callable[[httpx.Request], httpx.Response]
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("SLICER_URL", "SLICER_TOKEN", "SLICER_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
-
-
-class Recorder:
-    """A MockTransport handler that answers from a route table and keeps every request."""
-
-    def __init__(self, routes: dict[tuple[str, str], Any] | None = None) -> None:
-        self.routes = routes or {}
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        key = (request.method, request.url.path)
-        if key not in self.routes:
-            return httpx.Response(404, json={"error": f"no route {request.url.path}", "code": "not_found"})
-        answer = self.routes[key]
-        if callable(answer):
-            result: httpx.Response = answer(request)
-            return result
-        if isinstance(answer, httpx.Response):
-            return answer
-        return httpx.Response(200, json=answer)
-
-    @property
-    def last(self) -> httpx.Request:
-        return self.requests[-1]
 
 
 def client_for(handler: Handler, **kwargs: Any) -> SlicerClient:
