@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import itertools
 import logging
 import os
@@ -12,7 +13,6 @@ import platform
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +126,10 @@ class Daemon:
     # -- paths ---------------------------------------------------------------------------------
     def _choose_run_root(self) -> Path:
         root = self.data_dir / "run"
-        # unix socket paths are limited to 108 bytes
+        # Unix socket paths are limited to 108 bytes. The fallback is named after the data dir, so a
+        # daemon that died is cleaned up by the next one on the same data dir.
         if len(str(root / ("x" * 40) / "agent.sock")) > MAX_SOCKET_PATH:
-            return Path(tempfile.mkdtemp(prefix="pyslicer-run-"))
+            return Path("/run/pyslicer") / hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
         return root
 
     def disk_path(self, hostname: str) -> Path:
