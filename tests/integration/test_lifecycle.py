@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +14,7 @@ import httpx
 
 from pyslicer.client import SlicerClient
 from pyslicer.net import NetworkNamespace
-from tests.integration.conftest import RunningDaemon, start_daemon, stop_daemon
+from tests.integration.conftest import CONFIG, RunningDaemon, free_port, start_daemon, stop_daemon
 from tests.integration.helpers import assert_error, exec_buffered, wait_for_agent
 
 
@@ -108,6 +110,16 @@ def test_daemon_stop_removes_sandboxes_and_keeps_what_persists(guest_image: Path
         with SlicerClient(third.url) as sdk:
             assert sdk.exec_buffered("svc-1", "hostname").stdout == b"svc-1\n"
             sdk.delete_node("sbox", "keeper")
+        # another daemon (another data dir) may not take over a socket a live daemon serves on
+        other = tmp_path / "other.yaml"
+        other.write_text(CONFIG.format(port=free_port(), address=third.url))
+        refused = subprocess.run(
+            [sys.executable, "-m", "pyslicer.cli.main", "up", str(other), "--data-dir", str(tmp_path / "other")],
+            capture_output=True,
+            timeout=120,
+        )
+        assert refused.returncode == 1 and b"in use by a running server" in refused.stderr, refused
+        assert Path(third.url).exists()
     finally:
         stop_daemon(third)
     assert not Path(third.url).exists(), "the daemon removes its socket when it stops"
@@ -124,3 +136,19 @@ def test_concurrent_creates_of_one_hostname(daemon: RunningDaemon, api: httpx.Cl
     assert "twin" in node_names(api)
     assert api.delete("/hostgroup/sbox/nodes/twin").status_code == 200
     assert not (daemon.data_dir / "disks" / "twin.qcow2").exists()
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(
+    daemon: RunningDaemon, api: httpx.Client, sandbox: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "slicer.yaml"
+    config.write_text(CONFIG.format(port=free_port(), address="127.0.0.1"))
+    second = subprocess.run(
+        [sys.executable, "-m", "pyslicer.cli.main", "up", str(config), "--data-dir", str(daemon.data_dir)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert second.returncode == 1 and b"in use by another slicer daemon" in second.stderr, second
+    # the first daemon, its namespace and its VMs are untouched
+    assert NetworkNamespace(daemon.data_dir.absolute()).exists
+    assert exec_buffered(api, sandbox, "true")["exit_code"] == 0

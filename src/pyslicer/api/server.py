@@ -16,6 +16,7 @@ import uvloop
 from pyslicer.api.app import create_app
 from pyslicer.config import SlicerConfig
 from pyslicer.daemon import Daemon
+from pyslicer.errors import ConfigError
 
 log = logging.getLogger("pyslicer")
 
@@ -32,6 +33,20 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def claim_socket_path(path: Path) -> None:
+    """Take over a socket path left by a dead daemon, never one a live server answers on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    try:
+        _, writer = await asyncio.open_unix_connection(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: stale
+        return
+    writer.close()
+    raise ConfigError(f"config.api.bind_address: {path} is in use by a running server")
+
+
 async def run(config: SlicerConfig, data_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -46,15 +61,16 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     daemon = Daemon(config, data_dir, progress=say)
+    claimed_socket: Path | None = None
     try:
-        await daemon.start()
         api = config.api
-        token = daemon.token if api.uses_auth else None
         socket_path = api.unix_socket
         if socket_path is not None:
-            socket_path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
+            await claim_socket_path(socket_path)
+            claimed_socket = socket_path
+        await daemon.start()
+        token = daemon.token if api.uses_auth else None
+        if socket_path is not None:
             server_config = uvicorn.Config(
                 create_app(daemon, token=token), uds=str(socket_path), lifespan="off", log_level="warning"
             )
@@ -78,9 +94,9 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
     finally:
         say("pyslicer: stopping VMs")
         await daemon.stop()
-        if config.api.unix_socket is not None:
+        if claimed_socket is not None:
             with contextlib.suppress(FileNotFoundError):
-                config.api.unix_socket.unlink()
+                claimed_socket.unlink()
 
 
 def serve(config: SlicerConfig, data_dir: Path) -> None:

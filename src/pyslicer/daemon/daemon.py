@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -16,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from pyslicer import __version__
 from pyslicer.config import MIN_RAM_BYTES, HostGroupConfig, SlicerConfig
@@ -122,6 +124,7 @@ class Daemon:
         self._run_root = self._choose_run_root()
         self._lock = asyncio.Lock()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._data_dir_lock: IO[str] | None = None
 
     # -- paths ---------------------------------------------------------------------------------
     def _choose_run_root(self) -> Path:
@@ -140,6 +143,8 @@ class Daemon:
 
     # -- start and stop ------------------------------------------------------------------------
     async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._hold_data_dir()
         for sub in ("disks", "logs", "auth"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self._run_root, ignore_errors=True)  # sockets of VMs of an earlier run
@@ -167,6 +172,8 @@ class Daemon:
                 await asyncio.to_thread(trim_log, node.spec.console_log, MAX_CONSOLE_LOG_BYTES)
 
     async def stop(self) -> None:
+        if self._data_dir_lock is None:
+            return  # never started: everything on the data dir belongs to someone else, or to nobody yet
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         nodes = list(self.nodes.values())
@@ -177,6 +184,9 @@ class Daemon:
         await self.netns.delete()
         if self._run_root != self.data_dir / "run":
             shutil.rmtree(self._run_root, ignore_errors=True)
+        if self._data_dir_lock is not None:
+            self._data_dir_lock.close()  # releases the flock
+            self._data_dir_lock = None
 
     async def _shutdown_node(self, node: Node) -> None:
         await node.stop(graceful_timeout=GRACEFUL_STOP_SECONDS if node.record.persistent else 0)
@@ -196,6 +206,16 @@ class Daemon:
             elif not record.persistent or group is None:
                 remove_disk(self.disk_path(record.hostname))
                 await self.registry.remove(record.hostname)
+
+    def _hold_data_dir(self) -> None:
+        """One daemon per data dir: a second one would clean up the first one's sockets and disks."""
+        lock = (self.data_dir / "daemon.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ConfigError(f"data dir {self.data_dir} is in use by another slicer daemon") from None
+        self._data_dir_lock = lock
 
     def _load_token(self) -> str:
         path = self.data_dir / "auth" / "token"
