@@ -12,9 +12,9 @@ import base64
 import codecs
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -136,32 +136,45 @@ async def exec_command(request: Request) -> Response:
     return ExecStreamResponse(stream, options)
 
 
-class ExecBufferedResponse(Response):
-    """One JSON object once the command ends. The output is held as the bytes that arrived (at most
-    BUFFERED_LIMIT) and encoded piece by piece while it is written, never as one big string; a client
-    that leaves stops the command."""
+class _ExecResponse(Response):
+    """An exec answer that drives ASGI itself, with a task reading the request side meanwhile."""
 
-    media_type = "application/json"
+    headers_to_send: ClassVar[Mapping[str, str]] = {"cache-control": "no-store"}
 
     def __init__(self, stream: AgentStream, options: ExecOptions) -> None:
         self.stream = stream
         self.options = options
         self.status_code = 200
         self.background = None
-        self.init_headers({"cache-control": "no-store"})
+        self.init_headers(self.headers_to_send)
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, listener: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+        """Run ``listener`` while the body of the block runs; the command stops with the block."""
+        task = asyncio.get_running_loop().create_task(listener)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.stream.cancel()
+
+
+class ExecBufferedResponse(_ExecResponse):
+    """One JSON object once the command ends. The output is held as the bytes that arrived (at most
+    BUFFERED_LIMIT) and encoded piece by piece while it is written, never as one big string; a client
+    that leaves stops the command."""
+
+    media_type = "application/json"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        listener = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
-            chunks, tail = await self._collect()
+            async with self._reading(self._watch(receive)):
+                chunks, tail = await self._collect()
         except SlicerError as exc:
             await JSONResponse(exc.to_json(), status_code=exc.status)(scope, receive, send)
             return
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-            self.stream.cancel()
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         for piece in json_pieces(chunks, tail, self.options.base64):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
@@ -216,29 +229,15 @@ def json_pieces(chunks: dict[Channel, list[bytes]], tail: dict[str, Any], use_ba
     yield json.dumps(tail)[1:].encode()
 
 
-class ExecStreamResponse(Response):
+class ExecStreamResponse(_ExecResponse):
     media_type = "application/x-ndjson"
-
-    def __init__(self, stream: AgentStream, options: ExecOptions) -> None:
-        self.stream = stream
-        self.options = options
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-store", "x-content-type-options": "nosniff"})
+    headers_to_send: ClassVar[Mapping[str, str]] = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = self.stream
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        listener = asyncio.get_running_loop().create_task(self._listen(receive))
-        try:
-            await self._relay(send)
-        except OSError:
-            pass  # the client went away; the finally below stops the command
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-            stream.cancel()
+        async with self._reading(self._listen(receive)):
+            with contextlib.suppress(OSError):  # the client went away; leaving the block stops the command
+                await self._relay(send)
 
     async def _listen(self, receive: Receive) -> None:
         """Feed the request body to stdin; a disconnect cancels the command."""
