@@ -34,6 +34,30 @@ def _response(head: h11.Response, stream: httpx.SyncByteStream | httpx.AsyncByte
     )
 
 
+@contextlib.contextmanager
+def _connect_errors(request: httpx.Request) -> Iterator[None]:
+    """Socket errors while connecting, as httpx names them (the sync and async transports share this)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "timed out", request=request) from exc
+    except OSError as exc:
+        raise httpx.ConnectError(str(exc), request=request) from exc
+
+
+@contextlib.contextmanager
+def _read_errors(request: httpx.Request) -> Iterator[None]:
+    """Socket and HTTP errors while reading the response, as httpx names them."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
+    except OSError as exc:
+        raise httpx.ReadError(str(exc), request=request) from exc
+    except h11.RemoteProtocolError as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+
+
 def _timeouts(request: httpx.Request) -> tuple[float | None, float | None]:
     timeout = request.extensions.get("timeout", {})
     return timeout.get("connect"), timeout.get("read")
@@ -66,7 +90,7 @@ class DuplexTransport(httpx.BaseTransport):
         return _response(head, _SyncBody(exchange))
 
     def _connect(self, request: httpx.Request, timeout: float | None) -> socket.socket:
-        try:
+        with _connect_errors(request):
             if self._uds is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
@@ -79,10 +103,6 @@ class DuplexTransport(httpx.BaseTransport):
             sock = socket.create_connection((request.url.host, request.url.port or 80), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
-        except TimeoutError as exc:
-            raise httpx.ConnectTimeout(str(exc) or "timed out", request=request) from exc
-        except OSError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
 
 
 class _SyncExchange:
@@ -132,7 +152,7 @@ class _SyncExchange:
             return
 
     def _next_event(self) -> h11.Event:
-        try:
+        with _read_errors(self._request):
             while True:
                 with self._lock:
                     event = self._conn.next_event()
@@ -145,12 +165,6 @@ class _SyncExchange:
                     raise httpx.RemoteProtocolError("unexpected data after the response", request=self._request)
                 assert isinstance(event, h11.Event)
                 return event
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "timed out", request=self._request) from exc
-        except OSError as exc:
-            raise httpx.ReadError(str(exc), request=self._request) from exc
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
 
     def iter_body(self) -> Iterator[bytes]:
         while True:
@@ -205,7 +219,7 @@ class AsyncDuplexTransport(httpx.AsyncBaseTransport):
         self, request: httpx.Request, timeout: float | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         url = request.url
-        try:
+        with _connect_errors(request):
             async with asyncio.timeout(timeout):
                 if self._uds is not None:
                     return await asyncio.open_unix_connection(self._uds)
@@ -217,10 +231,6 @@ class AsyncDuplexTransport(httpx.AsyncBaseTransport):
                 if url.scheme != "http":
                     raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}", request=request)
                 return await asyncio.open_connection(url.host, url.port or 80)
-        except TimeoutError as exc:
-            raise httpx.ConnectTimeout(str(exc) or "timed out", request=request) from exc
-        except OSError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
 
 
 class _AsyncExchange:
@@ -276,7 +286,7 @@ class _AsyncExchange:
             return
 
     async def _next_event(self) -> h11.Event:
-        try:
+        with _read_errors(self._request):
             while True:
                 event = self._conn.next_event()
                 if event is h11.NEED_DATA:
@@ -288,12 +298,6 @@ class _AsyncExchange:
                     raise httpx.RemoteProtocolError("unexpected data after the response", request=self._request)
                 assert isinstance(event, h11.Event)
                 return event
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "timed out", request=self._request) from exc
-        except OSError as exc:
-            raise httpx.ReadError(str(exc), request=self._request) from exc
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
 
     async def iter_body(self) -> AsyncIterator[bytes]:
         while True:
