@@ -18,7 +18,7 @@ from pyslicer.durations import (
     parse_go_duration,
     parse_go_duration_ns,
 )
-from pyslicer.errors import BadRequest
+from pyslicer.errors import InvalidArgument
 
 INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)
@@ -155,11 +155,10 @@ def test_parse_valid(text: str, ns: int) -> None:
 
 @pytest.mark.parametrize("text", INVALID)
 def test_parse_invalid(text: str) -> None:
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_go_duration(text)
     assert info.value.message.startswith("invalid duration ")
-    assert info.value.status == 400
-    assert info.value.code == "bad_request"
+    assert info.value.code == "invalid_argument"
 
 
 def test_parse_seconds_examples() -> None:
@@ -173,25 +172,25 @@ def test_parse_seconds_examples() -> None:
 
 
 def test_error_messages_quote_the_input() -> None:
-    with pytest.raises(BadRequest, match=r'^invalid duration "abc"$'):
+    with pytest.raises(InvalidArgument, match=r'^invalid duration "abc"$'):
         parse_go_duration("abc")
-    with pytest.raises(BadRequest, match=r'^invalid duration ""$'):
+    with pytest.raises(InvalidArgument, match=r'^invalid duration ""$'):
         parse_go_duration("")
-    with pytest.raises(BadRequest, match=r'invalid duration "10": missing unit'):
+    with pytest.raises(InvalidArgument, match=r'invalid duration "10": missing unit'):
         parse_go_duration("10")
-    with pytest.raises(BadRequest, match=r'invalid duration "1d": unknown unit "d"'):
+    with pytest.raises(InvalidArgument, match=r'invalid duration "1d": unknown unit "d"'):
         parse_go_duration("1d")
-    with pytest.raises(BadRequest, match=r'invalid duration "3000000h": out of range'):
+    with pytest.raises(InvalidArgument, match=r'invalid duration "3000000h": out of range'):
         parse_go_duration("3000000h")
 
 
 def test_error_message_escapes_quotes_and_control_characters() -> None:
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_go_duration('1"s')
     assert (
         info.value.message == 'invalid duration "1\\"s": unknown unit "\\"s" (expected one of ns, us, µs, ms, s, m, h)'
     )
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_go_duration("1s\n")
     assert "\n" not in info.value.message
     assert "\\n" in info.value.message
@@ -199,7 +198,7 @@ def test_error_message_escapes_quotes_and_control_characters() -> None:
 
 @pytest.mark.parametrize("value", [None, 5, 1.5, b"1s", ["1s"]])
 def test_parse_rejects_non_strings(value: object) -> None:
-    with pytest.raises(BadRequest, match="invalid duration"):
+    with pytest.raises(InvalidArgument, match="invalid duration"):
         parse_go_duration(value)  # type: ignore[arg-type]
 
 

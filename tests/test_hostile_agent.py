@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyslicer.daemon.agent_link import AgentLink
-from pyslicer.errors import AgentError, BadRequest
+from pyslicer.errors import AgentError, InvalidArgument
 from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameDecoder, FrameType, encode, encode_json
 
 
@@ -71,7 +71,7 @@ async def test_a_request_too_large_for_one_frame_is_a_clear_400(tmp_path: Path) 
     link.start()
     try:
         await link.wait_ready(5)
-        with pytest.raises(BadRequest, match="too large"):
+        with pytest.raises(InvalidArgument, match="too large"):
             link.open({"op": "exec", "cmd": "echo", "args": ["x" * 70_000]})
     finally:
         await link.close()

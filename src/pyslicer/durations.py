@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from pyslicer.errors import BadRequest
+from pyslicer.errors import InvalidArgument
 
 __all__ = ["format_go_duration", "format_go_duration_ns", "parse_go_duration", "parse_go_duration_ns"]
 
@@ -58,12 +58,12 @@ def _is_digit(ch: str) -> bool:
 def parse_go_duration_ns(text: str) -> int:
     """Parse a Go duration string into integer nanoseconds, exactly as ``time.ParseDuration``."""
     if not isinstance(text, str):
-        raise BadRequest(f"invalid duration {text!r}: expected a string")
+        raise InvalidArgument(f"invalid duration {text!r}: expected a string")
     orig = text
 
-    def invalid(detail: str = "") -> BadRequest:
+    def invalid(detail: str = "") -> InvalidArgument:
         suffix = f": {detail}" if detail else ""
-        return BadRequest(f"invalid duration {_quote(orig)}{suffix}")
+        return InvalidArgument(f"invalid duration {_quote(orig)}{suffix}")
 
     s = text
     neg = False
@@ -150,7 +150,7 @@ def parse_go_duration_ns(text: str) -> int:
 def parse_go_duration(text: str) -> float:
     """Parse a Go duration string (``"1m30s"``, ``"-1.5h"``, ``"250ms"``) into seconds.
 
-    Raises :class:`BadRequest` for anything ``time.ParseDuration`` rejects. Negative durations
+    Raises :class:`InvalidArgument` for anything ``time.ParseDuration`` rejects. Negative durations
     are returned as such; callers that need a positive timeout check the sign themselves.
     """
     return parse_go_duration_ns(text) / SECOND

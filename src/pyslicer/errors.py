@@ -1,14 +1,31 @@
-"""One error hierarchy for the whole project.
+"""One error hierarchy for the whole project: what went wrong, in the daemon's own terms.
 
-Every error knows the HTTP status and the machine-readable code it maps to, so the API layer
-turns any of them into ``{"error": ..., "code": ...}`` in one place and the CLI prints the message.
+::
+
+    SlicerError                   code: a stable machine-readable name; message: for people
+     +-- InvalidArgument          a request or value is malformed or out of range (names the field)
+     |    +-- ConfigError         a config file or CLI value is invalid
+     +-- Unauthenticated          no valid credentials (API only)
+     +-- PermissionDenied         the caller may not do that (a protected node)
+     +-- NotFound                 no such host group, VM or path
+     +-- Conflict                 the target is in a state that does not allow it
+     +-- Timeout                  a wait ran out of time (what it made is cleaned up)
+     +-- Gone                     it existed and was removed
+     +-- NotSupported             this build cannot do that
+     +-- Unavailable              a resource is busy or exhausted, or a peer is unreachable
+     |    +-- AgentError          the in-guest agent is unreachable or broke the protocol
+     +-- ImageError               the guest image could not be built or is incomplete
+     +-- HypervisorError          QEMU could not be started or controlled
+     +-- NetworkError             a namespace, bridge or tap could not be set up
+
+No HTTP here: ``pyslicer.api.errors`` maps each class to its status in one table, and the CLI prints
+``message``.
 """
 
 from __future__ import annotations
 
 
 class SlicerError(Exception):
-    status: int = 500
     code: str = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
@@ -21,56 +38,52 @@ class SlicerError(Exception):
         return {"error": self.message, "code": self.code}
 
 
-class BadRequest(SlicerError):
-    status = 400
-    code = "bad_request"
+class InvalidArgument(SlicerError):
+    code = "invalid_argument"
 
 
-class Unauthorized(SlicerError):
-    status = 401
+class ConfigError(InvalidArgument):
+    """A config file or CLI value is invalid; the message names the field."""
+
+    code = "invalid_config"
+
+
+class Unauthenticated(SlicerError):
     code = "unauthorized"
 
 
-class Forbidden(SlicerError):
-    status = 403
+class PermissionDenied(SlicerError):
     code = "forbidden"
 
 
 class NotFound(SlicerError):
-    status = 404
     code = "not_found"
 
 
-class Timeout(SlicerError):
-    status = 408
-    code = "timeout"
-
-
 class Conflict(SlicerError):
-    status = 409
     code = "conflict"
 
 
+class Timeout(SlicerError):
+    code = "timeout"
+
+
 class Gone(SlicerError):
-    status = 410
     code = "gone"
 
 
 class NotSupported(SlicerError):
-    status = 501
     code = "not_supported"
 
 
 class Unavailable(SlicerError):
-    status = 503
     code = "unavailable"
 
 
-class ConfigError(SlicerError):
-    """A config file or CLI value is invalid; the message names the field."""
+class AgentError(Unavailable):
+    """The in-guest agent is unreachable or broke the protocol."""
 
-    status = 400
-    code = "invalid_config"
+    code = "agent_unavailable"
 
 
 class ImageError(SlicerError):
@@ -83,12 +96,6 @@ class HypervisorError(SlicerError):
     """QEMU could not be started or controlled."""
 
     code = "hypervisor_error"
-
-
-class AgentError(Unavailable):
-    """The in-guest agent is unreachable or broke the protocol."""
-
-    code = "agent_unavailable"
 
 
 class NetworkError(SlicerError):

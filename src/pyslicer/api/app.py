@@ -15,8 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pyslicer.api import exec as exec_api
 from pyslicer.api import metrics, nodes, vm
+from pyslicer.api.errors import INTERNAL_ERROR, error_response
 from pyslicer.daemon import Daemon
-from pyslicer.errors import SlicerError, Unauthorized
+from pyslicer.errors import SlicerError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ ROUTES = [
 ]
 
 
-def error_response(error: SlicerError) -> JSONResponse:
-    return JSONResponse(error.to_json(), status_code=error.status)
-
-
 async def slicer_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SlicerError)
     return error_response(exc)
@@ -65,9 +62,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def client_gone(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "the client disconnected", "code": "client_disconnected"}, status_code=400)
-
-
-INTERNAL_ERROR = {"error": "internal error; see the daemon log", "code": "internal_error"}
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -98,7 +92,7 @@ class AuthAndMetrics:
 
         try:
             if self.token is not None and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
-                missing = Unauthorized("missing or invalid bearer token", code="unauthorized")
+                missing = Unauthenticated("missing or invalid bearer token", code="unauthorized")
                 response = error_response(missing)
                 response.headers["www-authenticate"] = "Bearer"
                 await response(scope, receive, send_and_count)

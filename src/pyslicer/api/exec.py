@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
+from pyslicer.api.errors import error_response
 from pyslicer.api.nodes import daemon
 from pyslicer.api.params import query_bool, query_int
 from pyslicer.daemon.agent_link import AgentStream, Message, Output, OutputEnd
 from pyslicer.daemon.daemon import utc_now
-from pyslicer.errors import AgentError, BadRequest, NotSupported, SlicerError, Unavailable
+from pyslicer.errors import AgentError, InvalidArgument, NotSupported, SlicerError, Unavailable
 from pyslicer.protocol import Channel
 
 BUFFERED_LIMIT = 32 * 1024 * 1024
@@ -45,20 +46,20 @@ def parse_exec_query(request: Request) -> ExecOptions:
     params = request.query_params
     cmd = params.get("cmd", "")
     if not cmd:
-        raise BadRequest("cmd: a command is required", code="invalid_cmd")
+        raise InvalidArgument("cmd: a command is required", code="invalid_cmd")
     if query_bool(request, "background"):
         raise NotSupported("background: background exec is not supported on this build yet", code="background")
     stdio = params.get("stdio", "")
     if stdio not in ("", "text", "base64"):
-        raise BadRequest(f"stdio: {stdio!r} is not one of text, base64", code="invalid_stdio")
+        raise InvalidArgument(f"stdio: {stdio!r} is not one of text, base64", code="invalid_stdio")
     env = params.getlist("env")
     for item in env:
         if "=" not in item or item.startswith("="):
-            raise BadRequest(f"env: {item!r} is not KEY=VALUE", code="invalid_env")
+            raise InvalidArgument(f"env: {item!r} is not KEY=VALUE", code="invalid_env")
     stdin = query_bool(request, "stdin")
     buffered = query_bool(request, "buffered")
     if stdin and buffered:
-        raise BadRequest("stdin is not supported with buffered=true", code="invalid_stdin")
+        raise InvalidArgument("stdin is not supported with buffered=true", code="invalid_stdin")
     agent_request: dict[str, Any] = {
         "cmd": cmd,
         "args": params.getlist("args"),
@@ -173,7 +174,7 @@ class ExecBufferedResponse(_ExecResponse):
             async with self._reading(self._watch(receive)):
                 chunks, tail = await self._collect()
         except SlicerError as exc:
-            await JSONResponse(exc.to_json(), status_code=exc.status)(scope, receive, send)
+            await error_response(exc)(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         for piece in json_pieces(chunks, tail, self.options.base64):

@@ -12,7 +12,7 @@ from pyslicer.api.params import json_body
 from pyslicer.daemon import Daemon, Node, NodeRequest
 from pyslicer.daemon.daemon import machine_arch
 from pyslicer.durations import parse_go_duration
-from pyslicer.errors import BadRequest
+from pyslicer.errors import InvalidArgument
 
 DEFAULT_WAIT_TIMEOUT = 300.0
 
@@ -46,15 +46,15 @@ def parse_create_body(data: dict[str, Any]) -> NodeRequest:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
         )
-        raise BadRequest(problems, code="invalid_body") from None
+        raise InvalidArgument(problems, code="invalid_body") from None
     if body.gpu_count:
-        raise BadRequest("gpu_count: this host has no GPUs to pass through", code="gpu_count")
+        raise InvalidArgument("gpu_count: this host has no GPUs to pass through", code="gpu_count")
     if body.pci_devices:
-        raise BadRequest("pci_devices: PCI passthrough is not supported on this build", code="pci_devices")
+        raise InvalidArgument("pci_devices: PCI passthrough is not supported on this build", code="pci_devices")
     if body.ip:
-        raise BadRequest("ip: static addresses are not supported on this build", code="ip")
+        raise InvalidArgument("ip: static addresses are not supported on this build", code="ip")
     if body.disk_image:
-        raise BadRequest("disk_image: custom disk images are not supported on this build", code="disk_image")
+        raise InvalidArgument("disk_image: custom disk images are not supported on this build", code="disk_image")
     return NodeRequest(
         hostname=body.hostname or None,
         cpus=body.cpus or None,
@@ -116,15 +116,15 @@ async def create_node(request: Request) -> JSONResponse:
     daemon(request).group(group)
     wait = request.query_params.get("wait") or None
     if wait not in (None, "agent", "userdata"):
-        raise BadRequest(f"wait: {wait!r} is not one of agent, userdata", code="invalid_wait")
+        raise InvalidArgument(f"wait: {wait!r} is not one of agent, userdata", code="invalid_wait")
     timeout = DEFAULT_WAIT_TIMEOUT
     if raw_timeout := request.query_params.get("timeout"):
         try:
             timeout = parse_go_duration(raw_timeout)
-        except BadRequest as exc:
-            raise BadRequest(f"timeout: {exc.message}", code="invalid_timeout") from None
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"timeout: {exc.message}", code="invalid_timeout") from None
         if timeout <= 0:
-            raise BadRequest(f"timeout: {raw_timeout!r} must be positive", code="invalid_timeout")
+            raise InvalidArgument(f"timeout: {raw_timeout!r} must be positive", code="invalid_timeout")
     node_request = parse_create_body(await json_body(request))
     node = await daemon(request).create_node(group, node_request, wait=wait, timeout=timeout)
     record = node.record

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from pyslicer.errors import BadRequest
+from pyslicer.errors import InvalidArgument
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"", "0", "false", "no", "off"}
@@ -22,7 +22,7 @@ def query_bool(request: Request, name: str, default: bool = False) -> bool:
         return True
     if value in FALSE:
         return False
-    raise BadRequest(f"{name}: {raw!r} is not a boolean", code=f"invalid_{name}")
+    raise InvalidArgument(f"{name}: {raw!r} is not a boolean", code=f"invalid_{name}")
 
 
 def query_int(request: Request, name: str, *, minimum: int = 0, maximum: int = 2**31 - 1) -> int | None:
@@ -32,9 +32,9 @@ def query_int(request: Request, name: str, *, minimum: int = 0, maximum: int = 2
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name}: {raw!r} is not an integer", code=f"invalid_{name}") from None
+        raise InvalidArgument(f"{name}: {raw!r} is not an integer", code=f"invalid_{name}") from None
     if not minimum <= value <= maximum:
-        raise BadRequest(f"{name}: {value} is outside {minimum}..{maximum}", code=f"invalid_{name}")
+        raise InvalidArgument(f"{name}: {value} is outside {minimum}..{maximum}", code=f"invalid_{name}")
     return value
 
 
@@ -44,15 +44,15 @@ async def json_body(request: Request, limit: int = 1024 * 1024) -> dict[str, Any
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise BadRequest(f"request body is larger than {limit} bytes", code="body_too_large")
+            raise InvalidArgument(f"request body is larger than {limit} bytes", code="body_too_large")
     if not body.strip():
         return {}
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise InvalidArgument(f"request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
-        raise BadRequest("request body is nested too deeply", code="invalid_json") from None
+        raise InvalidArgument("request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
+        raise InvalidArgument("request body must be a JSON object", code="invalid_json")
     return data

@@ -9,6 +9,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pyslicer.api.errors import status_of
 from pyslicer.api.nodes import daemon
 from pyslicer.api.params import query_int
 from pyslicer.errors import SlicerError
@@ -23,7 +24,7 @@ async def health(request: Request) -> Response:
         try:
             node.agent()
         except SlicerError as exc:
-            return Response(status_code=exc.status)
+            return Response(status_code=status_of(exc))
         return Response(status_code=200)
     body = await node.health()
     body.setdefault("ip", node.record.ip)

@@ -23,19 +23,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pyslicer import __version__
 from pyslicer.durations import format_go_duration
-from pyslicer.errors import (
-    BadRequest,
-    ConfigError,
-    Conflict,
-    Forbidden,
-    Gone,
-    NotFound,
-    NotSupported,
-    SlicerError,
-    Timeout,
-    Unauthorized,
-    Unavailable,
-)
+from pyslicer.errors import ConfigError, SlicerError
 
 from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
 from .models import (
@@ -60,20 +48,18 @@ UDS_BASE_URL = "http://localhost"
 TimeoutArg = float | httpx.Timeout | None
 EnvArg = Mapping[str, str] | Sequence[str] | None
 
+# The daemon's codes for each status, for answers that carry none.
 _STATUS_CODES = {
-    cls.status: cls.code
-    for cls in (
-        BadRequest,
-        Unauthorized,
-        Forbidden,
-        NotFound,
-        Timeout,
-        Conflict,
-        Gone,
-        SlicerError,
-        NotSupported,
-        Unavailable,
-    )
+    400: "invalid_argument",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    408: "timeout",
+    409: "conflict",
+    410: "gone",
+    500: "internal_error",
+    501: "not_supported",
+    503: "unavailable",
 }
 # Statuses that mean "this VM will never become ready by waiting"; anything else is worth polling through.
 _FATAL_READY_STATUSES = frozenset({401, 403, 404})

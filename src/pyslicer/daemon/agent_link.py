@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyslicer.errors import AgentError, BadRequest
+from pyslicer.errors import AgentError, InvalidArgument
 from pyslicer.protocol import (
     INITIAL_WINDOW,
     MAX_PAYLOAD,
@@ -171,7 +171,7 @@ class AgentLink:
         try:
             frame = encode_json(FrameType.OPEN, stream_id, {**request, "window": INITIAL_WINDOW})
         except ValueError:
-            raise BadRequest(
+            raise InvalidArgument(
                 f"the request is too large for the agent (at most {MAX_PAYLOAD // 1024} KiB of command, "
                 "arguments and environment)",
                 code="request_too_large",

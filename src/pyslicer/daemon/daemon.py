@@ -25,7 +25,7 @@ from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import Node
 from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.storage import create_overlay, remove_disk
-from pyslicer.errors import BadRequest, ConfigError, Forbidden, NotFound, SlicerError, Timeout
+from pyslicer.errors import ConfigError, InvalidArgument, NotFound, PermissionDenied, SlicerError, Timeout
 from pyslicer.image import GuestImage, ensure_image
 from pyslicer.net import GroupNetwork, Lease, NetworkNamespace
 from pyslicer.vmm import Hypervisor, Nic, QemuHypervisor, VMSpec, choose_accel
@@ -245,7 +245,7 @@ class Daemon:
 
     def list_nodes(self, group: str | None = None, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
         if tag is not None and tag_prefix is not None:
-            raise BadRequest("only one of tag and tag_prefix may be set", code="invalid_filter")
+            raise InvalidArgument("only one of tag and tag_prefix may be set", code="invalid_filter")
         nodes = [n for n in self.nodes.values() if group is None or n.record.host_group == group]
         if tag is not None:
             nodes = [n for n in nodes if tag in n.record.tags]
@@ -273,19 +273,19 @@ class Daemon:
     def _check_ceilings(self, group: HostGroup, request: NodeRequest) -> None:
         ceiling = group.config
         if request.cpus is not None and not 1 <= request.cpus <= ceiling.vcpu:
-            raise BadRequest(
+            raise InvalidArgument(
                 f"cpus: {request.cpus} is outside 1..{ceiling.vcpu} for host group {group.name}", code="cpus"
             )
         if request.ram_bytes is not None and not MIN_RAM_BYTES <= request.ram_bytes <= ceiling.ram_bytes:
-            raise BadRequest(
+            raise InvalidArgument(
                 f"ram_bytes: {request.ram_bytes} is outside {MIN_RAM_BYTES}..{ceiling.ram_bytes} "
                 f"for host group {group.name}",
                 code="ram_bytes",
             )
         if request.userdata is not None and len(request.userdata.encode()) > MAX_USERDATA_BYTES:
-            raise BadRequest(f"userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB", code="userdata")
+            raise InvalidArgument(f"userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB", code="userdata")
         if request.hostname is not None and not HOSTNAME_RE.fullmatch(request.hostname):
-            raise BadRequest(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
+            raise InvalidArgument(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
 
     def _count_launch(self, group: str, code: str) -> None:
         self.launch_counts[(group, code)] = self.launch_counts.get((group, code), 0) + 1
@@ -302,7 +302,7 @@ class Daemon:
         config = group.config
         async with self._lock:
             if request.hostname is not None and request.hostname in self.nodes:
-                raise BadRequest(f"hostname: {request.hostname!r} is already in use", code="hostname")
+                raise InvalidArgument(f"hostname: {request.hostname!r} is already in use", code="hostname")
             hostname = request.hostname or group.new_hostname(set(self.nodes))
             if record is None:
                 record = NodeRecord(
@@ -378,7 +378,7 @@ class Daemon:
         if node.record.host_group != group_name or node.state is NodeState.DELETED:
             raise NotFound(f"VM {hostname!r} not found in host group {group_name!r}", code="vm_not_found")
         if node.record.protected:
-            raise Forbidden(
+            raise PermissionDenied(
                 f"{hostname} was launched from the config file and is protected from API deletion",
                 code="protected",
             )
