@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pyslicer.api.vm import tail_lines
+from pyslicer.daemon.console import tail_lines
 
 
 @pytest.mark.parametrize("lines", [0, 1, 2, 5, 50])

@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-from pyslicer.daemon.daemon import trim_log
+from pyslicer.daemon.console import trim_log
 
 
 def test_a_log_over_the_limit_keeps_its_newest_half(tmp_path: Path) -> None:

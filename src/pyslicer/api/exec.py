@@ -1,8 +1,9 @@
 """POST /vm/{hostname}/exec: NDJSON frames streamed as they come, or one buffered answer.
 
+The daemon runs the command and hands back typed events; this module only turns them into frames.
 With stdin=true the request body is the command's stdin while the answer streams. Starlette's
-StreamingResponse consumes request-body messages in its disconnect listener, so this response
-drives ASGI receive and send itself.
+StreamingResponse consumes request-body messages in its disconnect listener, so these responses
+drive ASGI receive and send themselves.
 """
 
 from __future__ import annotations
@@ -13,64 +14,72 @@ import codecs
 import contextlib
 import json
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from starlette.requests import Request
+from fastapi import APIRouter, Query
 from starlette.responses import Response
 from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
-from pyslicer.api.errors import error_response
-from pyslicer.api.nodes import daemon
-from pyslicer.api.params import query_bool, query_int
-from pyslicer.daemon.agent_link import AgentStream, Message, Output, OutputEnd
-from pyslicer.daemon.daemon import utc_now
-from pyslicer.errors import AgentError, InvalidArgument, NotSupported, SlicerError, Unavailable
-from pyslicer.protocol import Channel
+from pyslicer.api.dependencies import DaemonDep
+from pyslicer.api.errors import ERROR_RESPONSES, error_response
+from pyslicer.api.schemas import ExecFrame, ExecResult
+from pyslicer.daemon import ExecExited, ExecFailed, ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStarted
+from pyslicer.daemon.exec import Flag, OutputStream, utc_now
+from pyslicer.errors import AgentError, InvalidArgument, NotSupported, SlicerError
 
-BUFFERED_LIMIT = 32 * 1024 * 1024
-MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to setreuid: it would run the command as root
-CHANNEL_NAMES = {Channel.STDOUT: "stdout", Channel.STDERR: "stderr"}
+NDJSON = "application/x-ndjson"
 
 
-@dataclass(frozen=True)
-class ExecOptions:
-    agent_request: dict[str, Any]
-    stdin: bool
-    buffered: bool
-    base64: bool
+class ExecQuery(ExecRequest):
+    """The exec request as Slicer's query string: the command, and how to answer."""
+
+    buffered: Flag = False
+    stdio: Literal["", "text", "base64"] = ""
+    background: Flag = False
 
 
-def parse_exec_query(request: Request) -> ExecOptions:
-    params = request.query_params
-    cmd = params.get("cmd", "")
-    if not cmd:
-        raise InvalidArgument("cmd: a command is required", code="invalid_cmd")
-    if query_bool(request, "background"):
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+@router.post(
+    "/vm/{hostname}/exec",
+    summary="Run a command: NDJSON frames as they come, or one JSON object with buffered=true",
+    response_class=Response,
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "description": "the command's stdin, with stdin=true (read while the answer streams)",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses={
+        200: {
+            "description": "frames (started, stdout/stderr, exit), one JSON object a line; or with "
+            "buffered=true one ExecResult",
+            "content": {
+                NDJSON: {"schema": ExecFrame.model_json_schema(ref_template="#/components/schemas/{model}")},
+                "application/json": {
+                    "schema": ExecResult.model_json_schema(ref_template="#/components/schemas/{model}")
+                },
+            },
+        },
+        501: {"model": ERROR_RESPONSES[400]["model"], "description": "background exec is not on this build"},
+    },
+)
+async def exec_command(daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, Query()]) -> Response:
+    if query.background:
         raise NotSupported("background: background exec is not supported on this build yet", code="background")
-    stdio = params.get("stdio", "")
-    if stdio not in ("", "text", "base64"):
-        raise InvalidArgument(f"stdio: {stdio!r} is not one of text, base64", code="invalid_stdio")
-    env = params.getlist("env")
-    for item in env:
-        if "=" not in item or item.startswith("="):
-            raise InvalidArgument(f"env: {item!r} is not KEY=VALUE", code="invalid_env")
-    stdin = query_bool(request, "stdin")
-    buffered = query_bool(request, "buffered")
-    if stdin and buffered:
+    if query.stdin and query.buffered:
         raise InvalidArgument("stdin is not supported with buffered=true", code="invalid_stdin")
-    agent_request: dict[str, Any] = {
-        "cmd": cmd,
-        "args": params.getlist("args"),
-        "env": env,
-        "uid": query_int(request, "uid", maximum=MAX_ID),
-        "gid": query_int(request, "gid", maximum=MAX_ID),
-        "cwd": params.get("cwd") or None,
-        "shell": params.get("shell") or None,
-        "stdin": stdin,
-    }
-    return ExecOptions(agent_request, stdin, buffered, stdio == "base64")
+    process = daemon.exec(hostname, query)
+    use_base64 = query.stdio == "base64"
+    if query.buffered:
+        return ExecBufferedResponse(process, use_base64=use_base64)
+    return ExecStreamResponse(process, use_base64=use_base64, stdin=query.stdin)
+
+
+# -- frames ------------------------------------------------------------------------------------------
 
 
 class OutputText:
@@ -78,63 +87,84 @@ class OutputText:
 
     def __init__(self, use_base64: bool) -> None:
         self.base64 = use_base64
-        self._decoders = {ch: codecs.getincrementaldecoder("utf-8")("replace") for ch in CHANNEL_NAMES}
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
 
-    def decode(self, channel: Channel, data: bytes, final: bool = False) -> str:
+    def decode(self, stream: OutputStream, data: bytes) -> str:
         if self.base64:
             return base64.b64encode(data).decode()
-        return self._decoders[channel].decode(data, final)
+        return self._decoders[stream].decode(data)
+
+    def flush(self) -> Iterator[tuple[OutputStream, str]]:
+        """What is left of a character cut at the end of each stream."""
+        if not self.base64:
+            for name, decoder in self._decoders.items():
+                if rest := decoder.decode(b"", True):
+                    yield name, rest  # type: ignore[misc]  # the keys are OutputStream names
 
 
-def output_frame(channel: Channel, data: str, is_base64: bool) -> dict[str, Any]:
-    """A typed output frame; the payload also goes under the channel's own name, which older
-    clients (and the TypeScript SDK) read instead of ``data``."""
-    name = CHANNEL_NAMES[channel]
-    frame: dict[str, Any] = {"type": name, "data": data, name: data, "timestamp": utc_now()}
+def output_frame(stream: OutputStream, data: str, is_base64: bool) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": stream, "data": data, stream: data, "timestamp": utc_now()}
     if is_base64:
         frame["encoding"] = "base64"
     return frame
 
 
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+def started_frame(event: ExecStarted) -> dict[str, Any]:
+    return {"type": "started", "pid": event.pid, "started_at": event.started_at, "timestamp": utc_now()}
 
 
-def _text(value: Any, default: str) -> str:
-    return value if isinstance(value, str) else default
-
-
-def started_frame(body: dict[str, Any]) -> dict[str, Any]:
-    """Rebuilt from the fields we know: what the guest sends is input like any other."""
-    return {
-        "type": "started",
-        "pid": _int(body.get("pid"), 0),
-        "started_at": _text(body.get("started_at"), utc_now()),
-        "timestamp": utc_now(),
-    }
-
-
-def exit_frame(body: dict[str, Any]) -> dict[str, Any]:
+def exit_frame(event: ExecExited | ExecFailed) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "exit",
-        "exit_code": _int(body.get("exit_code"), 1),
-        "ended_at": _text(body.get("ended_at"), utc_now()),
+        "exit_code": event.exit_code,
+        "ended_at": event.ended_at,
         "timestamp": utc_now(),
     }
-    if body.get("type") == "error":
-        frame["error"] = _text(body.get("error"), "exec failed")
-    elif isinstance(signal := body.get("signal"), str):
-        frame["signal"] = signal
+    if isinstance(event, ExecFailed):
+        frame["error"] = event.error
+    elif event.signal is not None:
+        frame["signal"] = event.signal
     return frame
 
 
-async def exec_command(request: Request) -> Response:
-    node = daemon(request).node(request.path_params["hostname"])
-    options = parse_exec_query(request)
-    stream = node.open_exec(options.agent_request)
-    if options.buffered:
-        return ExecBufferedResponse(stream, options)
-    return ExecStreamResponse(stream, options)
+def result_tail(outcome: ExecOutcome, use_base64: bool) -> dict[str, Any]:
+    end = outcome.end
+    tail: dict[str, Any] = {"exit_code": end.exit_code}
+    if isinstance(end, ExecFailed):
+        tail["error"] = end.error
+    elif end.signal is not None:
+        tail["signal"] = end.signal
+    if use_base64:
+        tail["encoding"] = "base64"
+    if outcome.started is not None:
+        tail["pid"] = outcome.started.pid
+        tail["started_at"] = outcome.started.started_at
+    tail["ended_at"] = end.ended_at
+    return tail
+
+
+def json_pieces(chunks: Mapping[str, list[bytes]], tail: dict[str, Any], use_base64: bool) -> Iterator[bytes]:
+    """``{"stdout": ..., "stderr": ..., **tail}`` as a sequence of byte strings, never one big string."""
+    yield b"{"
+    for name in ("stdout", "stderr"):
+        yield f'"{name}":"'.encode()
+        if use_base64:
+            carry = b""
+            for chunk in chunks[name]:
+                data = carry + chunk
+                whole = len(data) - len(data) % 3  # base64 pieces join cleanly only at 3-byte bounds
+                yield base64.b64encode(data[:whole])
+                carry = data[whole:]
+            yield base64.b64encode(carry) + b'",'
+        else:
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            for chunk in chunks[name]:
+                yield json.dumps(decoder.decode(chunk))[1:-1].encode()
+            yield json.dumps(decoder.decode(b"", True))[1:-1].encode() + b'",'
+    yield json.dumps(tail)[1:].encode()
+
+
+# -- responses ---------------------------------------------------------------------------------------
 
 
 class _ExecResponse(Response):
@@ -142,9 +172,9 @@ class _ExecResponse(Response):
 
     headers_to_send: ClassVar[Mapping[str, str]] = {"cache-control": "no-store"}
 
-    def __init__(self, stream: AgentStream, options: ExecOptions) -> None:
-        self.stream = stream
-        self.options = options
+    def __init__(self, process: ExecProcess, *, use_base64: bool) -> None:
+        self.process = process
+        self.use_base64 = use_base64
         self.status_code = 200
         self.background = None
         self.init_headers(self.headers_to_send)
@@ -159,80 +189,41 @@ class _ExecResponse(Response):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            self.stream.cancel()
+            self.process.cancel()
 
 
 class ExecBufferedResponse(_ExecResponse):
-    """One JSON object once the command ends. The output is held as the bytes that arrived (at most
-    BUFFERED_LIMIT) and encoded piece by piece while it is written, never as one big string; a client
-    that leaves stops the command."""
+    """One JSON object once the command ends, encoded piece by piece while it is written; a client that
+    leaves stops the command."""
 
     media_type = "application/json"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with self._reading(self._watch(receive)):
-                chunks, tail = await self._collect()
+                outcome = await self.process.collect()
         except SlicerError as exc:
             await error_response(exc)(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        for piece in json_pieces(chunks, tail, self.options.base64):
+        chunks = {"stdout": outcome.stdout, "stderr": outcome.stderr}
+        for piece in json_pieces(chunks, result_tail(outcome, self.use_base64), self.use_base64):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.stream.cancel()
-
-    async def _collect(self) -> tuple[dict[Channel, list[bytes]], dict[str, Any]]:
-        chunks: dict[Channel, list[bytes]] = {Channel.STDOUT: [], Channel.STDERR: []}
-        tail: dict[str, Any] = {"exit_code": 1, "error": "the command was cancelled"}
-        size = 0
-        async for event in self.stream:
-            if isinstance(event, Output):
-                size += len(event.data)
-                if size > BUFFERED_LIMIT:
-                    raise Unavailable(
-                        f"output exceeds the {BUFFERED_LIMIT} byte buffer; use the streaming exec",
-                        code="buffer_exhausted",
-                    )
-                chunks[event.channel].append(event.data)
-                self.stream.consumed(len(event.data))
-            elif isinstance(event, Message) and event.body.get("type") in ("exit", "error"):
-                tail = {"exit_code": _int(event.body.get("exit_code"), 1)}
-                if event.body.get("type") == "error":
-                    tail["error"] = _text(event.body.get("error"), "exec failed")
-        if self.options.base64:
-            tail["encoding"] = "base64"
-        return chunks, tail
-
-
-def json_pieces(chunks: dict[Channel, list[bytes]], tail: dict[str, Any], use_base64: bool) -> Iterator[bytes]:
-    """``{"stdout": ..., "stderr": ..., **tail}`` as a sequence of byte strings."""
-    yield b"{"
-    for channel, name in CHANNEL_NAMES.items():
-        yield f'"{name}":"'.encode()
-        if use_base64:
-            carry = b""
-            for chunk in chunks[channel]:
-                data = carry + chunk
-                whole = len(data) - len(data) % 3  # base64 pieces join cleanly only at 3-byte bounds
-                yield base64.b64encode(data[:whole])
-                carry = data[whole:]
-            yield base64.b64encode(carry) + b'",'
-        else:
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
-            for chunk in chunks[channel]:
-                yield json.dumps(decoder.decode(chunk))[1:-1].encode()
-            yield json.dumps(decoder.decode(b"", True))[1:-1].encode() + b'",'
-    yield json.dumps(tail)[1:].encode()
+        self.process.cancel()
 
 
 class ExecStreamResponse(_ExecResponse):
-    media_type = "application/x-ndjson"
+    media_type = NDJSON
     headers_to_send: ClassVar[Mapping[str, str]] = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+
+    def __init__(self, process: ExecProcess, *, use_base64: bool, stdin: bool) -> None:
+        super().__init__(process, use_base64=use_base64)
+        self.stdin = stdin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -242,46 +233,37 @@ class ExecStreamResponse(_ExecResponse):
 
     async def _listen(self, receive: Receive) -> None:
         """Feed the request body to stdin; a disconnect cancels the command."""
-        stdin_open = self.options.stdin
+        stdin_open = self.stdin
         while True:
             message: AsgiMessage = await receive()
             if message["type"] == "http.disconnect":
-                self.stream.cancel()
+                self.process.cancel()
                 return
             if message["type"] == "http.request" and stdin_open:
                 if body := message.get("body", b""):
-                    await self.stream.write(body)
+                    await self.process.write_stdin(body)
                 if not message.get("more_body", False):
-                    self.stream.close_input()
+                    self.process.close_stdin()
                     stdin_open = False
 
     async def _relay(self, send: Send) -> None:
-        text = OutputText(self.options.base64)
-        ended = False
+        text = OutputText(self.use_base64)
 
         async def emit(frame: dict[str, Any]) -> None:
             line = json.dumps(frame, separators=(",", ":")).encode() + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": True})
 
         try:
-            async for event in self.stream:
-                if isinstance(event, Output):
-                    if data := text.decode(event.channel, event.data):
-                        await emit(output_frame(event.channel, data, text.base64))
-                    self.stream.consumed(len(event.data))
-                elif isinstance(event, OutputEnd):
-                    if not text.base64 and (rest := text.decode(event.channel, b"", final=True)):
-                        await emit(output_frame(event.channel, rest, False))
-                elif isinstance(event, Message):
-                    body = event.body
-                    if body.get("type") in ("exit", "error"):
-                        ended = True
-                        await emit(exit_frame(body))
-                    elif body.get("type") == "started":
-                        await emit(started_frame(body))
+            async for event in self.process.events():
+                if isinstance(event, ExecOutput):
+                    if data := text.decode(event.stream, event.data):
+                        await emit(output_frame(event.stream, data, text.base64))
+                elif isinstance(event, ExecStarted):
+                    await emit(started_frame(event))
+                else:
+                    for stream, rest in text.flush():
+                        await emit(output_frame(stream, rest, False))
+                    await emit(exit_frame(event))
         except AgentError as exc:
-            ended = True
-            await emit(exit_frame({"type": "error", "error": exc.message, "exit_code": 1}))
-        if not ended:
-            await emit(exit_frame({"type": "error", "error": "the command was cancelled", "exit_code": 1}))
+            await emit(exit_frame(ExecFailed(exc.message, 1)))
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,18 +1,23 @@
-"""GET /metrics: Prometheus text with Slicer's metric names."""
+"""Prometheus metrics with Slicer's names: read from the daemon and the host at scrape time."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 
-from pyslicer.daemon import Daemon
+from pyslicer.daemon import Daemon, LaunchOutcome
+
+# Slicer labels launches with the status its create answered.
+LAUNCH_CODES = {
+    LaunchOutcome.CREATED: "200",
+    LaunchOutcome.TIMED_OUT: "408",
+    LaunchOutcome.NOT_READY: "503",
+    LaunchOutcome.FAILED: "500",
+}
 
 
 class DaemonCollector(Collector):
@@ -25,7 +30,11 @@ class DaemonCollector(Collector):
         launches = CounterMetricFamily(
             "slicer_vm_launch", "VM launches by host group and result", labels=["host_group", "code"]
         )
-        for (group, code), count in sorted(self.daemon.launch_counts.items()):
+        by_code: dict[tuple[str, str], int] = {}
+        for (group, outcome), count in self.daemon.launch_counts.items():
+            launch = (group, LAUNCH_CODES[outcome])
+            by_code[launch] = by_code.get(launch, 0) + count
+        for (group, code), count in sorted(by_code.items()):
             launches.add_metric([group, code], count)
         yield launches
 
@@ -92,12 +101,9 @@ class ApiMetrics:
         )
         self.registry.register(DaemonCollector(daemon))
 
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
     def observe(self, method: str, code: int, seconds: float) -> None:
         self.requests.labels(method, str(code)).inc()
         self.duration.labels(method, str(code)).observe(seconds)
-
-
-async def metrics(request: Request) -> Response:
-    api_metrics: ApiMetrics = request.app.state.metrics
-    body = await asyncio.to_thread(generate_latest, api_metrics.registry)
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

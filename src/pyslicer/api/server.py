@@ -17,6 +17,7 @@ from pyslicer.api.app import create_app
 from pyslicer.config import SlicerConfig
 from pyslicer.daemon import Daemon
 from pyslicer.errors import ConfigError
+from pyslicer.vmm import qemu_hypervisor
 
 log = logging.getLogger("pyslicer")
 
@@ -60,7 +61,7 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    daemon = Daemon(config, data_dir, progress=say)
+    daemon = Daemon(config, data_dir, qemu_hypervisor(config.accel), progress=say)
     claimed_socket: Path | None = None
     try:
         api = config.api

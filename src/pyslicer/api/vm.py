@@ -2,63 +2,52 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-from pathlib import Path
+from typing import Annotated
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from fastapi import APIRouter, Query
+from starlette.responses import Response
 
-from pyslicer.api.errors import status_of
-from pyslicer.api.nodes import daemon
-from pyslicer.api.params import query_int
+from pyslicer.api.dependencies import DaemonDep
+from pyslicer.api.errors import ERROR_RESPONSES, status_of
+from pyslicer.api.schemas import AgentHealth, ConsoleLog
 from pyslicer.errors import SlicerError
 
+router = APIRouter(responses=ERROR_RESPONSES)
 DEFAULT_LOG_LINES = 20
-MAX_LOG_BYTES = 16 * 1024 * 1024
 
 
-async def health(request: Request) -> Response:
-    node = daemon(request).node(request.path_params["hostname"])
-    if request.method == "HEAD":
-        try:
-            node.agent()
-        except SlicerError as exc:
-            return Response(status_code=status_of(exc))
-        return Response(status_code=200)
-    body = await node.health()
-    body.setdefault("ip", node.record.ip)
-    return JSONResponse(body)
-
-
-def tail_lines(path: Path, lines: int, *, block: int = 64 * 1024, limit: int = MAX_LOG_BYTES) -> str:
-    """The last ``lines`` lines of a file (all of it for 0), reading backwards in blocks; never more than
-    ``limit`` bytes, since a guest decides how much its console writes."""
+@router.head(
+    "/vm/{hostname}/health",
+    summary="200 once the agent is up; the error's status, with no body, otherwise",
+    response_class=Response,
+)
+async def health_head(daemon: DaemonDep, hostname: str) -> Response:
     try:
-        with path.open("rb") as log:
-            position = log.seek(0, os.SEEK_END)
-            blocks: list[bytes] = []
-            newlines = 0
-            taken = 0
-            while position > 0 and taken < limit and (lines == 0 or newlines <= lines):
-                step = min(block, position, limit - taken)
-                position -= step
-                log.seek(position)
-                data = log.read(step)
-                blocks.append(data)
-                newlines += data.count(b"\n")
-                taken += step
-    except FileNotFoundError:
-        return ""
-    text = b"".join(reversed(blocks))
-    if lines:
-        text = b"".join(text.splitlines(keepends=True)[-lines:])
-    return text.decode(errors="replace")
+        daemon.check_agent(hostname)
+    except SlicerError as exc:
+        return Response(status_code=status_of(exc))
+    return Response(status_code=200)
 
 
-async def logs(request: Request) -> JSONResponse:
-    node = daemon(request).node(request.path_params["hostname"])
-    lines = query_int(request, "lines", maximum=10_000_000)
+@router.get("/vm/{hostname}/health", summary="The agent's health", response_model_exclude_none=True)
+async def health(daemon: DaemonDep, hostname: str) -> AgentHealth:
+    answer = await daemon.agent_health(hostname)
+    return AgentHealth(
+        hostname=answer.hostname,
+        agent_uptime=answer.agent_uptime,
+        agent_version=answer.agent_version,
+        system_uptime=answer.system_uptime,
+        userdata_ran=answer.userdata_ran,
+        userdata_exit_code=answer.userdata_exit_code,
+        ip=daemon.node(hostname).record.ip or None,
+    )
+
+
+@router.get("/vm/{hostname}/logs", summary="The tail of the VM's serial console")
+async def logs(
+    daemon: DaemonDep,
+    hostname: str,
+    lines: Annotated[int | None, Query(ge=0, le=10_000_000, description="how many lines (0: all, capped)")] = None,
+) -> ConsoleLog:
     count = DEFAULT_LOG_LINES if lines is None else lines
-    content = await asyncio.to_thread(tail_lines, node.spec.console_log, count)
-    return JSONResponse({"hostname": node.hostname, "lines": count, "content": content})
+    return ConsoleLog(hostname=hostname, lines=count, content=await daemon.console_log(hostname, count))

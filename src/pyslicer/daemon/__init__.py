@@ -1,7 +1,37 @@
 """The daemon: host groups, the node lifecycle, the registry; no HTTP here."""
 
-from pyslicer.daemon.daemon import Daemon, HostGroup, NodeRequest
+from pyslicer.daemon.daemon import Daemon, DaemonInfo, machine_arch
+from pyslicer.daemon.exec import (
+    ExecEvent,
+    ExecExited,
+    ExecFailed,
+    ExecOutcome,
+    ExecOutput,
+    ExecProcess,
+    ExecRequest,
+    ExecStarted,
+)
+from pyslicer.daemon.fleet import LaunchOutcome
+from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
-from pyslicer.daemon.node import Node
+from pyslicer.daemon.node import AgentHealth, Node
 
-__all__ = ["Daemon", "HostGroup", "Node", "NodeRequest", "NodeState"]
+__all__ = [
+    "AgentHealth",
+    "Daemon",
+    "DaemonInfo",
+    "ExecEvent",
+    "ExecExited",
+    "ExecFailed",
+    "ExecOutcome",
+    "ExecOutput",
+    "ExecProcess",
+    "ExecRequest",
+    "ExecStarted",
+    "HostGroup",
+    "LaunchOutcome",
+    "Node",
+    "NodeRequest",
+    "NodeState",
+    "machine_arch",
+]

@@ -7,15 +7,45 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pyslicer.daemon.agent_link import AgentLink, AgentStream
+from pyslicer.daemon.agent_link import AgentLink
+from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.lifecycle import NodeState, check_transition, require_running
 from pyslicer.daemon.registry import NodeRecord
 from pyslicer.errors import AgentError, SlicerError, Timeout
 from pyslicer.vmm import VMProcess, VMSpec
 
 log = logging.getLogger(__name__)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHealth:
+    """What the agent says of itself, rebuilt from the fields we know (the guest's answer is input)."""
+
+    hostname: str
+    agent_uptime: int  # nanoseconds (Go's time.Duration)
+    agent_version: str
+    system_uptime: int
+    userdata_ran: bool
+    userdata_exit_code: int | None = None
+
+    @classmethod
+    def from_guest(cls, body: dict[str, Any]) -> AgentHealth:
+        hostname, version = body.get("hostname"), body.get("agent_version")
+        return cls(
+            hostname=hostname if isinstance(hostname, str) else "",
+            agent_uptime=max(0, _int(body.get("agent_uptime")) or 0),
+            agent_version=version if isinstance(version, str) else "",
+            system_uptime=max(0, _int(body.get("system_uptime")) or 0),
+            userdata_ran=body.get("userdata_ran") is True,
+            userdata_exit_code=_int(body.get("userdata_exit_code")),
+        )
 
 
 class Node:
@@ -112,19 +142,25 @@ class Node:
 
     # -- agent ---------------------------------------------------------------------------------
     def agent(self) -> AgentLink:
+        """The link to a ready agent. Raises Conflict when the VM is not running, AgentError when its
+        agent is not reachable (yet)."""
         require_running(self.hostname, self.state)
         if self.link is None or not self.link.ready.is_set():
             raise AgentError(f"agent on {self.hostname} is not reachable yet", code="agent_unavailable")
         return self.link
 
-    async def health(self) -> dict[str, Any]:
-        return await self.agent().call({"op": "health", "time": time.time()}, timeout=5)
+    async def health(self) -> AgentHealth:
+        """Ask the agent. Raises Conflict when the VM is not running, AgentError when the agent does not answer."""
+        return AgentHealth.from_guest(await self.agent().call({"op": "health", "time": time.time()}, timeout=5))
 
-    def open_exec(self, request: dict[str, Any]) -> AgentStream:
-        return self.agent().open({"op": "exec", **request})
+    def exec(self, request: ExecRequest) -> ExecProcess:
+        """Start a command. Raises Conflict when the VM is not running, AgentError when its agent is not
+        reachable, InvalidArgument when the request is too large for one frame."""
+        return ExecProcess(self.agent().open(request.to_wire()))
 
     async def wait_ready(self, timeout: float, *, userdata: bool) -> None:
-        """Block until the agent answers (and, if asked, userdata has run)."""
+        """Block until the agent answers (and, if asked, userdata has run). Raises Timeout, or AgentError
+        when the VM stops first."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -135,7 +171,7 @@ class Node:
                         if not userdata:
                             return
                         with contextlib.suppress(AgentError):
-                            if (await self.health()).get("userdata_ran"):
+                            if (await self.health()).userdata_ran:
                                 return
                         await asyncio.sleep(0.2)
                         continue

@@ -2,7 +2,7 @@
 
 from pyslicer.vmm.accel import choose_accel, hardware_kvm_available
 from pyslicer.vmm.base import Accel, Hypervisor, Nic, VMProcess, VMSpec
-from pyslicer.vmm.qemu import QemuHypervisor, QemuVM
+from pyslicer.vmm.qemu import QemuHypervisor, QemuVM, qemu_hypervisor
 
 __all__ = [
     "Accel",
@@ -14,4 +14,5 @@ __all__ = [
     "VMSpec",
     "choose_accel",
     "hardware_kvm_available",
+    "qemu_hypervisor",
 ]

@@ -55,5 +55,9 @@ class VMProcess(Protocol):
 class Hypervisor(Protocol):
     name: str
     accel: Accel
+    accel_reason: str
+    """A sentence saying why this accelerator was chosen."""
 
-    async def launch(self, spec: VMSpec) -> VMProcess: ...
+    async def launch(self, spec: VMSpec) -> VMProcess:
+        """Start a VM for ``spec``. Raises HypervisorError when it cannot be started."""
+        ...

@@ -14,7 +14,7 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from pyslicer.errors import HypervisorError
-from pyslicer.vmm.accel import host_tsc_khz
+from pyslicer.vmm.accel import choose_accel, host_tsc_khz
 from pyslicer.vmm.base import Accel, VMSpec
 
 log = logging.getLogger(__name__)
@@ -118,17 +118,28 @@ class QemuVM:
         await self._process.wait()
 
 
+def qemu_hypervisor(accel: str) -> QemuHypervisor:
+    """QEMU with the accelerator ``accel`` (auto, kvm, tcg) resolves to here. Raises ConfigError for an
+    accelerator this host cannot use, HypervisorError when QEMU is missing."""
+    chosen, reason = choose_accel(accel)
+    return QemuHypervisor(chosen, accel_reason=reason)
+
+
 class QemuHypervisor:
     name = "qemu"
 
-    def __init__(self, accel: Accel, binary: str = "qemu-system-x86_64") -> None:
+    def __init__(self, accel: Accel, *, accel_reason: str = "", binary: str = "qemu-system-x86_64") -> None:
+        """Raises HypervisorError when QEMU is not installed."""
         self.accel: Accel = accel
+        self.accel_reason = accel_reason or accel
         found = shutil.which(binary)
         if found is None:
             raise HypervisorError(f"{binary} not found: install the qemu-system-x86 package")
         self.binary = found
 
     async def launch(self, spec: VMSpec) -> QemuVM:
+        """Start QEMU for ``spec`` and connect to its QMP socket. Raises HypervisorError when QEMU cannot
+        be started or exits before QMP answers (its log's tail is in the message)."""
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         command = build_command(self.binary, spec, self.accel)
         log.debug("%s: %s", spec.name, " ".join(command))

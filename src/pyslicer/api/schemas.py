@@ -1,0 +1,153 @@
+"""The wire: request and response models of Slicer's REST API, in Slicer's field names.
+
+Routes declare these, and ``GET /openapi.json`` is generated from them; nothing here does any work.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, StrictInt
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, for people")
+    code: str = Field(description="a stable machine-readable name")
+
+
+class Info(BaseModel):
+    version: str
+    git_commit: str
+    platform: str = Field(description="linux")
+    arch: str = Field(description="Go's names: amd64, arm64")
+    hypervisor: str
+    accel: str = Field(description="kvm or tcg")
+    accel_reason: str
+
+
+class Healthz(BaseModel):
+    status: Literal["ok"]
+
+
+class HostGroupInfo(BaseModel):
+    name: str
+    count: int
+    ram_bytes: int
+    cpus: int
+    gpu_count: int
+    arch: str
+
+
+class NodeInfo(BaseModel):
+    hostname: str
+    hostgroup: str
+    ip: str
+    ram_bytes: int
+    cpus: int
+    created_at: str
+    tags: list[str]
+    arch: str
+    status: str = Field(description="Running, Paused or Stopped")
+    persistent: bool
+
+
+class CreateNodeBody(BaseModel):
+    """Slicer's create request. Fields this build cannot honour are accepted when empty."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hostname: str | None = None
+    ip: str = ""
+    ram_bytes: StrictInt | None = Field(default=None, ge=0)
+    cpus: StrictInt | None = Field(default=None, ge=0)
+    gpu_count: StrictInt = Field(default=0, ge=0)
+    persistent: StrictBool | None = None
+    disk_image: str = ""
+    import_user: str = ""
+    github_user: str = ""
+    ssh_keys: list[str] = Field(default_factory=list)
+    protected: StrictBool = False
+    userdata: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    secrets: list[str] = Field(default_factory=list)
+    pci_devices: list[str] = Field(default_factory=list)
+
+
+class CreatedNode(BaseModel):
+    hostname: str
+    hostgroup: str
+    ip: str
+    created_at: str
+    arch: str
+    persistent: bool
+
+
+class DeleteResult(BaseModel):
+    message: str
+    disk_removed: str = Field(description='"true" (Slicer sends a string)')
+
+
+class AgentHealth(BaseModel):
+    hostname: str
+    agent_uptime: int = Field(description="nanoseconds (Go's time.Duration)")
+    agent_version: str
+    system_uptime: int = Field(description="nanoseconds")
+    userdata_ran: bool
+    userdata_exit_code: int | None = None
+    ip: str | None = None
+
+
+class ConsoleLog(BaseModel):
+    hostname: str
+    lines: int
+    content: str
+
+
+# -- exec --------------------------------------------------------------------------------------------
+
+
+class ExecStartedFrame(BaseModel):
+    type: Literal["started"]
+    pid: int
+    started_at: str
+    timestamp: str
+
+
+class ExecOutputFrame(BaseModel):
+    """Output; the payload is also under the channel's own name (older clients and the TS SDK read that)."""
+
+    type: Literal["stdout", "stderr"]
+    data: str
+    stdout: str | None = None
+    stderr: str | None = None
+    encoding: Literal["base64"] | None = None
+    timestamp: str
+
+
+class ExecExitFrame(BaseModel):
+    """The last frame. With ``error`` the command could not run (127: not found) or was cut short."""
+
+    type: Literal["exit"]
+    exit_code: int
+    ended_at: str
+    timestamp: str
+    signal: str | None = None
+    error: str | None = None
+
+
+class ExecFrame(RootModel[ExecStartedFrame | ExecOutputFrame | ExecExitFrame]):
+    """One NDJSON line of a streaming exec."""
+
+
+class ExecResult(BaseModel):
+    """A buffered exec's answer."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: str | None = None
+    encoding: Literal["base64"] | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    signal: str | None = None

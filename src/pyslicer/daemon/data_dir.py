@@ -1,0 +1,105 @@
+"""The daemon's data dir: one daemon per dir (an flock), where each VM's files live, the API token,
+and the pinned base images that overlays point at."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import IO
+
+from pyslicer.errors import ConfigError
+from pyslicer.image import GuestImage
+
+MAX_SOCKET_PATH = 100
+SUBDIRS = ("disks", "logs", "auth")
+
+
+class DataDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()  # qcow2 overlays record their base by absolute path
+        self.run_root = self._choose_run_root()
+        self._lock: IO[str] | None = None
+
+    def _choose_run_root(self) -> Path:
+        root = self.path / "run"
+        # Unix socket paths are limited to 108 bytes. The fallback is named after the data dir, so a
+        # daemon that died is cleaned up by the next one on the same data dir.
+        if len(str(root / ("x" * 40) / "agent.sock")) > MAX_SOCKET_PATH:
+            return Path("/run/pyslicer") / hashlib.sha256(str(self.path).encode()).hexdigest()[:12]
+        return root
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    @property
+    def token_path(self) -> Path:
+        return self.path / "auth" / "token"
+
+    def disk(self, hostname: str) -> Path:
+        return self.path / "disks" / f"{hostname}.qcow2"
+
+    def console_log(self, hostname: str) -> Path:
+        return self.path / "logs" / f"{hostname}.log"
+
+    def run_dir(self, hostname: str) -> Path:
+        return self.run_root / hostname
+
+    # -- holding it ----------------------------------------------------------------------------
+    def hold(self) -> None:
+        """Take the dir for this daemon and prepare it; sockets of an earlier run are removed.
+
+        Raises ConfigError when another daemon holds it: a second one would clean up the first
+        one's sockets and disks."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = (self.path / "daemon.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ConfigError(f"data dir {self.path} is in use by another slicer daemon") from None
+        self._lock = lock
+        for sub in SUBDIRS:
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.run_root, ignore_errors=True)
+        self.run_root.mkdir(parents=True, exist_ok=True)
+
+    def release(self) -> None:
+        if self.run_root != self.path / "run":
+            shutil.rmtree(self.run_root, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    # -- contents ------------------------------------------------------------------------------
+    def load_token(self) -> str:
+        """The API token, made (0600) on first use."""
+        path = self.token_path
+        with contextlib.suppress(FileNotFoundError):
+            token = path.read_text().strip()
+            if token:
+                return token
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.chmod(path, 0o600)
+        return token
+
+    async def pinned_base(self, image: GuestImage) -> Path:
+        """The base rootfs under a name that is its content, so rebuilding the image never changes the
+        base beneath an existing overlay (which would corrupt that disk)."""
+        digest = str(image.manifest["outputs"]["rootfs.ext4"]["sha256"])[:16]
+        pinned = image.rootfs.parent.parent / "bases" / f"rootfs-{digest}.ext4"
+        if not pinned.exists():
+            pinned.parent.mkdir(exist_ok=True)
+            staging = pinned.with_name(f".{pinned.name}.{os.getpid()}")
+            await asyncio.to_thread(os.link, image.rootfs, staging)
+            os.replace(staging, pinned)
+        return pinned

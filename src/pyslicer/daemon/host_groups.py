@@ -1,0 +1,76 @@
+"""Host groups: what a new node may ask for, its defaults and ceilings, and how nodes are named."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Set
+from dataclasses import dataclass
+
+from pyslicer.config import MIN_RAM_BYTES, HostGroupConfig, SlicerConfig
+from pyslicer.errors import ConfigError, InvalidArgument
+from pyslicer.net import GroupNetwork, NetworkNamespace
+
+HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_USERDATA_BYTES = 48 * 1024  # handed to the agent in one frame
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """What a caller may choose about a new node; unset fields take the host group's values."""
+
+    hostname: str | None = None
+    cpus: int | None = None
+    ram_bytes: int | None = None
+    userdata: str | None = None
+    tags: tuple[str, ...] = ()
+    persistent: bool | None = None
+
+
+class HostGroup:
+    def __init__(self, config: HostGroupConfig, network: GroupNetwork) -> None:
+        self.config = config
+        self.name = config.name
+        self.network = network
+        self.next_index = 1
+        self.taps = itertools.count(1)
+
+    def new_hostname(self, taken: Set[str]) -> str:
+        while f"{self.name}-{self.next_index}" in taken:
+            self.next_index += 1
+        hostname = f"{self.name}-{self.next_index}"
+        self.next_index += 1
+        return hostname
+
+    def check(self, request: NodeRequest) -> None:
+        """Raises InvalidArgument, naming the field, for a request beyond this group's ceilings."""
+        ceiling = self.config
+        if request.cpus is not None and not 1 <= request.cpus <= ceiling.vcpu:
+            raise InvalidArgument(
+                f"cpus: {request.cpus} is outside 1..{ceiling.vcpu} for host group {self.name}", code="cpus"
+            )
+        if request.ram_bytes is not None and not MIN_RAM_BYTES <= request.ram_bytes <= ceiling.ram_bytes:
+            raise InvalidArgument(
+                f"ram_bytes: {request.ram_bytes} is outside {MIN_RAM_BYTES}..{ceiling.ram_bytes} "
+                f"for host group {self.name}",
+                code="ram_bytes",
+            )
+        if request.userdata is not None and len(request.userdata.encode()) > MAX_USERDATA_BYTES:
+            raise InvalidArgument(f"userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB", code="userdata")
+        if request.hostname is not None and not HOSTNAME_RE.fullmatch(request.hostname):
+            raise InvalidArgument(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
+
+
+def host_groups(config: SlicerConfig, netns: NetworkNamespace) -> dict[str, HostGroup]:
+    """The config's host groups, each with its network. Raises ConfigError for userdata too large to hand over."""
+    check_userdata(config.host_groups)
+    return {
+        group.name: HostGroup(group, GroupNetwork(group, index, netns))
+        for index, group in enumerate(config.host_groups)
+    }
+
+
+def check_userdata(groups: Iterable[HostGroupConfig]) -> None:
+    for index, group in enumerate(groups):
+        if len(group.userdata.encode()) > MAX_USERDATA_BYTES:
+            raise ConfigError(f"config.host_groups[{index}].userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB")
