@@ -8,18 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from pyslicer.agent.clock import Clock
+from pyslicer.agent.loop import Loop
+from pyslicer.agent.server import Agent
 from pyslicer.daemon.agent_link import AgentLink, AgentStream, Message, Output
-from pyslicer.protocol import INITIAL_WINDOW, Channel, FrameType, encode_json
+from pyslicer.protocol import (
+    INITIAL_WINDOW,
+    PROTOCOL_VERSION,
+    Channel,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    clock_payload,
+    clock_time,
+    decode_json,
+    encode,
+    encode_json,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -245,7 +261,7 @@ async def test_output_beyond_the_window_with_a_slow_consumer(link: AgentLink) ->
     while received < INITIAL_WINDOW:  # consume nothing: exactly one window arrives, then the agent stops reading
         event = await anext(events)
         if isinstance(event, Output):
-            assert event.channel is Channel.STDOUT
+            assert event.channel == Channel.STDOUT
             received += len(event.data)
     await asyncio.sleep(0.5)
     assert received == INITIAL_WINDOW and stream._events.empty()  # the child is blocked on its full pipe
@@ -258,7 +274,7 @@ async def test_output_beyond_the_window_with_a_slow_consumer(link: AgentLink) ->
         if isinstance(event, Output):
             received += len(event.data)
             most_outstanding = max(most_outstanding, received - consumed)
-            if event.channel is Channel.STDERR:
+            if event.channel == Channel.STDERR:
                 stderr += event.data
             await asyncio.sleep(0.002)  # a slow reader
             stream.consumed(len(event.data))
@@ -327,148 +343,14 @@ async def test_hello_drops_every_stream(link: AgentLink) -> None:
             pid = int(event.data)
             break
     assert pid is not None
-    link.send(encode_json(FrameType.HELLO, 0, {"version": 1}))  # as a reconnecting host would
+    link.send(encode_json(FrameType.HELLO, 0, {"version": PROTOCOL_VERSION}))  # as a reconnecting host would
     deadline = asyncio.get_running_loop().time() + 10
     while not _gone(pid):
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
 
 
-# -- the agent's own copies of stdlib and protocol behaviour ------------------------------------------------
-
-
-def test_wire_matches_the_protocol() -> None:
-    from pyslicer import protocol
-    from pyslicer.agent import wire
-
-    assert wire.HEADER.format == protocol.HEADER.format
-    assert (wire.MAX_PAYLOAD, wire.INITIAL_WINDOW) == (protocol.MAX_PAYLOAD, protocol.INITIAL_WINDOW)
-    assert wire.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
-    assert {t.value: t.name for t in protocol.FrameType} == wire.TYPE_NAMES
-    for t in protocol.FrameType:
-        assert getattr(wire, t.name) == t.value
-    assert tuple(c.value for c in protocol.Channel) == wire.CHANNELS
-    for c in protocol.Channel:
-        assert getattr(wire, c.name) == c.value
-    assert wire.window_payload(77) == protocol.window_payload(77)
-    body = {"type": "exit", "exit_code": 1, "ended_at": "x", "error": 'é\u2603\U0001f600"\\\n', "n": None}
-    assert wire.encode_json(4, 9, body) == protocol.encode_json(protocol.FrameType.MESSAGE, 9, body)
-
-
-@pytest.mark.parametrize(
-    "wire_bytes",
-    [
-        bytes([99, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-        bytes([5, 9, 0, 0, 0, 1, 0, 0, 0, 0]),
-        bytes([5, 1, 0, 0, 0, 1]) + (65 * 1024).to_bytes(4, "big"),
-    ],
-)
-def test_wire_decoder_refuses_what_the_protocol_refuses(wire_bytes: bytes) -> None:
-    from pyslicer import protocol
-    from pyslicer.agent import wire
-
-    with pytest.raises(protocol.ProtocolError) as theirs:
-        protocol.FrameDecoder().feed(wire_bytes)
-    with pytest.raises(wire.ProtocolError) as ours:
-        wire.FrameDecoder().feed(wire_bytes)
-    assert str(ours.value) == str(theirs.value)
-
-
-def test_wire_decoder_round_trip() -> None:
-    import random
-
-    from pyslicer import protocol
-    from pyslicer.agent import wire
-
-    rng = random.Random(3)
-    frames = [
-        (rng.choice(list(protocol.FrameType)), rng.randrange(2**32), os.urandom(rng.randrange(3000)))
-        for _ in range(200)
-    ]
-    data = b"".join(
-        protocol.encode(t, s, p, rng.randrange(3) if t in (protocol.FrameType.DATA, protocol.FrameType.EOF) else 0)
-        for t, s, p in frames
-    )
-    decoder = wire.FrameDecoder()
-    got: list[wire.Frame] = []
-    offset = 0
-    while offset < len(data):
-        step = rng.randint(1, 5000)
-        got += decoder.feed(data[offset : offset + step])
-        offset += step
-    reference = protocol.FrameDecoder().feed(data)
-    assert [(f.type, f.stream, f.payload, f.flags) for f in got] == [
-        (f.type.value, f.stream, f.payload, f.flags) for f in reference
-    ]
-
-
-JSON_SAMPLES = [
-    b'{"op":"exec","cmd":"sh","args":["-c","echo \\u00e9"],"uid":0,"window":262144,"stdin":true}',
-    b'{"a": [1, 2.5, -3e10, null, false, {"b": "\\ud83d\\ude00"}], "c": NaN, "d": -Infinity}  \n',
-    b'{"dup": 1, "dup": 2}',
-    b'{"big": 123456789012345678901234567890, "f": 1.0000000000000002}',
-    b"{}",
-    b"{",
-    b'{"a":',
-    b'{"a" 1}',
-    b'{"a":1} x',
-    b'{"a":1}{}',
-    b'{"a":"\x01"}',
-    b'{"a":"\\x"}',
-    b"\xef\xbb\xbf{}",
-    b"  {}",
-    b"[1]",
-    b"",
-    b"\xff",
-    b'{"\xff":1}',
-    '{"a":"é"}'.encode("utf-16-le"),
-    '{"a":"é"}'.encode("utf-32"),
-    b'{"a":"\xed\xa0\x80"}',
-]
-
-
-@pytest.mark.parametrize("data", JSON_SAMPLES)
-def test_wire_json_loads_is_json_loads(data: bytes) -> None:
-    import json
-
-    from pyslicer.agent import wire
-
-    try:
-        expected: object = json.loads(data)
-    except Exception as exc:
-        with pytest.raises(type(exc)):
-            wire.loads(data)
-    else:
-        got = wire.loads(data)
-        assert repr(got) == repr(expected)  # repr: NaN != NaN
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"type": "started", "pid": 123, "started_at": "2024-01-01T00:00:00.000001Z"},
-        {"s": 'é\u2603\U0001f600\x00\x1f"\\/\ud800', "f": [1.5, float("inf"), float("nan"), -0.0, 1e300]},
-        {1: "int key", False: 2, None: 3, 2.5: 4, "nested": {"l": [[], {}, ()]}},
-    ],
-)
-def test_wire_json_dumps_is_json_dumps(body: dict[str, object]) -> None:
-    import json
-
-    from pyslicer.agent import wire
-
-    assert wire.dumps(body) == json.dumps(body, separators=(",", ":"))
-
-
-def test_wire_json_dumps_refuses_what_json_refuses() -> None:
-    import json
-
-    from pyslicer.agent import wire
-
-    with pytest.raises(TypeError) as theirs:
-        json.dumps({"x": object()})
-    with pytest.raises(TypeError) as ours:
-        wire.dumps({"x": object()})
-    assert str(ours.value) == str(theirs.value)
+# -- the agent's own copies of stdlib behaviour ----------------------------------------------------------
 
 
 def test_shell_quote_is_shlex_quote() -> None:
@@ -511,14 +393,17 @@ def test_now_is_datetime_isoformat() -> None:
 
 
 def test_the_agent_imports_little() -> None:
-    """What costs under TCG stays out: no asyncio, logging, subprocess, json, enum, re, ..."""
+    """What costs under TCG stays out: no asyncio, logging, subprocess, json, enum, re, typing, ...
+
+    Run as the image runs it (-S -P); the protocol is imported, and imports nothing heavy either."""
     code = "import sys; import pyslicer.agent.server; print(' '.join(sorted(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     loaded = set(
         subprocess.run(
-            [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-S", "-P", "-c", code], env=env, capture_output=True, text=True, check=True
         ).stdout.split()
     )
+    assert {"pyslicer.protocol", "pyslicer.protocol.frames", "pyslicer.protocol.messages"} <= loaded
     heavy = {
         "asyncio",
         "logging",
@@ -543,14 +428,13 @@ def test_the_agent_imports_little() -> None:
         "shlex",
         "secrets",
         "glob",
-        "pyslicer.protocol",
+        "json.decoder",
+        "pyslicer.agent.wire",
     }
     assert loaded & heavy == set()
 
 
 def test_ready_unsolicited_then_on_hello_and_no_spin_without_a_host() -> None:
-    from pyslicer.protocol import FrameDecoder, decode_json
-
     host_end, agent_end = socket.socketpair()
     env = {**os.environ, "SLICER_AGENT_FD": str(agent_end.fileno()), "PYTHONPATH": str(SRC)}
     proc = subprocess.Popen([sys.executable, "-m", "pyslicer.agent"], env=env, pass_fds=[agent_end.fileno()])
@@ -562,12 +446,12 @@ def test_ready_unsolicited_then_on_hello_and_no_spin_without_a_host() -> None:
         def next_frame() -> dict[str, object]:
             while not (frames := decoder.feed(host_end.recv(65536))):
                 pass
-            assert frames[0].type is FrameType.READY
+            assert frames[0].type == FrameType.READY
             return decode_json(frames[0])
 
         first = next_frame()  # before any HELLO
-        assert first["version"] == 1 and first["hostname"] == socket.gethostname()
-        host_end.sendall(encode_json(FrameType.HELLO, 0, {"version": 1}))
+        assert first["version"] == PROTOCOL_VERSION and first["hostname"] == socket.gethostname()
+        host_end.sendall(encode_json(FrameType.HELLO, 0, {"version": PROTOCOL_VERSION}))
         assert next_frame()["instance"] == first["instance"]
         host_end.close()  # no host: every read is EOF at once; the agent must back off, not spin
 
@@ -582,3 +466,163 @@ def test_ready_unsolicited_then_on_hello_and_no_spin_without_a_host() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- the guest's clock: the host's time on READY, then every few seconds ------------------------------------
+
+
+class ScriptedAgent:
+    """A stand-in agent on a unix socket that says READY (at once, and on HELLO) and records, in order,
+    every frame the host sends, with the host's time when it arrived."""
+
+    def __init__(self, version: int = PROTOCOL_VERSION) -> None:
+        self.version = version
+        self.received: list[tuple[int, Frame]] = []
+        self.changed = asyncio.Event()
+
+    def ready(self) -> bytes:
+        return encode_json(FrameType.READY, 0, {"version": self.version, "instance": "scripted", "hostname": "x"})
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(self.ready())  # unsolicited, as a starting agent does
+        decoder = FrameDecoder()
+        while data := await reader.read(65536):
+            arrived = time.time_ns()
+            for frame in decoder.feed(data):
+                self.received.append((arrived, frame))
+                if frame.type == FrameType.HELLO:
+                    writer.write(self.ready())
+                elif frame.type == FrameType.OPEN:
+                    writer.write(encode_json(FrameType.MESSAGE, frame.stream, {"ok": True}))
+                    writer.write(encode(FrameType.CLOSE, frame.stream))
+            self.changed.set()
+            await writer.drain()
+
+    def types(self) -> list[str]:
+        return [frame.name for _, frame in self.received]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def scripted_link(
+    tmp_path: Path,
+    agent: ScriptedAgent,
+    on_ready: Callable[[AgentLink], None] | None = None,
+    clock_interval: float = 10,
+) -> AsyncIterator[AgentLink]:
+    path = tmp_path / "scripted.sock"
+    server = await asyncio.start_unix_server(agent.serve, str(path))
+    link = AgentLink(path, "scripted", on_ready=None if on_ready is None else lambda: on_ready(link))
+    link.clock_interval = clock_interval
+    link.start()
+    try:
+        await link.wait_ready(5)
+        yield link
+    finally:
+        await link.close()
+        server.close()
+
+
+async def test_the_host_sends_its_time_on_ready_ahead_of_any_request(tmp_path: Path) -> None:
+    agent = ScriptedAgent()
+    early: list[AgentStream] = []
+
+    def on_ready(link: AgentLink) -> None:  # a request opened the moment the link is ready, as userdata is
+        if not early:
+            early.append(link.open({"op": "health"}))
+
+    started = time.time_ns()
+    async with scripted_link(tmp_path, agent, on_ready) as link:
+        assert await link.call({"op": "health"}) == {"ok": True}
+        await agent.wait_for(lambda: agent.types().count("CLOCK") >= 2 and agent.types().count("OPEN") >= 2)
+    types = agent.types()
+    assert early and types[0] == "HELLO" and decode_json(agent.received[0][1]) == {"version": PROTOCOL_VERSION}
+    assert types[1] == "CLOCK" and types[2] == "OPEN"  # the time goes out before the link counts as ready
+    for arrived, frame in agent.received:
+        if frame.type == FrameType.CLOCK:
+            assert started <= clock_time(frame) <= arrived  # the host's time as it sent the frame
+    # every READY (the unsolicited one and the answer to HELLO) is followed by the time
+    assert types.count("CLOCK") == 2
+
+
+async def test_the_host_sends_its_time_again_while_connected(tmp_path: Path) -> None:
+    agent = ScriptedAgent()
+    async with scripted_link(tmp_path, agent, clock_interval=0.05):
+        await agent.wait_for(lambda: agent.types().count("CLOCK") >= 6)
+    times = [clock_time(frame) for _, frame in agent.received if frame.type == FrameType.CLOCK]
+    assert times == sorted(times)
+    # two follow the two READYs; the rest are paced by the interval, not a flood
+    assert len(times) <= 2 + (times[-1] - times[0]) / 50_000_000 + 1
+
+
+async def test_no_clock_for_an_agent_of_version_1(tmp_path: Path) -> None:
+    agent = ScriptedAgent(version=1)
+    async with scripted_link(tmp_path, agent, clock_interval=0.02) as link:
+        assert await link.call({"op": "health"}) == {"ok": True}
+        await asyncio.sleep(0.2)
+    assert "CLOCK" not in agent.types()
+
+
+class RecordingLink:
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder()
+        self.frames: list[Frame] = []
+
+    def send(self, data: bytes) -> None:
+        self.frames += self.decoder.feed(data)
+
+
+def in_process_agent(now_ns: int) -> tuple[Agent, RecordingLink, list[int]]:
+    """The agent's dispatch, run in this process with a clock that records what it would set."""
+    steps: list[int] = []
+    agent = Agent(Loop(), Clock(steps.append, read_time=lambda: now_ns))
+    recorder = RecordingLink()
+    agent.link = recorder  # type: ignore[assignment]  # only send() is used
+    return agent, recorder, steps
+
+
+def test_the_agent_follows_clock_frames_beyond_the_tolerance() -> None:
+    now = 1_700_000_000 * 10**9
+    agent, sent, steps = in_process_agent(now)
+    tolerance = 10_000_000
+    for offset in (tolerance, -tolerance, 3_000_000, 0):
+        agent.on_frames([Frame(FrameType.CLOCK, 0, clock_payload(now + offset))])
+    assert steps == []  # within 10 ms: the frame's own transit is most of that
+    for offset in (tolerance + 1, -50_000_000, 4_400_000_000):
+        agent.on_frames([Frame(FrameType.CLOCK, 0, clock_payload(now + offset))])
+    assert steps == [now + tolerance + 1, now - 50_000_000, now + 4_400_000_000]
+    assert agent.clock.steps == 3 and sent.frames == []  # CLOCK is not answered
+
+
+def test_the_agent_ignores_the_time_in_hello_and_health() -> None:
+    now = 1_700_000_000 * 10**9
+    agent, sent, steps = in_process_agent(now)
+    stale = (now - 4_400_000_000) / 1e9  # a HELLO that waited in the port while the guest booted
+    agent.on_frames([Frame(FrameType.HELLO, 0, json.dumps({"version": 1, "time": stale}).encode())])
+    agent.on_frames([Frame(FrameType.OPEN, 5, json.dumps({"op": "health", "time": stale}).encode())])
+    assert steps == []
+    assert [frame.name for frame in sent.frames] == ["READY", "MESSAGE", "CLOSE"]
+
+
+def test_a_bad_clock_frame_is_dropped_and_the_agent_goes_on() -> None:
+    agent, sent, steps = in_process_agent(0)
+    agent.on_frames([Frame(FrameType.CLOCK, 0, b"\0\0\0\1"), Frame(FrameType.CLOCK, 0, clock_payload(10**18))])
+    assert steps == [10**18] and sent.frames == []
+
+
+def test_the_clock_stops_trying_when_it_may_not_be_set() -> None:
+    calls: list[int] = []
+
+    def refuse(time_ns: int) -> None:
+        calls.append(time_ns)
+        raise PermissionError(1, "Operation not permitted")
+
+    clock = Clock(refuse, read_time=lambda: 0)
+    assert clock.follow(10**18) is False and clock.follow(2 * 10**18) is False
+    assert calls == [10**18] and clock.steps == 0
+    assert Clock(None).follow(10**18) is False

@@ -10,7 +10,16 @@ import pytest
 
 from pyslicer.daemon.agent_link import AgentLink
 from pyslicer.errors import AgentError, InvalidArgument
-from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameDecoder, FrameType, encode, encode_json
+from pyslicer.protocol import (
+    INITIAL_WINDOW,
+    MAX_PAYLOAD,
+    Channel,
+    FrameDecoder,
+    FrameType,
+    clock_payload,
+    encode,
+    encode_json,
+)
 
 
 async def run_against(tmp_path: Path, misbehave: Callable[[asyncio.StreamWriter, int], None]) -> AgentError:
@@ -18,9 +27,9 @@ async def run_against(tmp_path: Path, misbehave: Callable[[asyncio.StreamWriter,
         decoder = FrameDecoder()
         while data := await reader.read(65536):
             for frame in decoder.feed(data):
-                if frame.type is FrameType.HELLO:
+                if frame.type == FrameType.HELLO:
                     writer.write(encode_json(FrameType.READY, 0, {"instance": "x"}))
-                elif frame.type is FrameType.OPEN:
+                elif frame.type == FrameType.OPEN:
                     misbehave(writer, frame.stream)
             await writer.drain()
 
@@ -76,3 +85,10 @@ async def test_a_request_too_large_for_one_frame_is_a_clear_400(tmp_path: Path) 
     finally:
         await link.close()
         server.close()
+
+
+async def test_a_clock_frame_from_the_agent_breaks_the_connection(tmp_path: Path) -> None:
+    def send_clock(writer: asyncio.StreamWriter, stream: int) -> None:
+        writer.write(encode(FrameType.CLOCK, stream, clock_payload(0)))  # host -> agent only
+
+    await run_against(tmp_path, send_clock)

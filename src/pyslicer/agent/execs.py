@@ -12,16 +12,14 @@ import os
 import sys
 
 from pyslicer.agent.spawn import SIGKILL, LaunchError, build_launch, now, signal_name, spawn, watch_exit
-from pyslicer.agent.wire import (
-    DATA,
-    EOF,
+from pyslicer.protocol import (
     INITIAL_WINDOW,
     MAX_PAYLOAD,
-    MESSAGE,
-    STDERR,
-    STDIN,
-    STDOUT,
-    WINDOW,
+    Channel,
+    Event,
+    FrameType,
+    encode,
+    encode_json,
     window_payload,
 )
 
@@ -30,14 +28,29 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from pyslicer.agent.server import Agent
+    from pyslicer.agent.loop import Loop
+    from pyslicer.protocol import ExecEvent, ExecExit
 
 
 class ExecSession:
-    def __init__(self, agent: Agent, stream: int, request: dict[str, Any]) -> None:
-        self._agent = agent
-        self._loop = agent.loop
-        self._stream = stream
+    """Runs ``request`` (an ``ExecRequest``, untrusted) for ``stream``.
+
+    ``send`` takes encoded frames for the host; ``on_finish`` is called once the stream is done (the
+    exit or error message sent), not after ``cancel``; it is where the stream's CLOSE goes out.
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        stream: int,
+        request: dict[str, Any],
+        send: Callable[[bytes], None],
+        on_finish: Callable[[ExecSession], None],
+    ) -> None:
+        self._loop = loop
+        self.stream = stream
+        self._send_frame = send
+        self._on_finish = on_finish
         self._request = request
         self._credit = 0  # set by _start from the request's window
         self._wants_stdin = bool(request.get("stdin"))
@@ -58,15 +71,15 @@ class ExecSession:
         self._guard(self._start)
 
     def on_data(self, channel: int, data: bytes) -> None:
-        if channel == STDIN and self._wants_stdin and not self._stdin_eof and not self._done:
+        if channel == Channel.STDIN and self._wants_stdin and not self._stdin_eof and not self._done:
             if self._stdin_broken:
-                self._send(WINDOW, window_payload(len(data)))
+                self._send(FrameType.WINDOW, window_payload(len(data)))
             else:
                 self._stdin_queue.append(data)
                 self._guard(self._write_stdin)
 
     def on_eof(self, channel: int) -> None:
-        if channel == STDIN and self._wants_stdin and not self._stdin_eof:
+        if channel == Channel.STDIN and self._wants_stdin and not self._stdin_eof:
             self._stdin_eof = True
             if not self._stdin_queue:
                 self._close_stdin()
@@ -84,26 +97,26 @@ class ExecSession:
     # -- sending -------------------------------------------------------------------------------
     def _send(self, frame_type: int, payload: bytes = b"", flags: int = 0) -> None:
         if not self._cancelled:
-            self._agent.send(frame_type, self._stream, payload, flags)
+            self._send_frame(encode(frame_type, self.stream, payload, flags))
 
-    def _send_json(self, body: dict[str, Any]) -> None:
+    def _send_event(self, body: ExecEvent) -> None:
         if not self._cancelled:
-            self._agent.send_json(MESSAGE, self._stream, body)
+            self._send_frame(encode_json(FrameType.MESSAGE, self.stream, body))
 
     def _finish(self) -> None:
         self._done = True
         self._close_all()
         if not self._cancelled:
-            self._agent.finish(self._stream, self)
+            self._on_finish(self)
 
     def _guard(self, step: Callable[[], None]) -> None:
         try:
             step()
         except Exception as exc:  # the host must always see an end to the stream
             if self._done or self._cancelled:
-                print(f"slicer-agent: stream {self._stream}: {exc!r}", file=sys.stderr)
+                print(f"slicer-agent: stream {self.stream}: {exc!r}", file=sys.stderr)
                 return
-            self._send_json({"type": "error", "error": f"agent: {exc}", "exit_code": 1})
+            self._send_event({"type": Event.ERROR, "error": f"agent: {exc}", "exit_code": 1})
             self._kill()
             self._finish()
 
@@ -141,7 +154,7 @@ class ExecSession:
             self._fail_launch(f"exec: {exc}", 1)
             return
 
-        self._send_json({"type": "started", "pid": self._pid, "started_at": started_at})
+        self._send_event({"type": Event.STARTED, "pid": self._pid, "started_at": started_at})
         for fd in (self._stdout, self._stderr, self._stdin):
             if fd >= 0:
                 os.set_blocking(fd, False)
@@ -149,7 +162,7 @@ class ExecSession:
         self._update_reading()
 
     def _fail_launch(self, message: str, exit_code: int) -> None:
-        self._send_json({"type": "error", "error": message, "exit_code": exit_code})
+        self._send_event({"type": Event.ERROR, "error": message, "exit_code": exit_code})
         self._finish()
 
     def _on_exit(self, returncode: int) -> None:
@@ -161,11 +174,11 @@ class ExecSession:
         if self._done or self._cancelled or self._stdout >= 0 or self._stderr >= 0 or self._returncode is None:
             return
         returncode = self._returncode
-        frame: dict[str, Any] = {"type": "exit", "exit_code": returncode, "ended_at": now()}
+        frame: ExecExit = {"type": Event.EXIT, "exit_code": returncode, "ended_at": now()}
         if returncode < 0:
             frame["exit_code"] = 128 - returncode
             frame["signal"] = signal_name(-returncode)
-        self._send_json(frame)
+        self._send_event(frame)
         self._finish()
 
     def _kill(self) -> None:
@@ -189,13 +202,13 @@ class ExecSession:
                 self._loop.remove_reader(fd)
 
     def _on_stdout(self) -> None:
-        self._guard(lambda: self._read(STDOUT))
+        self._guard(lambda: self._read(Channel.STDOUT))
 
     def _on_stderr(self) -> None:
-        self._guard(lambda: self._read(STDERR))
+        self._guard(lambda: self._read(Channel.STDERR))
 
     def _read(self, channel: int) -> None:
-        fd = self._stdout if channel == STDOUT else self._stderr
+        fd = self._stdout if channel == Channel.STDOUT else self._stderr
         if fd < 0 or self._credit <= 0:
             return
         try:
@@ -205,15 +218,15 @@ class ExecSession:
         if not data:
             self._loop.forget(fd)
             os.close(fd)
-            if channel == STDOUT:
+            if channel == Channel.STDOUT:
                 self._stdout = -1
             else:
                 self._stderr = -1
-            self._send(EOF, flags=channel)
+            self._send(FrameType.EOF, flags=channel)
             self._maybe_exit()
             return
         self._credit -= len(data)
-        self._send(DATA, data, channel)
+        self._send(FrameType.DATA, data, channel)
         if self._credit <= 0:
             self._update_reading()
 
@@ -236,7 +249,7 @@ class ExecSession:
             if self._stdin_offset == len(chunk):
                 self._stdin_queue.pop(0)
                 self._stdin_offset = 0
-                self._send(WINDOW, window_payload(len(chunk)))
+                self._send(FrameType.WINDOW, window_payload(len(chunk)))
         self._loop.remove_writer(self._stdin)
         if self._stdin_eof:
             self._close_stdin()
@@ -253,7 +266,7 @@ class ExecSession:
         queued, self._stdin_queue, self._stdin_offset = self._stdin_queue, [], 0
         if self._stdin_broken:
             for chunk in queued:
-                self._send(WINDOW, window_payload(len(chunk)))
+                self._send(FrameType.WINDOW, window_payload(len(chunk)))
 
     def _close_all(self) -> None:
         for fd in (self._stdout, self._stderr, self._stdin):

@@ -6,14 +6,14 @@ import errno
 import os
 import time
 
-from pyslicer.agent.wire import FrameDecoder
+from pyslicer.protocol import FrameDecoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pyslicer.agent.loop import Loop
-    from pyslicer.agent.wire import Frame
+    from pyslicer.protocol import Frame
 
 PORT_NAME = "agent"
 PORTS_DIR = "/sys/class/virtio-ports"

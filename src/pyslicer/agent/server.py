@@ -12,22 +12,19 @@ import sys
 import time
 
 from pyslicer import __version__
+from pyslicer.agent.clock import Clock
 from pyslicer.agent.execs import ExecSession
 from pyslicer.agent.link import SerialLink, open_channel
 from pyslicer.agent.loop import Loop
 from pyslicer.agent.userdata import Userdata
-from pyslicer.agent.wire import (
-    CLOSE,
-    DATA,
-    EOF,
-    HELLO,
-    MESSAGE,
-    OPEN,
+from pyslicer.protocol import (
     PROTOCOL_VERSION,
-    READY,
-    WINDOW,
+    Event,
     Frame,
+    FrameType,
+    Op,
     ProtocolError,
+    clock_time,
     decode_json,
     encode,
     encode_json,
@@ -38,25 +35,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-
-CLOCK_TOLERANCE = 0.5
-# Run over an inherited fd, the agent is on a test host whose clock is not ours to set.
-CLOCK_SYNC = "SLICER_AGENT_FD" not in os.environ
-
-
-def sync_clock(host_time: object) -> None:
-    """Follow the host's clock: a TCG guest's clock drifts, and its timestamps (started_at, ended_at,
-    file times) should agree with the host's."""
-    if CLOCK_SYNC and isinstance(host_time, int | float) and abs(time.time() - host_time) > CLOCK_TOLERANCE:
-        try:  # noqa: SIM105 - contextlib is an import the agent does without
-            time.clock_settime(time.CLOCK_REALTIME, float(host_time))
-        except OSError:
-            pass  # not root (tests on the host): keep the clock we have
+    from pyslicer.protocol import HealthAnswer, Ready, RequestError, UserdataAnswer
 
 
 class Agent:
-    def __init__(self, loop: Loop) -> None:
+    def __init__(self, loop: Loop, clock: Clock | None = None) -> None:
         self.loop = loop
+        self.clock = clock if clock is not None else Clock(None)
         self.started = time.monotonic()
         self.instance = os.urandom(8).hex()
         self.userdata = Userdata(loop)
@@ -64,30 +49,28 @@ class Agent:
         self.link: SerialLink | None = None
 
     # -- sending -------------------------------------------------------------------------------
-    def send(self, frame_type: int, stream: int, payload: bytes = b"", flags: int = 0) -> None:
+    def send(self, data: bytes) -> None:
+        """Queue encoded frames for the host."""
         assert self.link is not None
-        self.link.send(encode(frame_type, stream, payload, flags))
+        self.link.send(data)
 
-    def send_json(self, frame_type: int, stream: int, body: dict[str, Any]) -> None:
-        assert self.link is not None
-        self.link.send(encode_json(frame_type, stream, body))
+    def finish(self, session: ExecSession) -> None:
+        if self.sessions.get(session.stream) is session:
+            del self.sessions[session.stream]
+            self.send(encode(FrameType.CLOSE, session.stream))
 
-    def finish(self, stream: int, session: ExecSession) -> None:
-        if self.sessions.get(stream) is session:
-            del self.sessions[stream]
-            self.send(CLOSE, stream)
+    def answer(self, stream: int, body: HealthAnswer | UserdataAnswer | RequestError) -> None:
+        """A request answered by one message: the message, then CLOSE."""
+        self.send(encode_json(FrameType.MESSAGE, stream, body) + encode(FrameType.CLOSE, stream))
 
     def send_ready(self) -> None:
-        self.send_json(
-            READY,
-            0,
-            {
-                "version": PROTOCOL_VERSION,
-                "agent_version": __version__,
-                "instance": self.instance,
-                "hostname": os.uname().nodename,
-            },
-        )
+        ready: Ready = {
+            "version": PROTOCOL_VERSION,
+            "agent_version": __version__,
+            "instance": self.instance,
+            "hostname": os.uname().nodename,
+        }
+        self.send(encode_json(FrameType.READY, 0, ready))
 
     # -- receiving -----------------------------------------------------------------------------
     def on_frames(self, frames: list[Frame]) -> None:
@@ -98,28 +81,32 @@ class Agent:
                 print(f"slicer-agent: dropping bad frame: {exc}", file=sys.stderr)
                 if frame.stream:
                     self.cancel(frame.stream)
-                    self.send(CLOSE, frame.stream)
+                    self.send(encode(FrameType.CLOSE, frame.stream))
 
     def dispatch(self, frame: Frame) -> None:
         frame_type = frame.type
-        if frame_type == HELLO:
+        if frame_type == FrameType.HELLO:
+            # A HELLO may have waited in the port since the host connected, seconds before we started:
+            # whatever time it carries is stale. The host sends CLOCK when it sees our READY.
             self.reset()
-            sync_clock(decode_json(frame).get("time"))
             self.send_ready()
             return
-        if frame_type == OPEN:
+        if frame_type == FrameType.CLOCK:
+            self.clock.follow(clock_time(frame))
+            return
+        if frame_type == FrameType.OPEN:
             self.open(frame.stream, decode_json(frame))
             return
         session = self.sessions.get(frame.stream)
         if session is None:
             return  # a stream that already ended; the host learns that from our CLOSE
-        if frame_type == DATA:
+        if frame_type == FrameType.DATA:
             session.on_data(frame.flags, frame.payload)
-        elif frame_type == EOF:
+        elif frame_type == FrameType.EOF:
             session.on_eof(frame.flags)
-        elif frame_type == WINDOW:
+        elif frame_type == FrameType.WINDOW:
             session.on_window(window_increment(frame))
-        elif frame_type == CLOSE:
+        elif frame_type == FrameType.CLOSE:
             self.cancel(frame.stream)
         else:
             raise ProtocolError(f"unexpected {frame.name} frame from the host")
@@ -128,25 +115,20 @@ class Agent:
         if stream == 0 or stream in self.sessions:
             raise ProtocolError(f"stream {stream} cannot be opened")
         op = request.get("op")
-        if op == "health":
-            self.send_json(MESSAGE, stream, self.health(request))
-            self.send(CLOSE, stream)
-        elif op == "userdata":
+        if op == Op.HEALTH:
+            self.answer(stream, self.health())
+        elif op == Op.USERDATA:
             script = request.get("script")
-            started = self.userdata.start(script if isinstance(script, str) else "")
-            self.send_json(MESSAGE, stream, {"started": started})
-            self.send(CLOSE, stream)
-        elif op == "exec":
-            session = ExecSession(self, stream, request)
+            self.answer(stream, {"started": self.userdata.start(script if isinstance(script, str) else "")})
+        elif op == Op.EXEC:
+            session = ExecSession(self.loop, stream, request, self.send, self.finish)
             self.sessions[stream] = session
             session.start()
         else:
-            self.send_json(MESSAGE, stream, {"type": "error", "error": f"unknown op {op!r}"})
-            self.send(CLOSE, stream)
+            self.answer(stream, {"type": Event.ERROR, "error": f"unknown op {op!r}"})
 
-    def health(self, request: dict[str, Any]) -> dict[str, Any]:
-        sync_clock(request.get("time"))
-        body: dict[str, Any] = {
+    def health(self) -> HealthAnswer:
+        body: HealthAnswer = {
             "hostname": os.uname().nodename,
             "agent_uptime": max(1, int((time.monotonic() - self.started) * 1e9)),
             "agent_version": __version__,
@@ -197,7 +179,9 @@ def main() -> None:
         os.setgroups([])  # what every child gets anyway (extra_groups=[]); lets spawn take the posix_spawn path
     loop = Loop()
     fd = open_channel()
-    agent = Agent(loop)
+    # Run over an inherited fd, the agent is on a test host whose clock is not ours to set.
+    clock = Clock(None) if "SLICER_AGENT_FD" in os.environ else Clock()
+    agent = Agent(loop, clock)
     agent.link = SerialLink(loop, fd, agent.on_frames, agent.reset)
     agent.send_ready()
     agent.link.start()

@@ -7,10 +7,10 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyslicer.errors import AgentError, InvalidArgument
 from pyslicer.protocol import (
@@ -22,6 +22,7 @@ from pyslicer.protocol import (
     FrameDecoder,
     FrameType,
     ProtocolError,
+    clock_payload,
     decode_json,
     encode,
     encode_json,
@@ -29,12 +30,19 @@ from pyslicer.protocol import (
     window_payload,
 )
 
+if TYPE_CHECKING:
+    from pyslicer.protocol import Hello
+
 log = logging.getLogger(__name__)
 
 # Stream ids are unique for the daemon's lifetime, so a late frame for a stream of an earlier
 # connection can never land on a new stream.
 _stream_ids = itertools.count(1)
 MAX_QUEUED_EVENTS = 1024
+# How often the host's wall clock goes to the agent (besides right after each READY): a TCG guest's clock drifts.
+CLOCK_INTERVAL = 10.0
+# The first protocol version whose agents take CLOCK frames.
+CLOCK_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +141,14 @@ class AgentStream:
 
 class AgentLink:
     """Connects to the unix socket QEMU serves for the guest's virtio-serial port, and keeps
-    reconnecting until closed. ``ready`` is set while an agent has said READY on this connection."""
+    reconnecting until closed. ``ready`` is set while an agent has said READY on this connection.
+
+    The link also keeps the guest's clock: it sends the host's time (a CLOCK frame) on each READY, before
+    it sets ``ready``, so every request opened afterwards reaches the agent after it, and again every
+    ``clock_interval`` seconds while connected.
+    """
+
+    clock_interval = CLOCK_INTERVAL
 
     def __init__(self, socket_path: Path, name: str, on_ready: Callable[[], None] | None = None) -> None:
         self.socket_path = socket_path
@@ -164,7 +179,11 @@ class AgentLink:
             raise AgentError(f"agent on {self.name} did not answer within {timeout:g}s") from None
 
     # -- requests ------------------------------------------------------------------------------
-    def open(self, request: dict[str, Any]) -> AgentStream:
+    def open(self, request: Mapping[str, Any]) -> AgentStream:
+        """Start a stream for ``request`` (a ``pyslicer.protocol.Request``: ``{"op": ...}``).
+
+        Raises AgentError when no agent is connected, InvalidArgument when the request does not fit in
+        one frame."""
         if self._writer is None or not self.ready.is_set():
             raise AgentError(f"agent on {self.name} is not connected")
         stream_id = next(_stream_ids)
@@ -181,8 +200,9 @@ class AgentLink:
         self.send(frame)
         return stream
 
-    async def call(self, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-        """A request answered by one message."""
+    async def call(self, request: Mapping[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """A request answered by one message (``health``, ``userdata``); raises AgentError when the agent
+        does not answer within ``timeout`` or goes away."""
         stream = self.open(request)
         try:
             async with asyncio.timeout(timeout):
@@ -216,11 +236,15 @@ class AgentLink:
                 await asyncio.sleep(0.01)
                 continue
             self._writer = writer
-            self.send(encode_json(FrameType.HELLO, 0, {"version": PROTOCOL_VERSION, "time": time.time()}))
+            hello: Hello = {"version": PROTOCOL_VERSION}
+            self.send(encode_json(FrameType.HELLO, 0, hello))
+            clock = asyncio.get_running_loop().create_task(self._keep_clock(), name=f"agent-clock-{self.name}")
             try:
                 await self._read(reader)
             except (ConnectionError, ProtocolError) as exc:
                 log.warning("%s: agent channel broke: %s", self.name, exc)
+            finally:
+                clock.cancel()
             self._drop_connection("the agent channel closed")
             writer.close()
             await asyncio.sleep(0.05)
@@ -231,12 +255,25 @@ class AgentLink:
             for frame in decoder.feed(data):
                 self._dispatch(frame)
 
+    async def _keep_clock(self) -> None:
+        while True:
+            await asyncio.sleep(self.clock_interval)
+            if self.ready.is_set():
+                self._send_clock()
+
+    def _send_clock(self) -> None:
+        """The host's time now, for the agent to set its clock by (agents that know CLOCK only)."""
+        version = self.agent_info.get("version")
+        if isinstance(version, int) and version >= CLOCK_VERSION:
+            self.send(encode(FrameType.CLOCK, 0, clock_payload(time.time_ns())))
+
     def _dispatch(self, frame: Frame) -> None:
-        if frame.type is FrameType.READY:
+        if frame.type == FrameType.READY:
             info = decode_json(frame)
             if self.agent_info.get("instance") not in (None, info.get("instance")):
                 self._fail_streams("the agent restarted")
             self.agent_info = info
+            self._send_clock()  # ahead of every request opened once ready is set
             self.ready.set()
             if self._on_ready is not None:
                 self._on_ready()
@@ -244,19 +281,20 @@ class AgentLink:
         stream = self._streams.get(frame.stream)
         if stream is None:
             return
-        if frame.type is FrameType.MESSAGE:
+        frame_type = frame.type
+        if frame_type == FrameType.MESSAGE:
             stream._receive(Message(decode_json(frame)))
-        elif frame.type is FrameType.DATA:
+        elif frame_type == FrameType.DATA:
             stream._receive(Output(Channel(frame.flags), frame.payload))
-        elif frame.type is FrameType.EOF:
+        elif frame_type == FrameType.EOF:
             stream._receive(OutputEnd(Channel(frame.flags)))
-        elif frame.type is FrameType.WINDOW:
+        elif frame_type == FrameType.WINDOW:
             stream._grant(window_increment(frame))
-        elif frame.type is FrameType.CLOSE:
+        elif frame_type == FrameType.CLOSE:
             del self._streams[frame.stream]
             stream._deliver(None)
         else:
-            raise ProtocolError(f"unexpected {frame.type.name} frame from the agent")
+            raise ProtocolError(f"unexpected {frame.name} frame from the agent")
 
     def _fail_streams(self, reason: str) -> None:
         streams, self._streams = self._streams, {}

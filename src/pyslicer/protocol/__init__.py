@@ -1,6 +1,9 @@
-"""What the host and the in-guest agent share: the channel framing (see docs/protocol.md).
+"""What the host and the in-guest agent share: the channel framing and the agent's vocabulary.
 
-Stdlib only: the agent imports this inside the guest.
+See docs/protocol.md. Both ends import this package, the agent inside a TCG guest, so it imports only
+``struct`` and the C half of ``json`` at run time: frame types and channels are ints, and the message
+shapes (``ExecRequest``, ``ExecExit``, ...) are TypedDicts for type checking only; import those under
+``TYPE_CHECKING``.
 """
 
 from pyslicer.protocol.frames import (
@@ -13,12 +16,31 @@ from pyslicer.protocol.frames import (
     FrameDecoder,
     FrameType,
     ProtocolError,
+    clock_payload,
+    clock_time,
     decode_json,
     encode,
     encode_json,
     window_increment,
     window_payload,
 )
+from pyslicer.protocol.messages import Event, Op
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pyslicer.protocol.messages import ExecError as ExecError
+    from pyslicer.protocol.messages import ExecEvent as ExecEvent
+    from pyslicer.protocol.messages import ExecExit as ExecExit
+    from pyslicer.protocol.messages import ExecRequest as ExecRequest
+    from pyslicer.protocol.messages import ExecStarted as ExecStarted
+    from pyslicer.protocol.messages import HealthAnswer as HealthAnswer
+    from pyslicer.protocol.messages import HealthRequest as HealthRequest
+    from pyslicer.protocol.messages import Hello as Hello
+    from pyslicer.protocol.messages import Ready as Ready
+    from pyslicer.protocol.messages import Request as Request
+    from pyslicer.protocol.messages import RequestError as RequestError
+    from pyslicer.protocol.messages import UserdataAnswer as UserdataAnswer
+    from pyslicer.protocol.messages import UserdataRequest as UserdataRequest
 
 __all__ = [
     "HEADER",
@@ -26,10 +48,14 @@ __all__ = [
     "MAX_PAYLOAD",
     "PROTOCOL_VERSION",
     "Channel",
+    "Event",
     "Frame",
     "FrameDecoder",
     "FrameType",
+    "Op",
     "ProtocolError",
+    "clock_payload",
+    "clock_time",
     "decode_json",
     "encode",
     "encode_json",

@@ -3,28 +3,38 @@
 Every frame is a 10-byte header (type, flags, stream id, payload length; network order) and a payload.
 Many streams (execs, health checks, copies) share the byte stream; each stream has a credit window per
 direction, so one slow reader never stalls the others and nothing buffers without bound.
+
+Both ends import this module, the agent inside a TCG guest where every import costs: it uses ``struct``
+and the C half of ``json`` (see ``pyslicer.protocol.jsonc``) and nothing else, so frame types and
+channels are ints, not enums, and nothing from ``typing`` runs.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import struct
-from dataclasses import dataclass
-from typing import Any
 
-PROTOCOL_VERSION = 1
+from pyslicer.protocol.jsonc import dumps, loads
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("!BBII")
 MAX_PAYLOAD = 64 * 1024
 INITIAL_WINDOW = 256 * 1024
 _WINDOW = struct.Struct("!I")
+_CLOCK = struct.Struct("!Q")
 
 
 class ProtocolError(Exception):
     """The peer sent bytes that are not a valid frame sequence."""
 
 
-class FrameType(enum.IntEnum):
+class FrameType:
+    """Frame types: plain ints (``frame.type == FrameType.OPEN``), with their names in ``NAMES``."""
+
     HELLO = 1  # host -> agent, stream 0: a (new) host connection; the agent drops every stream
     READY = 2  # agent -> host, stream 0: agent identity; also sent unsolicited when the agent starts
     OPEN = 3  # host -> agent: start a stream; JSON request {"op": ...}
@@ -33,39 +43,107 @@ class FrameType(enum.IntEnum):
     EOF = 6  # either way: no more bytes on a channel (flags)
     WINDOW = 7  # either way: the receiver consumed bytes; payload is a uint32 credit increment
     CLOSE = 8  # agent -> host: stream done; host -> agent: cancel the stream (kill what it runs)
+    CLOCK = 9  # host -> agent, stream 0: the host's wall clock now, uint64 ns since the epoch (version 2)
+
+    NAMES: ClassVar[dict[int, str]] = {
+        1: "HELLO",
+        2: "READY",
+        3: "OPEN",
+        4: "MESSAGE",
+        5: "DATA",
+        6: "EOF",
+        7: "WINDOW",
+        8: "CLOSE",
+        9: "CLOCK",
+    }
 
 
-class Channel(enum.IntEnum):
-    STDIN = 0
-    STDOUT = 1
-    STDERR = 2
+class Channel(int):
+    """The byte channels of a stream (the flags of DATA and EOF).
+
+    An ``int`` subclass rather than plain ints, so that the host can annotate with it
+    (``Output.channel: Channel``); the agent uses the constants as the ints they are. As with an enum,
+    ``Channel(n)`` is one of the three constants (ValueError for an unknown channel).
+    """
+
+    __slots__ = ()
+
+    STDIN: ClassVar[Channel]
+    STDOUT: ClassVar[Channel]
+    STDERR: ClassVar[Channel]
+    NAMES: ClassVar[dict[int, str]] = {0: "STDIN", 1: "STDOUT", 2: "STDERR"}
+    _MEMBERS: ClassVar[dict[int, Channel]] = {}
+
+    def __new__(cls, value: int) -> Channel:
+        try:
+            return cls._MEMBERS[value]
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid Channel") from None
+
+    @property
+    def name(self) -> str:
+        return self.NAMES[self]
+
+    def __repr__(self) -> str:
+        return f"Channel.{self.name}"
+
+    __str__ = int.__repr__
 
 
-@dataclass(frozen=True, slots=True)
+Channel._MEMBERS.update((value, int.__new__(Channel, value)) for value in Channel.NAMES)
+Channel.STDIN, Channel.STDOUT, Channel.STDERR = (Channel._MEMBERS[value] for value in (0, 1, 2))
+
+
 class Frame:
-    type: FrameType
-    stream: int
-    payload: bytes = b""
-    flags: int = 0
+    __slots__ = ("flags", "payload", "stream", "type")
+
+    def __init__(self, frame_type: int, stream: int, payload: bytes = b"", flags: int = 0) -> None:
+        self.type = frame_type
+        self.stream = stream
+        self.payload = payload
+        self.flags = flags
+
+    @property
+    def name(self) -> str:
+        """The frame type's name (``OPEN``), or its number when unknown."""
+        return FrameType.NAMES.get(self.type) or str(self.type)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.type, self.stream, self.payload, self.flags) == (
+            other.type,
+            other.stream,
+            other.payload,
+            other.flags,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.stream, self.payload, self.flags))
+
+    def __repr__(self) -> str:
+        size = len(self.payload)
+        return f"Frame({self.name}, stream={self.stream}, flags={self.flags}, payload=<{size} bytes>)"
 
 
-def encode(frame_type: FrameType, stream: int, payload: bytes = b"", flags: int = 0) -> bytes:
+def encode(frame_type: int, stream: int, payload: bytes = b"", flags: int = 0) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return HEADER.pack(frame_type, flags, stream, len(payload)) + payload
 
 
-def encode_json(frame_type: FrameType, stream: int, body: dict[str, Any]) -> bytes:
-    return encode(frame_type, stream, json.dumps(body, separators=(",", ":")).encode())
+def encode_json(frame_type: int, stream: int, body: Mapping[str, Any]) -> bytes:
+    """``json.dumps(body, separators=(",", ":"))`` in a frame; ValueError when it is too large."""
+    return encode(frame_type, stream, dumps(body).encode())
 
 
 def decode_json(frame: Frame) -> dict[str, Any]:
     try:
-        body = json.loads(frame.payload)
+        body = loads(frame.payload)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"{frame.type.name} frame carries invalid JSON") from exc
+        raise ProtocolError(f"{frame.name} frame carries invalid JSON") from exc
     if not isinstance(body, dict):
-        raise ProtocolError(f"{frame.type.name} frame must carry a JSON object")
+        raise ProtocolError(f"{frame.name} frame must carry a JSON object")
     return body
 
 
@@ -82,6 +160,22 @@ def window_increment(frame: Frame) -> int:
     return int(increment)
 
 
+def clock_payload(time_ns: int) -> bytes:
+    """A CLOCK frame's payload: wall-clock nanoseconds since the epoch."""
+    return _CLOCK.pack(time_ns)
+
+
+def clock_time(frame: Frame) -> int:
+    """The nanoseconds since the epoch a CLOCK frame carries."""
+    if len(frame.payload) != _CLOCK.size:
+        raise ProtocolError("CLOCK frame must carry 8 bytes")
+    (time_ns,) = _CLOCK.unpack(frame.payload)
+    return int(time_ns)
+
+
+_CHANNEL_FRAMES = (FrameType.DATA, FrameType.EOF)
+
+
 class FrameDecoder:
     """Incremental decoder: feed it whatever arrived, get back every complete frame."""
 
@@ -92,15 +186,15 @@ class FrameDecoder:
         self._buffer += data
         frames: list[Frame] = []
         offset = 0
+        names = FrameType.NAMES
+        channels = Channel.NAMES
         while len(self._buffer) - offset >= HEADER.size:
-            type_byte, flags, stream, length = HEADER.unpack_from(self._buffer, offset)
+            frame_type, flags, stream, length = HEADER.unpack_from(self._buffer, offset)
             if length > MAX_PAYLOAD:
                 raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
-            try:
-                frame_type = FrameType(type_byte)
-            except ValueError:
-                raise ProtocolError(f"unknown frame type {type_byte}") from None
-            if frame_type in (FrameType.DATA, FrameType.EOF) and flags not in Channel._value2member_map_:
+            if frame_type not in names:
+                raise ProtocolError(f"unknown frame type {frame_type}")
+            if frame_type in _CHANNEL_FRAMES and flags not in channels:
                 raise ProtocolError(f"unknown channel {flags}")
             end = offset + HEADER.size + length
             if len(self._buffer) < end:
