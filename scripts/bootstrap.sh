@@ -49,6 +49,8 @@ case "$command" in
         "$VENV/bin/ruff" format --check src tests bench
         echo "bootstrap: mypy"
         "$VENV/bin/mypy"
+        echo "bootstrap: import contracts"
+        "$VENV/bin/lint-imports" --no-cache
         echo "bootstrap: pytest"
         set +e
         "$VENV/bin/pytest" "$@"

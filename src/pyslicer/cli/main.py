@@ -74,7 +74,7 @@ def cli(ctx: click.Context) -> None:
 @data_dir_option
 def up(config: Path | None, data_dir: Path) -> None:
     """Run the slicer daemon (in the foreground) with CONFIG, a YAML file."""
-    from pyslicer.api.server import serve
+    from pyslicer.serve import serve
     from pyslicer.config import load_config
 
     serve(load_config(config), data_dir=data_dir)

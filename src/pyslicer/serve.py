@@ -1,4 +1,4 @@
-"""Run the daemon behind its HTTP API until SIGINT or SIGTERM."""
+"""The daemon process: wires the config, the hypervisor, the daemon and the API, and serves until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
