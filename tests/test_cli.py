@@ -500,7 +500,7 @@ def test_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         return "CONFIG"
 
     fake_module(monkeypatch, "pyslicer.config", load_config=load_config)
-    fake_module(monkeypatch, "pyslicer.api.server", serve=lambda cfg, data_dir: calls.append(("serve", cfg, data_dir)))
+    fake_module(monkeypatch, "pyslicer.serve", serve=lambda cfg, data_dir: calls.append(("serve", cfg, data_dir)))
 
     result = CliRunner().invoke(cli, ["up", str(config), "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
@@ -521,7 +521,7 @@ def test_up_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         raise ConfigError("config.host_groups[0].vcpu: must be at least 1")
 
     fake_module(monkeypatch, "pyslicer.config", load_config=bad_config)
-    fake_module(monkeypatch, "pyslicer.api.server", serve=lambda cfg, data_dir: None)
+    fake_module(monkeypatch, "pyslicer.serve", serve=lambda cfg, data_dir: None)
     config = tmp_path / "c.yaml"
     config.write_text("")
     result = CliRunner().invoke(cli, ["up", str(config)])

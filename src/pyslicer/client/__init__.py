@@ -1,21 +1,40 @@
-"""Python client for the Slicer REST API (``SlicerClient``, and ``AsyncSlicerClient`` for asyncio)."""
+"""Python client for the Slicer REST API: ``SlicerClient``, and ``AsyncSlicerClient`` for asyncio.
 
-from ._async import AsyncSlicerClient
-from ._base import DEFAULT_TIMEOUT, DEFAULT_URL, is_unix_socket
-from ._sync import SlicerClient
-from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
-from .models import (
-    AgentHealth,
-    CreatedNode,
-    DeleteResult,
-    ExecFrame,
-    ExecResult,
-    FrameType,
-    HostGroup,
-    LogsResult,
-    Node,
-    ServerInfo,
-)
+Both have the same constructor and methods (the blocking one is generated from the asyncio one), return the
+types of ``pyslicer.client.models`` and raise the errors of ``pyslicer.client.errors``.
+
+The names below are imported on first use, so that ``import pyslicer.client`` costs nothing, a blocking client
+never imports asyncio, and running commands never imports pydantic (the ``slicer`` CLI starts in tens of
+milliseconds); ``from pyslicer.client import SlicerClient`` works as usual.
+
+Modules (all private but ``models`` and ``errors``)::
+
+    _async.py          AsyncSlicerClient: builds each Call, sends it, hands the answer back (the source)
+    _sync.py           SlicerClient: generated from _async.py by scripts/unasync.py
+    _base_client.py    BaseClient: what both hold (endpoint, timeouts, headers); Call -> httpx.Request
+    _config.py         the endpoint (URL or unix socket), the token, the timeouts
+    _calls.py          every API call as a sans-IO Call: method, path, query, body, parser
+    _responses.py      parsers and the error mapping: httpx.Response -> result or SlicerAPIError
+    _exec_output.py    ExecFrame, ExecResult and the NDJSON exec frame decoder (stdlib only)
+    _readiness.py      wait_ready's clock and verdicts
+    _stdin.py          what a blocking exec sends as stdin      (_stdin_async.py: its asyncio twin)
+    _duplex.py         the full-duplex transport for stdin     (_duplex_async.py: its asyncio twin)
+    models.py          the API's resources (pydantic), and the exec types again
+    errors.py          SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._async import AsyncSlicerClient
+    from ._config import DEFAULT_TIMEOUT, DEFAULT_URL, is_unix_socket
+    from ._exec_output import ExecFrame, ExecResult, FrameType
+    from ._sync import SlicerClient
+    from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
+    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, ServerInfo
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -38,3 +57,38 @@ __all__ = [
     "SlicerTimeoutError",
     "is_unix_socket",
 ]
+
+_MODULES = {
+    "AsyncSlicerClient": "._async",
+    "SlicerClient": "._sync",
+    "DEFAULT_TIMEOUT": "._config",
+    "DEFAULT_URL": "._config",
+    "is_unix_socket": "._config",
+    "ExecFrame": "._exec_output",
+    "ExecResult": "._exec_output",
+    "FrameType": "._exec_output",
+    "SlicerAPIError": ".errors",
+    "SlicerConnectionError": ".errors",
+    "SlicerResponseError": ".errors",
+    "SlicerTimeoutError": ".errors",
+    "AgentHealth": ".models",
+    "CreatedNode": ".models",
+    "DeleteResult": ".models",
+    "HostGroup": ".models",
+    "LogsResult": ".models",
+    "Node": ".models",
+    "ServerInfo": ".models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,30 +1,31 @@
+"""The client. Written once, here in ``_async.py``; ``scripts/unasync.py`` writes ``_sync.py`` from it, and
+``scripts/unasync.py --check`` fails when the two differ.
+
+It only sends: each method builds a ``Call`` (``_calls``) and hands the answer to ``Call.finish``. What differs
+between the blocking and the asyncio client by more than ``await`` lives in hand-written pairs of modules: the
+stdin bodies and the full-duplex transports (``_stdin.py``, ``_duplex.py`` and their ``*_async.py`` twins).
+"""
+
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from types import TracebackType
-from typing import IO, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import httpx
 
 from pyslicer.errors import SlicerError
 
-from ._base import (
-    DEFAULT_TIMEOUT,
-    BaseClient,
+from ._base_client import BaseClient
+from ._calls import (
     Call,
     EnvArg,
-    FrameDecoder,
-    ReadyPoll,
-    TimeoutArg,
-    api_error,
     create_node_call,
     delete_node_call,
     exec_buffered_call,
     exec_params,
     exec_stream_call,
-    finish,
     group_nodes_call,
     health_call,
     healthz_call,
@@ -35,88 +36,32 @@ from ._base import (
     metrics_call,
     nodes_call,
 )
-from ._duplex import AsyncDuplexTransport
-from ._sync import _read_chunks
-from .models import (
-    AgentHealth,
-    CreatedNode,
-    DeleteResult,
-    ExecFrame,
-    ExecResult,
-    HostGroup,
-    LogsResult,
-    Node,
-    ServerInfo,
-)
+from ._config import DEFAULT_TIMEOUT, TimeoutArg
+from ._duplex_async import AsyncDuplexTransport
+from ._exec_output import ExecFrame, ExecResult, FrameDecoder
+from ._readiness import ReadyPoll
+from ._responses import api_error
+from ._stdin_async import AsyncStdin, async_stdin_body
+
+if TYPE_CHECKING:
+    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, ServerInfo
 
 T = TypeVar("T")
 
-AsyncStdin = bytes | Iterable[bytes] | AsyncIterable[bytes]
-
-
-def _stdin_content(stdin: AsyncStdin) -> bytes | AsyncIterable[bytes]:
-    if isinstance(stdin, (bytes, bytearray, memoryview)):
-        return bytes(stdin)
-    if isinstance(stdin, AsyncIterable):
-        return stdin
-    if isinstance(stdin, (list, tuple)):
-        return _from_sequence(stdin)
-    if hasattr(stdin, "read"):
-        return _from_thread(_read_chunks(cast(IO[bytes], stdin)))
-    return _from_thread(iter(stdin))
-
-
-async def _from_sequence(chunks: Sequence[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-async def _from_thread(source: Iterator[bytes]) -> AsyncIterator[bytes]:
-    # A blocking source (a pipe, a file) must not stall the event loop. A daemon thread reads it, so a read
-    # that never returns can't hold up interpreter exit; the bounded queue keeps memory flat.
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=4)
-    stopped = threading.Event()
-
-    def put(item: bytes | BaseException | None) -> bool:
-        try:
-            future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-        except RuntimeError:  # the loop is gone
-            return False
-        while True:
-            try:
-                future.result(timeout=0.5)
-                return True
-            except TimeoutError:
-                if stopped.is_set():
-                    future.cancel()
-                    return False
-
-    def produce() -> None:
-        try:
-            for chunk in source:
-                if not put(chunk):
-                    return
-        except BaseException as exc:
-            put(exc)
-        else:
-            put(None)
-
-    threading.Thread(target=produce, name="slicer-exec-stdin", daemon=True).start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stopped.set()
-
 
 class AsyncSlicerClient(BaseClient):
-    """The asyncio twin of ``SlicerClient``: same constructor, same methods, awaited."""
+    """A client for a Slicer daemon.
+
+    ``url`` defaults to ``$SLICER_URL`` or ``http://127.0.0.1:8080``; a path (``/``, ``./``, ``../``, ``~/``,
+    ``unix://`` or ``*.sock``) means a unix socket. The token comes from ``token``, ``token_file``,
+    ``$SLICER_TOKEN`` or ``$SLICER_TOKEN_FILE``, in that order. ``transport`` replaces the network
+    (for tests: ``httpx.MockTransport``).
+
+    Every call raises ``SlicerAPIError`` when the daemon answers with an error (``status``, ``code``,
+    ``message``), ``SlicerConnectionError`` when it cannot be reached or the connection breaks, and
+    ``SlicerResponseError`` for an answer the client cannot read; all are ``pyslicer.errors.SlicerError``.
+    Bad arguments raise ``ValueError`` or ``TypeError`` before anything is sent.
+    """
 
     def __init__(
         self,
@@ -129,12 +74,17 @@ class AsyncSlicerClient(BaseClient):
     ) -> None:
         super().__init__(url, token, token_file, timeout)
         self._custom_transport = transport is not None
-        self._http = self._client(transport or httpx.AsyncHTTPTransport(uds=self._endpoint.uds))
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(uds=self._endpoint.uds, verify=self._endpoint.ssl_context())
+        self._http = self._client(transport)
         self._duplex: httpx.AsyncClient | None = None
 
     def _client(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self._endpoint.base_url, headers=self._headers, timeout=self._timeout, transport=transport
+            base_url=self._endpoint.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport,
         )
 
     async def aclose(self) -> None:
@@ -159,35 +109,42 @@ class AsyncSlicerClient(BaseClient):
             response = await self._http.send(request)
         except httpx.TransportError as exc:
             raise self._connection_error(exc) from exc
-        return finish(call, response)
+        return call.finish(response)
 
     def _stdin_http(self) -> httpx.AsyncClient:
-        if self._custom_transport:
+        """The client for an exec with stdin: full duplex, unless the transport was replaced (or the endpoint
+        speaks TLS and the duplex transport doesn't)."""
+        if self._custom_transport or (self._endpoint.tls and not AsyncDuplexTransport.speaks_tls):
             return self._http
         if self._duplex is None:
             self._duplex = self._client(AsyncDuplexTransport(uds=self._endpoint.uds))
         return self._duplex
 
-    # -- daemon ------------------------------------------------------------------------------------
+    # -- the daemon --------------------------------------------------------------------------------
 
     async def info(self) -> ServerInfo:
+        """The daemon's version and platform."""
         return await self._send(info_call())
 
     async def healthz(self) -> str:
+        """The daemon's liveness status (``"ok"``); raises when it is unreachable or unhealthy."""
         return await self._send(healthz_call())
 
     async def metrics(self) -> str:
+        """Prometheus metrics, as text."""
         return await self._send(metrics_call())
 
-    # -- host groups and nodes -----------------------------------------------------------------------
+    # -- host groups and nodes ---------------------------------------------------------------------
 
     async def host_groups(self) -> list[HostGroup]:
         return await self._send(host_groups_call())
 
     async def nodes(self, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
+        """Every VM, or those with the tag ``tag`` or a tag starting with ``tag_prefix``."""
         return await self._send(nodes_call(tag, tag_prefix))
 
     async def group_nodes(self, group: str, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
+        """The VMs of one host group, filtered like ``nodes``."""
         return await self._send(group_nodes_call(group, tag, tag_prefix))
 
     async def create_node(
@@ -207,6 +164,8 @@ class AsyncSlicerClient(BaseClient):
         wait: Literal["agent", "userdata"] | None = None,
         timeout: str | float | None = None,
     ) -> CreatedNode:
+        """Launch a VM in ``group``. With ``wait`` the server answers once the agent (or userdata too)
+        is ready, or with 408 after ``timeout`` (a Go duration like ``"30s"``, or seconds)."""
         return await self._send(
             create_node_call(
                 group,
@@ -228,21 +187,27 @@ class AsyncSlicerClient(BaseClient):
     async def delete_node(self, group: str, hostname: str) -> DeleteResult:
         return await self._send(delete_node_call(group, hostname))
 
-    # -- one VM --------------------------------------------------------------------------------------
+    # -- one VM ------------------------------------------------------------------------------------
 
     async def health(self, hostname: str) -> AgentHealth:
         return await self._send(health_call(hostname))
 
     async def is_ready(self, hostname: str) -> bool:
+        """Whether the VM's agent answers (``HEAD /vm/{hostname}/health``); raises for an unknown VM."""
         return await self._send(is_ready_call(hostname))
 
     async def wait_ready(
         self, hostname: str, timeout: float, userdata: bool = False, *, interval: float = 0.1
     ) -> AgentHealth:
+        """Poll the agent's health until it is up (and userdata has run, with ``userdata=True``).
+
+        Raises ``SlicerTimeoutError`` after ``timeout`` seconds, and at once for errors waiting can't fix
+        (unknown VM, bad token, daemon unreachable).
+        """
         poll = ReadyPoll(hostname, timeout, userdata, interval)
         while True:
             try:
-                health = await self._send(health_call(hostname, read_timeout=max(poll.remaining(), 1.0)))
+                health = await self._send(health_call(hostname, read_timeout=poll.request_timeout()))
             except SlicerError as exc:
                 poll.failed(exc)
             else:
@@ -251,9 +216,10 @@ class AsyncSlicerClient(BaseClient):
             await asyncio.sleep(poll.next_delay())
 
     async def logs(self, hostname: str, lines: int | None = None) -> LogsResult:
+        """The VM's serial console log: the last 20 lines by default, everything with ``lines=0``."""
         return await self._send(logs_call(hostname, lines))
 
-    async def exec(
+    def exec(
         self,
         hostname: str,
         cmd: str,
@@ -267,7 +233,14 @@ class AsyncSlicerClient(BaseClient):
         stdin: AsyncStdin | None = None,
         base64: bool = False,
     ) -> AsyncGenerator[ExecFrame, None]:
-        """Like ``SlicerClient.exec``; a blocking sync ``stdin`` iterable is read on a helper thread."""
+        """Run a command and stream its frames as they arrive.
+
+        ``uid``/``gid`` None leave the user to the guest's default. ``stdin`` (bytes, an iterable of chunks,
+        or a binary file; for the asyncio client also an async iterable, and blocking sources are read on a
+        helper thread) is streamed as the request body while output streams back. ``base64=True`` asks for
+        base64 stdio, which is binary-safe; frames carry decoded bytes either way. Arguments are checked
+        now; the request is sent when iteration starts, and closing the iterator early closes the connection.
+        """
         params = exec_params(
             cmd,
             args,
@@ -281,8 +254,16 @@ class AsyncSlicerClient(BaseClient):
             buffered=False,
         )
         call = exec_stream_call(hostname, params)
-        http = self._http if stdin is None else self._stdin_http()
-        content = None if stdin is None else _stdin_content(stdin)
+        if stdin is None:
+            return self._frames(self._http, call, None)
+        return self._frames(self._stdin_http(), call, async_stdin_body(stdin))
+
+    async def _frames(
+        self,
+        http: httpx.AsyncClient,
+        call: Call[None],
+        content: bytes | AsyncIterable[bytes] | None,
+    ) -> AsyncGenerator[ExecFrame, None]:
         request = self._build(http, call, content)
         try:
             response = await http.send(request, stream=True)
@@ -316,6 +297,7 @@ class AsyncSlicerClient(BaseClient):
         shell: str | None = None,
         base64: bool = False,
     ) -> ExecResult:
+        """Run a command and return its collected output (``buffered=true``; no stdin)."""
         params = exec_params(
             cmd,
             args,

@@ -1,31 +1,33 @@
-"""Full-duplex HTTP/1.1 transports for exec with stdin.
+"""Full-duplex HTTP/1.1 transports for exec with stdin: the blocking one, and what it shares with the asyncio one
+(``_duplex_async``).
 
 httpcore writes the whole request body before it reads any of the response, so a command that answers while
 stdin is still open (``cat``, a REPL, a long pipe into a chatty command) would stall or deadlock. Slicer streams
 stdin as the request body *while* the NDJSON response streams back, so these transports speak HTTP/1.1 with h11
 over one connection per request: a writer (thread or task) sends the body while the caller reads the response.
+
+The two are written by hand, not generated like the clients: threads and a lock here, a task there, and only the
+asyncio one speaks TLS.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
-import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import h11
 import httpx
 
-_READ_SIZE = 65536
+READ_SIZE = 65536
 
 
-def _head(request: httpx.Request) -> h11.Request:
+def request_head(request: httpx.Request) -> h11.Request:
     return h11.Request(method=request.method, target=request.url.raw_path, headers=request.headers.raw)
 
 
-def _response(head: h11.Response, stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
+def response_for(head: h11.Response, stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
     return httpx.Response(
         head.status_code,
         headers=head.headers.raw_items(),
@@ -35,7 +37,7 @@ def _response(head: h11.Response, stream: httpx.SyncByteStream | httpx.AsyncByte
 
 
 @contextlib.contextmanager
-def _connect_errors(request: httpx.Request) -> Iterator[None]:
+def connect_errors(request: httpx.Request) -> Iterator[None]:
     """Socket errors while connecting, as httpx names them (the sync and async transports share this)."""
     try:
         yield
@@ -46,7 +48,7 @@ def _connect_errors(request: httpx.Request) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _read_errors(request: httpx.Request) -> Iterator[None]:
+def read_errors(request: httpx.Request) -> Iterator[None]:
     """Socket and HTTP errors while reading the response, as httpx names them."""
     try:
         yield
@@ -58,17 +60,16 @@ def _read_errors(request: httpx.Request) -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
 
 
-def _timeouts(request: httpx.Request) -> tuple[float | None, float | None]:
+def timeouts(request: httpx.Request) -> tuple[float | None, float | None]:
     timeout = request.extensions.get("timeout", {})
     return timeout.get("connect"), timeout.get("read")
-
-
-# -- sync ------------------------------------------------------------------------------------------
 
 
 class DuplexTransport(httpx.BaseTransport):
     """Plain HTTP over TCP or a unix socket (TLS is not supported: ``ssl`` objects are not safe to read and
     write from two threads at once)."""
+
+    speaks_tls = False
 
     def __init__(self, uds: str | None = None) -> None:
         self._uds = uds
@@ -78,7 +79,7 @@ class DuplexTransport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol(
                 f"full-duplex exec supports http and unix sockets, not {request.url.scheme}", request=request
             )
-        connect_timeout, read_timeout = _timeouts(request)
+        connect_timeout, read_timeout = timeouts(request)
         sock = self._connect(request, connect_timeout)
         sock.settimeout(read_timeout)
         exchange = _SyncExchange(sock, request)
@@ -87,10 +88,10 @@ class DuplexTransport(httpx.BaseTransport):
         except BaseException:
             exchange.close()
             raise
-        return _response(head, _SyncBody(exchange))
+        return response_for(head, _SyncBody(exchange))
 
     def _connect(self, request: httpx.Request, timeout: float | None) -> socket.socket:
-        with _connect_errors(request):
+        with connect_errors(request):
             if self._uds is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
@@ -116,7 +117,7 @@ class _SyncExchange:
 
     def start(self) -> h11.Response:
         try:
-            self._send(_head(self._request))
+            self._send(request_head(self._request))
         except OSError as exc:
             raise httpx.WriteError(str(exc), request=self._request) from exc
         threading.Thread(target=self._pump, name="slicer-exec-stdin", daemon=True).start()
@@ -152,12 +153,12 @@ class _SyncExchange:
             return
 
     def _next_event(self) -> h11.Event:
-        with _read_errors(self._request):
+        with read_errors(self._request):
             while True:
                 with self._lock:
                     event = self._conn.next_event()
                 if event is h11.NEED_DATA:
-                    data = self._sock.recv(_READ_SIZE)
+                    data = self._sock.recv(READ_SIZE)
                     with self._lock:
                         self._conn.receive_data(data)
                     continue
@@ -192,140 +193,3 @@ class _SyncBody(httpx.SyncByteStream):
 
     def close(self) -> None:
         self._exchange.close()
-
-
-# -- async -----------------------------------------------------------------------------------------
-
-
-class AsyncDuplexTransport(httpx.AsyncBaseTransport):
-    """HTTP or HTTPS over TCP, or HTTP over a unix socket, on asyncio."""
-
-    def __init__(self, uds: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._uds = uds
-        self._ssl_context = ssl_context
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        connect_timeout, read_timeout = _timeouts(request)
-        reader, writer = await self._connect(request, connect_timeout)
-        exchange = _AsyncExchange(reader, writer, request, read_timeout)
-        try:
-            head = await exchange.start()
-        except BaseException:
-            await exchange.aclose()
-            raise
-        return _response(head, _AsyncBody(exchange))
-
-    async def _connect(
-        self, request: httpx.Request, timeout: float | None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        url = request.url
-        with _connect_errors(request):
-            async with asyncio.timeout(timeout):
-                if self._uds is not None:
-                    return await asyncio.open_unix_connection(self._uds)
-                if url.scheme == "https":
-                    context = self._ssl_context or ssl.create_default_context()
-                    return await asyncio.open_connection(
-                        url.host, url.port or 443, ssl=context, server_hostname=url.host
-                    )
-                if url.scheme != "http":
-                    raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}", request=request)
-                return await asyncio.open_connection(url.host, url.port or 80)
-
-
-class _AsyncExchange:
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        request: httpx.Request,
-        read_timeout: float | None,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._request = request
-        self._read_timeout = read_timeout
-        self._conn = h11.Connection(h11.CLIENT)
-        self._pump_task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def start(self) -> h11.Response:
-        try:
-            self._write(_head(self._request))
-            await self._writer.drain()
-        except OSError as exc:
-            raise httpx.WriteError(str(exc), request=self._request) from exc
-        self._pump_task = asyncio.create_task(self._pump())
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Response):
-                return event
-            if not isinstance(event, h11.InformationalResponse):
-                raise httpx.RemoteProtocolError(
-                    f"connection closed before a response ({event!r})", request=self._request
-                )
-
-    def _write(self, event: h11.Event) -> None:
-        data = self._conn.send(event)
-        if data:
-            self._writer.write(data)
-
-    async def _pump(self) -> None:
-        stream = self._request.stream
-        try:
-            if not isinstance(stream, httpx.AsyncByteStream):
-                raise TypeError("async transport needs an async request body")
-            async for chunk in stream:
-                if chunk:
-                    self._write(h11.Data(data=chunk))
-                    await self._writer.drain()
-            self._write(h11.EndOfMessage())
-            await self._writer.drain()
-        except Exception:
-            # As in the sync transport: the response side reports failures.
-            return
-
-    async def _next_event(self) -> h11.Event:
-        with _read_errors(self._request):
-            while True:
-                event = self._conn.next_event()
-                if event is h11.NEED_DATA:
-                    async with asyncio.timeout(self._read_timeout):
-                        data = await self._reader.read(_READ_SIZE)
-                    self._conn.receive_data(data)
-                    continue
-                if event is h11.PAUSED:
-                    raise httpx.RemoteProtocolError("unexpected data after the response", request=self._request)
-                assert isinstance(event, h11.Event)
-                return event
-
-    async def iter_body(self) -> AsyncIterator[bytes]:
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                return
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await self._writer.wait_closed()
-
-
-class _AsyncBody(httpx.AsyncByteStream):
-    def __init__(self, exchange: _AsyncExchange) -> None:
-        self._exchange = exchange
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._exchange.iter_body():
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._exchange.aclose()

@@ -1,29 +1,32 @@
+# Generated from _async.py by scripts/unasync.py: edit that file, then run the script.
+"""The client. Written once, here in ``_async.py``; ``scripts/unasync.py`` writes ``_sync.py`` from it, and
+``scripts/unasync.py --check`` fails when the two differ.
+
+It only sends: each method builds a ``Call`` (``_calls``) and hands the answer to ``Call.finish``. What differs
+between the blocking and the asyncio client by more than ``await`` lives in hand-written pairs of modules: the
+stdin bodies and the full-duplex transports (``_stdin.py``, ``_duplex.py`` and their ``*_async.py`` twins).
+"""
+
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
-from typing import IO, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import httpx
 
 from pyslicer.errors import SlicerError
 
-from ._base import (
-    DEFAULT_TIMEOUT,
-    BaseClient,
+from ._base_client import BaseClient
+from ._calls import (
     Call,
     EnvArg,
-    FrameDecoder,
-    ReadyPoll,
-    TimeoutArg,
-    api_error,
     create_node_call,
     delete_node_call,
     exec_buffered_call,
     exec_params,
     exec_stream_call,
-    finish,
     group_nodes_call,
     health_call,
     healthz_call,
@@ -34,46 +37,31 @@ from ._base import (
     metrics_call,
     nodes_call,
 )
+from ._config import DEFAULT_TIMEOUT, TimeoutArg
 from ._duplex import DuplexTransport
-from .models import (
-    AgentHealth,
-    CreatedNode,
-    DeleteResult,
-    ExecFrame,
-    ExecResult,
-    HostGroup,
-    LogsResult,
-    Node,
-    ServerInfo,
-)
+from ._exec_output import ExecFrame, ExecResult, FrameDecoder
+from ._readiness import ReadyPoll
+from ._responses import api_error
+from ._stdin import Stdin, stdin_body
+
+if TYPE_CHECKING:
+    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, ServerInfo
 
 T = TypeVar("T")
 
-Stdin = bytes | Iterable[bytes]
-
-
-def _stdin_content(stdin: Stdin) -> bytes | Iterator[bytes]:
-    if isinstance(stdin, (bytes, bytearray, memoryview)):
-        return bytes(stdin)
-    if hasattr(stdin, "read"):
-        return _read_chunks(cast(IO[bytes], stdin))
-    return iter(stdin)
-
-
-def _read_chunks(file: IO[bytes]) -> Iterator[bytes]:
-    # read1 hands over whatever is available, so interactive input isn't held back to fill a buffer.
-    read = getattr(file, "read1", file.read)
-    while chunk := read(65536):
-        yield chunk
-
 
 class SlicerClient(BaseClient):
-    """A synchronous client for a Slicer daemon.
+    """A client for a Slicer daemon.
 
-    ``url`` defaults to ``$SLICER_URL`` or ``http://127.0.0.1:8080``; a path (``/``, ``./``, ``~/``,
+    ``url`` defaults to ``$SLICER_URL`` or ``http://127.0.0.1:8080``; a path (``/``, ``./``, ``../``, ``~/``,
     ``unix://`` or ``*.sock``) means a unix socket. The token comes from ``token``, ``token_file``,
     ``$SLICER_TOKEN`` or ``$SLICER_TOKEN_FILE``, in that order. ``transport`` replaces the network
     (for tests: ``httpx.MockTransport``).
+
+    Every call raises ``SlicerAPIError`` when the daemon answers with an error (``status``, ``code``,
+    ``message``), ``SlicerConnectionError`` when it cannot be reached or the connection breaks, and
+    ``SlicerResponseError`` for an answer the client cannot read; all are ``pyslicer.errors.SlicerError``.
+    Bad arguments raise ``ValueError`` or ``TypeError`` before anything is sent.
     """
 
     def __init__(
@@ -87,12 +75,17 @@ class SlicerClient(BaseClient):
     ) -> None:
         super().__init__(url, token, token_file, timeout)
         self._custom_transport = transport is not None
-        self._http = self._client(transport or httpx.HTTPTransport(uds=self._endpoint.uds))
+        if transport is None:
+            transport = httpx.HTTPTransport(uds=self._endpoint.uds, verify=self._endpoint.ssl_context())
+        self._http = self._client(transport)
         self._duplex: httpx.Client | None = None
 
     def _client(self, transport: httpx.BaseTransport) -> httpx.Client:
         return httpx.Client(
-            base_url=self._endpoint.base_url, headers=self._headers, timeout=self._timeout, transport=transport
+            base_url=self._endpoint.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -117,18 +110,21 @@ class SlicerClient(BaseClient):
             response = self._http.send(request)
         except httpx.TransportError as exc:
             raise self._connection_error(exc) from exc
-        return finish(call, response)
+        return call.finish(response)
 
     def _stdin_http(self) -> httpx.Client:
-        if self._custom_transport or self._endpoint.base_url.startswith("https:"):
+        """The client for an exec with stdin: full duplex, unless the transport was replaced (or the endpoint
+        speaks TLS and the duplex transport doesn't)."""
+        if self._custom_transport or (self._endpoint.tls and not DuplexTransport.speaks_tls):
             return self._http
         if self._duplex is None:
             self._duplex = self._client(DuplexTransport(uds=self._endpoint.uds))
         return self._duplex
 
-    # -- daemon ------------------------------------------------------------------------------------
+    # -- the daemon --------------------------------------------------------------------------------
 
     def info(self) -> ServerInfo:
+        """The daemon's version and platform."""
         return self._send(info_call())
 
     def healthz(self) -> str:
@@ -139,15 +135,17 @@ class SlicerClient(BaseClient):
         """Prometheus metrics, as text."""
         return self._send(metrics_call())
 
-    # -- host groups and nodes -----------------------------------------------------------------------
+    # -- host groups and nodes ---------------------------------------------------------------------
 
     def host_groups(self) -> list[HostGroup]:
         return self._send(host_groups_call())
 
     def nodes(self, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
+        """Every VM, or those with the tag ``tag`` or a tag starting with ``tag_prefix``."""
         return self._send(nodes_call(tag, tag_prefix))
 
     def group_nodes(self, group: str, tag: str | None = None, tag_prefix: str | None = None) -> list[Node]:
+        """The VMs of one host group, filtered like ``nodes``."""
         return self._send(group_nodes_call(group, tag, tag_prefix))
 
     def create_node(
@@ -190,13 +188,13 @@ class SlicerClient(BaseClient):
     def delete_node(self, group: str, hostname: str) -> DeleteResult:
         return self._send(delete_node_call(group, hostname))
 
-    # -- one VM --------------------------------------------------------------------------------------
+    # -- one VM ------------------------------------------------------------------------------------
 
     def health(self, hostname: str) -> AgentHealth:
         return self._send(health_call(hostname))
 
     def is_ready(self, hostname: str) -> bool:
-        """Whether the VM's agent answers (``HEAD /vm/{hostname}/health``)."""
+        """Whether the VM's agent answers (``HEAD /vm/{hostname}/health``); raises for an unknown VM."""
         return self._send(is_ready_call(hostname))
 
     def wait_ready(
@@ -210,7 +208,7 @@ class SlicerClient(BaseClient):
         poll = ReadyPoll(hostname, timeout, userdata, interval)
         while True:
             try:
-                health = self._send(health_call(hostname, read_timeout=max(poll.remaining(), 1.0)))
+                health = self._send(health_call(hostname, read_timeout=poll.request_timeout()))
             except SlicerError as exc:
                 poll.failed(exc)
             else:
@@ -238,10 +236,11 @@ class SlicerClient(BaseClient):
     ) -> Generator[ExecFrame, None, None]:
         """Run a command and stream its frames as they arrive.
 
-        ``stdin`` (bytes, an iterable of chunks, or a binary file) is streamed as the request body while
-        output streams back. ``base64=True`` asks for base64 stdio, which is binary-safe; frames carry
-        decoded bytes either way. The request is sent when iteration starts; closing the iterator early
-        closes the connection.
+        ``uid``/``gid`` None leave the user to the guest's default. ``stdin`` (bytes, an iterable of chunks,
+        or a binary file; for the asyncio client also an async iterable, and blocking sources are read on a
+        helper thread) is streamed as the request body while output streams back. ``base64=True`` asks for
+        base64 stdio, which is binary-safe; frames carry decoded bytes either way. Arguments are checked
+        now; the request is sent when iteration starts, and closing the iterator early closes the connection.
         """
         params = exec_params(
             cmd,
@@ -258,10 +257,13 @@ class SlicerClient(BaseClient):
         call = exec_stream_call(hostname, params)
         if stdin is None:
             return self._frames(self._http, call, None)
-        return self._frames(self._stdin_http(), call, _stdin_content(stdin))
+        return self._frames(self._stdin_http(), call, stdin_body(stdin))
 
     def _frames(
-        self, http: httpx.Client, call: Call[None], content: bytes | Iterator[bytes] | None
+        self,
+        http: httpx.Client,
+        call: Call[None],
+        content: bytes | Iterable[bytes] | None,
     ) -> Generator[ExecFrame, None, None]:
         request = self._build(http, call, content)
         try:
@@ -274,8 +276,10 @@ class SlicerClient(BaseClient):
                 raise api_error(response)
             decoder = FrameDecoder()
             for line in response.iter_lines():
-                yield from decoder.feed(line)
-            yield from decoder.finish()
+                for frame in decoder.feed(line):
+                    yield frame
+            for frame in decoder.finish():
+                yield frame
         except httpx.TransportError as exc:
             raise self._connection_error(exc) from exc
         finally:

@@ -1,16 +1,31 @@
 """What the Slicer API returns, as typed objects.
 
 REST resources are pydantic models that keep unknown fields (``extra="allow"``), so newer servers don't break
-the client and ``model_dump()`` shows everything the server sent. Exec output is plain dataclasses of bytes.
+the client and ``model_dump()`` shows everything the server sent. Exec output is plain dataclasses of bytes
+(``ExecFrame``, ``ExecResult``), defined without pydantic so that a streaming exec never imports it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ._exec_output import ExecFrame, ExecResult, FrameType
+
+__all__ = [
+    "AgentHealth",
+    "CreatedNode",
+    "DeleteResult",
+    "ExecFrame",
+    "ExecResult",
+    "FrameType",
+    "HostGroup",
+    "LogsResult",
+    "Node",
+    "ServerInfo",
+]
 
 
 class _Resource(BaseModel):
@@ -39,8 +54,14 @@ class HostGroup(_Resource):
 
 
 class Node(_Resource):
+    """One VM in a listing (``GET /nodes``, ``GET /hostgroup/{group}/nodes``).
+
+    ``hostgroup`` and ``persistent`` are None when the server doesn't send them (older servers don't).
+    """
+
     hostname: str
     hostgroup: str | None = None
+    persistent: bool | None = None
     ip: str = ""
     ram_bytes: int | None = None
     cpus: int | None = None
@@ -97,53 +118,3 @@ class LogsResult(_Resource):
     hostname: str = ""
     lines: int = 0
     content: str = ""
-
-
-FrameType = Literal["started", "stdout", "stderr", "exit", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class ExecFrame:
-    """One frame of a streaming exec.
-
-    ``started`` comes first (``pid``, ``started_at``); ``stdout``/``stderr`` carry ``data`` (already decoded
-    from base64); the stream ends with ``exit`` (``exit_code``, ``signal`` when killed, ``ended_at``) or with
-    ``error`` (the command could not run; ``error`` and usually a non-zero ``exit_code``). Older servers'
-    untyped frames are translated into the same shapes, with a synthesized ``exit`` at the end.
-    """
-
-    type: FrameType
-    data: bytes = b""
-    exit_code: int | None = None
-    signal: str | None = None
-    pid: int | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    error: str | None = None
-    timestamp: datetime | None = None
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", "replace")
-
-
-@dataclass(frozen=True, slots=True)
-class ExecResult:
-    """The outcome of ``exec_buffered``."""
-
-    stdout: bytes
-    stderr: bytes
-    exit_code: int
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and not self.error
-
-    @property
-    def stdout_text(self) -> str:
-        return self.stdout.decode("utf-8", "replace")
-
-    @property
-    def stderr_text(self) -> str:
-        return self.stderr.decode("utf-8", "replace")

@@ -1,0 +1,222 @@
+"""Every API call, described once and sans I/O: a ``Call`` holds the method, path, query, body, timeouts and the
+parser of the answer; the sync and async clients only send it and hand the response to ``Call.finish``.
+
+Arguments are checked here, when the call is built, so both clients raise the same errors before sending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import quote
+
+from pyslicer.durations import format_go_duration
+
+from . import _responses as responses
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._exec_output import ExecResult
+    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, ServerInfo
+
+T = TypeVar("T")
+
+EnvArg = Mapping[str, str] | Sequence[str] | None
+ExecParams = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    parse: responses.Parser[T]
+    params: tuple[tuple[str, str], ...] = ()
+    json: Any = None
+    check: bool = True
+    """Raise ``SlicerAPIError`` on non-2xx before parsing; off when the parser judges the status itself."""
+    long_running: bool = False
+    """No read timeout: the server holds the response as long as the work takes (exec, create with wait)."""
+    read_timeout: float | None = None
+    """Cap on the read timeout, for requests made under a deadline."""
+
+    def finish(self, response: httpx.Response) -> T:
+        """The result of a response whose body has been read, or the ``SlicerAPIError`` it stands for."""
+        if self.check and response.is_error:
+            raise responses.api_error(response)
+        return self.parse(response)
+
+
+def seg(value: str) -> str:
+    """One path segment (a hostname or group name), escaped."""
+    if not value:
+        raise ValueError("empty path segment (hostname or group name)")
+    return quote(value, safe="")
+
+
+def _str_list(values: Sequence[str] | None, name: str) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise TypeError(f"{name} must be a sequence of strings, not a string")
+    return list(values)
+
+
+def _list_params(tag: str | None, tag_prefix: str | None) -> tuple[tuple[str, str], ...]:
+    params: list[tuple[str, str]] = []
+    if tag:
+        params.append(("tag", tag))
+    if tag_prefix:
+        params.append(("tag_prefix", tag_prefix))
+    return tuple(params)
+
+
+# -- the daemon ------------------------------------------------------------------------------------
+
+
+def info_call() -> Call[ServerInfo]:
+    return Call("GET", "/info", responses.resource("ServerInfo"))
+
+
+def healthz_call() -> Call[str]:
+    return Call("GET", "/healthz", responses.healthz)
+
+
+def metrics_call() -> Call[str]:
+    return Call("GET", "/metrics", responses.text)
+
+
+# -- host groups and nodes -------------------------------------------------------------------------
+
+
+def host_groups_call() -> Call[list[HostGroup]]:
+    return Call("GET", "/hostgroup", responses.resource_list("HostGroup"))
+
+
+def nodes_call(tag: str | None, tag_prefix: str | None) -> Call[list[Node]]:
+    return Call("GET", "/nodes", responses.resource_list("Node"), params=_list_params(tag, tag_prefix))
+
+
+def group_nodes_call(group: str, tag: str | None, tag_prefix: str | None) -> Call[list[Node]]:
+    return Call(
+        "GET", f"/hostgroup/{seg(group)}/nodes", responses.resource_list("Node"), params=_list_params(tag, tag_prefix)
+    )
+
+
+def create_node_call(
+    group: str,
+    *,
+    cpus: int | None,
+    ram_bytes: int | None,
+    userdata: str | None,
+    tags: Sequence[str] | None,
+    persistent: bool | None,
+    hostname: str | None,
+    ip: str | None,
+    ssh_keys: Sequence[str] | None,
+    import_user: str | None,
+    secrets: Sequence[str] | None,
+    wait: str | None,
+    timeout: str | float | None,
+) -> Call[CreatedNode]:
+    if wait not in (None, "agent", "userdata"):
+        raise ValueError(f"wait must be 'agent', 'userdata' or None, not {wait!r}")
+    fields: dict[str, Any] = {
+        "hostname": hostname,
+        "ip": ip,
+        "cpus": cpus,
+        "ram_bytes": ram_bytes,
+        "persistent": persistent,
+        "userdata": userdata,
+        "import_user": import_user,
+        "tags": _str_list(tags, "tags"),
+        "ssh_keys": _str_list(ssh_keys, "ssh_keys"),
+        "secrets": _str_list(secrets, "secrets"),
+    }
+    body = {key: value for key, value in fields.items() if value is not None}
+    params: list[tuple[str, str]] = []
+    if wait:
+        params.append(("wait", wait))
+    if timeout is not None:
+        params.append(("timeout", timeout if isinstance(timeout, str) else format_go_duration(timeout)))
+    return Call(
+        "POST",
+        f"/hostgroup/{seg(group)}/nodes",
+        responses.resource("CreatedNode"),
+        params=tuple(params),
+        json=body,
+        long_running=wait is not None,
+    )
+
+
+def delete_node_call(group: str, hostname: str) -> Call[DeleteResult]:
+    return Call("DELETE", f"/hostgroup/{seg(group)}/nodes/{seg(hostname)}", responses.resource("DeleteResult"))
+
+
+# -- one VM ----------------------------------------------------------------------------------------
+
+
+def health_call(hostname: str, read_timeout: float | None = None) -> Call[AgentHealth]:
+    return Call("GET", f"/vm/{seg(hostname)}/health", responses.resource("AgentHealth"), read_timeout=read_timeout)
+
+
+def is_ready_call(hostname: str) -> Call[bool]:
+    return Call("HEAD", f"/vm/{seg(hostname)}/health", responses.ready, check=False)
+
+
+def logs_call(hostname: str, lines: int | None) -> Call[LogsResult]:
+    params = (("lines", str(lines)),) if lines is not None else ()
+    return Call("GET", f"/vm/{seg(hostname)}/logs", responses.resource("LogsResult"), params=params)
+
+
+def exec_params(
+    cmd: str,
+    args: Sequence[str],
+    *,
+    env: EnvArg,
+    uid: int | None,
+    gid: int | None,
+    cwd: str | None,
+    shell: str | None,
+    stdin: bool,
+    base64: bool,
+    buffered: bool,
+) -> ExecParams:
+    """The exec query; ``None`` leaves a parameter out (``uid``/``gid``: the guest's default user)."""
+    if not cmd:
+        raise ValueError("cmd must not be empty")
+    params: list[tuple[str, str]] = [("cmd", cmd)]
+    params += [("args", arg) for arg in _str_list(args, "args") or ()]
+    if env is not None:
+        pairs = (
+            [f"{key}={value}" for key, value in env.items()]
+            if isinstance(env, Mapping)
+            else _str_list(env, "env") or []
+        )
+        params += [("env", pair) for pair in pairs]
+    if uid is not None:
+        params.append(("uid", str(uid)))
+    if gid is not None:
+        params.append(("gid", str(gid)))
+    if cwd is not None:
+        params.append(("cwd", cwd))
+    if shell is not None:
+        params.append(("shell", shell))
+    if stdin:
+        params.append(("stdin", "true"))
+    params += [("stdout", "true"), ("stderr", "true")]
+    if buffered:
+        params.append(("buffered", "true"))
+    if base64:
+        params.append(("stdio", "base64"))
+    return tuple(params)
+
+
+def exec_stream_call(hostname: str, params: ExecParams) -> Call[None]:
+    """The request half of a streaming exec; the clients read the NDJSON body themselves."""
+    return Call("POST", f"/vm/{seg(hostname)}/exec", responses.nothing, params=params, long_running=True)
+
+
+def exec_buffered_call(hostname: str, params: ExecParams) -> Call[ExecResult]:
+    return Call("POST", f"/vm/{seg(hostname)}/exec", responses.buffered_exec, params=params, long_running=True)
