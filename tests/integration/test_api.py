@@ -60,10 +60,32 @@ def test_sandbox_listing_and_tags(api: httpx.Client, sandbox: str) -> None:
     mine = next(n for n in everything if n["hostname"] == sandbox)
     assert mine["hostgroup"] == "sbox" and mine["tags"] == ["shared", "team-a"]
     assert mine["cpus"] == 2 and mine["status"] == "Running" and mine["created_at"] and mine["ip"]
+    assert mine["persistent"] is False
+    service = next(n for n in api.get("/hostgroup/svc/nodes").json() if n["hostname"] == "svc-1")
+    assert service["hostgroup"] == "svc" and service["persistent"] is True
     assert [n["hostname"] for n in api.get("/nodes", params={"tag": "shared"}).json()] == [sandbox]
     assert [n["hostname"] for n in api.get("/nodes", params={"tag_prefix": "team-"}).json()] == [sandbox]
     assert api.get("/hostgroup/sbox/nodes", params={"tag": "nothing"}).json() == []
     assert_error(api.get("/nodes", params={"tag": "a", "tag_prefix": "b"}), 400, "tag")
+
+
+def test_a_query_inside_the_path_is_read_as_the_query(api: httpx.Client, sandbox: str) -> None:
+    # The Go SDK's filtered GetHostGroupNodes escapes the "?" into the path.
+    tagged = api.get("/hostgroup/sbox/nodes%3Ftag=shared")
+    assert tagged.status_code == 200 and [n["hostname"] for n in tagged.json()] == [sandbox]
+    assert api.get("/hostgroup/sbox/nodes%3ftag=nothing").json() == []
+    assert [n["hostname"] for n in api.get("/hostgroup/sbox/nodes%3Ftag_prefix=team-").json()] == [sandbox]
+
+
+def test_openapi_document(daemon: RunningDaemon) -> None:
+    spec = httpx.get(daemon.url + "/openapi.json").json()  # public, like /healthz
+    assert spec["openapi"].startswith("3.1")
+    for path in ("/info", "/hostgroup/{name}/nodes", "/nodes", "/vm/{hostname}/exec", "/vm/{hostname}/health"):
+        assert path in spec["paths"], path
+    exec_op = spec["paths"]["/vm/{hostname}/exec"]["post"]
+    assert {p["name"] for p in exec_op["parameters"]} >= {"cmd", "args", "env", "uid", "stdin", "buffered", "stdio"}
+    assert "application/x-ndjson" in exec_op["responses"]["200"]["content"]
+    assert "422" not in exec_op["responses"] and "400" in exec_op["responses"]
 
 
 def test_health(api: httpx.Client, sandbox: str) -> None:

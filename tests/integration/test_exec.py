@@ -42,7 +42,9 @@ def test_output_streams_before_the_command_ends(daemon: RunningDaemon, sandbox: 
 
 def test_buffered(api: httpx.Client, sandbox: str) -> None:
     result = exec_buffered(api, sandbox, "/bin/sh", "-c", "printf abc; printf xyz >&2; exit 2")
+    timing = {key: result.pop(key) for key in ("pid", "started_at", "ended_at")}
     assert result == {"stdout": "abc", "stderr": "xyz", "exit_code": 2}
+    assert timing["pid"] > 0 and timing["started_at"] <= timing["ended_at"]
 
 
 def test_base64_keeps_binary_output(api: httpx.Client, sandbox: str) -> None:
@@ -143,6 +145,14 @@ def test_disk_is_grown_to_storage_size(api: httpx.Client, sandbox: str) -> None:
     assert size > 2.5 * 1024**3
 
 
+def test_the_go_sdk_default_user_sentinel_means_not_given(api: httpx.Client, sandbox: str) -> None:
+    sentinel = str(2**32 - 1)  # what every Go RemoteCmd sends when no user is set
+    params = {"cmd": "id", "args": ["-u"], "uid": sentinel, "gid": sentinel, "buffered": "true", "stdio": "base64"}
+    result = api.post(f"/vm/{sandbox}/exec", params=params).json()
+    assert result["exit_code"] == 0 and base64.b64decode(result["stdout"]) == b"0\n", result  # the default: root
+    assert result["pid"] > 0 and result["started_at"] and result["ended_at"]
+
+
 def test_bad_exec_requests(api: httpx.Client, sandbox: str) -> None:
     assert_error(api.post(f"/vm/{sandbox}/exec"), 400, "cmd")
     assert_error(
@@ -151,7 +161,8 @@ def test_bad_exec_requests(api: httpx.Client, sandbox: str) -> None:
         "stdin is not supported",
     )
     assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "uid": "root"}), 400, "uid")
-    assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "uid": str(2**32 - 1)}), 400, "uid")
+    assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "uid": str(2**32)}), 400, "uid")
+    assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "uid": "-1"}), 400, "uid")
     assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "stdio": "hex"}), 400, "stdio")
     assert_error(api.post(f"/vm/{sandbox}/exec", params={"cmd": "id", "stdin": "maybe"}), 400, "stdin")
     assert_error(api.post("/vm/nope-1/exec", params={"cmd": "id"}), 404)
