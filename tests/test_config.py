@@ -74,8 +74,8 @@ def test_default_config_loads() -> None:
     )
     assert (sbox.count, sbox.vcpu, sbox.ram_bytes, sbox.storage, sbox.storage_size, sbox.persistent) == (
         0,
-        1,
-        512 * MIB,
+        2,
+        2 * GIB,
         "image",
         4 * GIB,
         False,
@@ -91,6 +91,16 @@ def test_default_config_loads() -> None:
     assert config.kernel_file is None
     assert config.image == ""
     assert config.github_user == "" and config.ssh_keys == []
+
+
+def test_default_sbox_group_takes_the_sdk_suites_requests() -> None:
+    # The official TS SDK's tests create sandboxes with {"cpus": 1, "ram_bytes": 1 GiB}. A group's
+    # vcpu/ram are the ceiling a request may ask for; this is the daemon's check on them.
+    group = load_config(None).host_group("sbox")
+    assert group is not None and group.count == 0 and group.persistent is False
+    cpus, ram_bytes = 1, GIB
+    assert 1 <= cpus <= group.vcpu
+    assert MIN_RAM_BYTES <= ram_bytes <= group.ram_bytes
 
 
 def test_default_config_is_package_data_with_comments() -> None:
