@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Query
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
@@ -36,7 +37,6 @@ class ExecQuery(ExecRequest):
 
     buffered: Flag = False
     stdio: Literal["", "text", "base64"] = ""
-    background: Flag = False
 
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -64,11 +64,12 @@ router = APIRouter(responses=ERROR_RESPONSES)
                 },
             },
         },
-        501: {"model": ERROR_RESPONSES[400]["model"], "description": "background exec is not on this build"},
     },
 )
-async def exec_command(daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, Query()]) -> Response:
-    if query.background:
+async def exec_command(
+    daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, Query()], request: Request
+) -> Response:
+    if request.query_params.get("background", "").lower() in ("1", "true", "yes", "on"):  # not in the document yet
         raise NotSupported("background: background exec is not supported on this build yet", code="background")
     if query.stdin and query.buffered:
         raise InvalidArgument("stdin is not supported with buffered=true", code="invalid_stdin")
