@@ -112,9 +112,10 @@ config:
 """
 
 
-def start_daemon(tmp: Path, images: Path, *, unix_socket: bool = False) -> RunningDaemon:
+def start_daemon(tmp: Path, images: Path, *, unix_socket: bool = False, config_template: str = CONFIG) -> RunningDaemon:
     """A daemon on tmp/data; a data dir left by an earlier daemon there is taken over as it is.
-    With unix_socket the API listens on tmp/api.sock (no auth) instead of loopback TCP."""
+    With unix_socket the API listens on tmp/api.sock (no auth) instead of loopback TCP. The config
+    template has ``{address}`` and ``{port}`` for the API."""
     data_dir = tmp / "data"
     if not data_dir.exists():
         data_dir.mkdir(parents=True)
@@ -122,7 +123,7 @@ def start_daemon(tmp: Path, images: Path, *, unix_socket: bool = False) -> Runni
     port = free_port()
     config = tmp / "slicer.yaml"
     address = str(tmp / "api.sock") if unix_socket else "127.0.0.1"
-    config.write_text(CONFIG.format(port=port, address=address))
+    config.write_text(config_template.format(port=port, address=address))
     log_path = tmp / "daemon.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
