@@ -10,14 +10,17 @@ from __future__ import annotations
 import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from pyslicer.daemon.agent_link import AgentStream, Message, Output
 from pyslicer.errors import Unavailable
-from pyslicer.protocol import Channel
+from pyslicer.protocol import Channel, Event, Op
+
+if TYPE_CHECKING:
+    from pyslicer import protocol
 
 NOT_GIVEN_ID = 2**32 - 1  # (uid_t)-1: the Go SDK's "default user"; to setreuid it means "leave unchanged"
 MAX_ID = NOT_GIVEN_ID - 1
@@ -81,9 +84,9 @@ class ExecRequest(BaseModel):
     shell: str | None = Field(default=None, description="run cmd as a command line of this shell")
     stdin: Flag = Field(default=False, description="the request body is the command's stdin, full duplex")
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> protocol.ExecRequest:
         return {
-            "op": "exec",
+            "op": Op.EXEC,
             "cmd": self.cmd,
             "args": list(self.args),
             "env": list(self.env),
@@ -146,16 +149,16 @@ def _text(value: Any, default: str) -> str:
 
 def event_from_message(body: dict[str, Any]) -> ExecStarted | ExecExited | ExecFailed | None:
     kind = body.get("type")
-    if kind == "started":
+    if kind == Event.STARTED:
         return ExecStarted(pid=_int(body.get("pid"), 0), started_at=_text(body.get("started_at"), utc_now()))
-    if kind == "exit":
+    if kind == Event.EXIT:
         signal = body.get("signal")
         return ExecExited(
             exit_code=_int(body.get("exit_code"), 1),
             ended_at=_text(body.get("ended_at"), utc_now()),
             signal=signal if isinstance(signal, str) else None,
         )
-    if kind == "error":
+    if kind == Event.ERROR:
         return ExecFailed(
             error=_text(body.get("error"), "exec failed"),
             exit_code=_int(body.get("exit_code"), 1),

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyslicer.daemon.agent_link import AgentLink
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.lifecycle import NodeState, check_transition, require_running
 from pyslicer.daemon.registry import NodeRecord
 from pyslicer.errors import AgentError, SlicerError, Timeout
+from pyslicer.protocol import Op
 from pyslicer.vmm import VMProcess, VMSpec
+
+if TYPE_CHECKING:
+    from pyslicer import protocol
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,8 @@ class Node:
         if self.link is None:
             return
         try:
-            await self.link.call({"op": "userdata", "script": self.record.userdata})
+            request: protocol.UserdataRequest = {"op": Op.USERDATA, "script": self.record.userdata}
+            await self.link.call(request)
             self._userdata_sent = True
         except SlicerError as exc:
             log.warning("%s: could not hand over userdata: %s", self.hostname, exc)
@@ -124,7 +128,8 @@ class Node:
         vm, self.vm = self.vm, None
         if graceful_timeout and vm is not None and self.link is not None and self.link.ready.is_set():
             try:
-                self.link.open({"op": "exec", "cmd": "/usr/local/sbin/busybox", "args": ["reboot"]})
+                reboot: protocol.ExecRequest = {"op": Op.EXEC, "cmd": "/usr/local/sbin/busybox", "args": ["reboot"]}
+                self.link.open(reboot)
                 await asyncio.wait_for(vm.wait(), graceful_timeout)
             except (AgentError, TimeoutError):
                 log.warning("%s: no clean shutdown within %gs; killing it", self.hostname, graceful_timeout)
@@ -151,7 +156,8 @@ class Node:
 
     async def health(self) -> AgentHealth:
         """Ask the agent. Raises Conflict when the VM is not running, AgentError when the agent does not answer."""
-        return AgentHealth.from_guest(await self.agent().call({"op": "health", "time": time.time()}, timeout=5))
+        request: protocol.HealthRequest = {"op": Op.HEALTH}
+        return AgentHealth.from_guest(await self.agent().call(request, timeout=5))
 
     def exec(self, request: ExecRequest) -> ExecProcess:
         """Start a command. Raises Conflict when the VM is not running, AgentError when its agent is not
