@@ -41,14 +41,20 @@ class VMProcess(Protocol):
     spec: VMSpec
     pid: int
 
-    async def pause(self) -> None: ...
-    async def resume(self) -> None: ...
+    async def pause(self) -> None:
+        """Stop the vCPUs. Raises HypervisorError when the VMM does not do it."""
+        ...
+
+    async def resume(self) -> None:
+        """Run the vCPUs again. Raises HypervisorError when the VMM does not do it."""
+        ...
+
     async def wait(self) -> int:
-        """Wait until the VM process exits; return its exit status."""
+        """Wait until the VM process exits; return its exit status. Raises nothing."""
         ...
 
     async def kill(self) -> None:
-        """Stop the VM now and reap its process. Safe to call more than once."""
+        """Stop the VM now and reap its process. Safe to call more than once; raises nothing."""
         ...
 
 

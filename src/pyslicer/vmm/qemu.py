@@ -101,15 +101,19 @@ class QemuVM:
             raise HypervisorError(f"{self.spec.name}: QMP {command} failed: {exc}") from exc
 
     async def pause(self) -> None:
+        """Raises HypervisorError when QMP ``stop`` fails."""
         await self._execute("stop")
 
     async def resume(self) -> None:
+        """Raises HypervisorError when QMP ``cont`` fails."""
         await self._execute("cont")
 
     async def wait(self) -> int:
+        """The QEMU process's exit status, once it has exited."""
         return await self._process.wait()
 
     async def kill(self) -> None:
+        """SIGKILL QEMU and reap it; safe to call more than once."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._qmp.disconnect(), 1)
         if self._process.returncode is None:
