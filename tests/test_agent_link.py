@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pyslicer.agent.clock import Clock
 from pyslicer.agent.loop import Loop
-from pyslicer.agent.server import Agent
+from pyslicer.agent.server import Agent, Clock
 from pyslicer.daemon.agent_link import AgentLink, AgentStream, Message, Output
 from pyslicer.protocol import (
     INITIAL_WINDOW,
@@ -396,7 +395,7 @@ def test_the_agent_imports_little() -> None:
     """What costs under TCG stays out: no asyncio, logging, subprocess, json, enum, re, typing, ...
 
     Run as the image runs it (-S -P); the protocol is imported, and imports nothing heavy either."""
-    code = "import sys; import pyslicer.agent.server; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, pyslicer.agent.server as s; s.preload(); print(' '.join(sorted(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     loaded = set(
         subprocess.run(
@@ -432,6 +431,29 @@ def test_the_agent_imports_little() -> None:
         "pyslicer.agent.wire",
     }
     assert loaded & heavy == set()
+
+
+PRELOAD_PROBE = """
+import sys
+from pyslicer.agent.server import Agent, Loop
+from pyslicer.protocol import Frame, FrameType, clock_payload
+agent = Agent(Loop())
+agent.link = type("Link", (), {"send": lambda self, data: None})()
+LATER = ("pyslicer.agent.execs", "pyslicer.agent.spawn", "pyslicer.agent.userdata")
+before = any(name in sys.modules for name in LATER)
+agent.on_frames([Frame(FrameType.CLOCK, 0, clock_payload(0))])
+queued = any(name in sys.modules for name in LATER)
+agent.loop._run_timers()
+print(before, queued, all(name in sys.modules for name in LATER))
+"""
+
+
+def test_what_requests_need_is_imported_after_ready_once_the_time_is_set() -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run(
+        [sys.executable, "-S", "-P", "-c", PRELOAD_PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "False", "True"]
 
 
 def test_ready_unsolicited_then_on_hello_and_no_spin_without_a_host() -> None:
@@ -517,14 +539,14 @@ async def scripted_link(
 ) -> AsyncIterator[AgentLink]:
     path = tmp_path / "scripted.sock"
     server = await asyncio.start_unix_server(agent.serve, str(path))
-    link = AgentLink(path, "scripted", on_ready=None if on_ready is None else lambda: on_ready(link))
-    link.clock_interval = clock_interval
-    link.start()
+    scripted = AgentLink(path, "scripted", on_ready=None if on_ready is None else lambda: on_ready(scripted))
+    scripted.clock_interval = clock_interval
+    scripted.start()
     try:
-        await link.wait_ready(5)
-        yield link
+        await scripted.wait_ready(5)
+        yield scripted
     finally:
-        await link.close()
+        await scripted.close()
         server.close()
 
 

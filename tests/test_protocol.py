@@ -29,7 +29,7 @@ from pyslicer.protocol import (
     window_increment,
     window_payload,
 )
-from pyslicer.protocol.jsonc import dumps, loads
+from pyslicer.protocol.frames import dumps, loads
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FRAME_TYPES = sorted(FrameType.NAMES)
@@ -150,7 +150,8 @@ def test_frame_types_and_channels_are_ints_with_names() -> None:
         channel = Channel(value)
         assert channel is getattr(Channel, name) and channel.name == name and isinstance(channel, int)
         assert repr(channel) == f"Channel.{name}" and str(channel) == str(value) and hash(channel) == value
-    assert {1: "stdout"}[Channel.STDOUT] == "stdout" and {Channel.STDERR: "x"}[2] == "x"
+    by_int: dict[int, str] = {Channel.STDERR: "x"}
+    assert {1: "stdout"}[Channel.STDOUT] == "stdout" and by_int[2] == "x"
     for bad in (3, -1, "1", None):
         with pytest.raises(ValueError):
             Channel(bad)  # type: ignore[arg-type]

@@ -2,7 +2,10 @@
 
 Everything runs on one thread in ``Loop``; the imports are kept to what the interpreter mostly has
 loaded already (no asyncio, logging, subprocess, socket, json, enum, ...), because under TCG every
-import costs and the host waits for READY before a VM counts as started.
+import costs and the host waits for READY before a VM counts as started. What only requests need
+(``execs``, ``spawn``, ``userdata``) is not imported before READY either: the agent imports it once the host
+has sent its time, while the host is busy answering whoever waited for READY, or else at the first request
+that needs it.
 """
 
 from __future__ import annotations
@@ -12,11 +15,8 @@ import sys
 import time
 
 from pyslicer import __version__
-from pyslicer.agent.clock import Clock
-from pyslicer.agent.execs import ExecSession
 from pyslicer.agent.link import SerialLink, open_channel
 from pyslicer.agent.loop import Loop
-from pyslicer.agent.userdata import Userdata
 from pyslicer.protocol import (
     PROTOCOL_VERSION,
     Event,
@@ -33,9 +33,50 @@ from pyslicer.protocol import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
+    from pyslicer.agent.execs import ExecSession
+    from pyslicer.agent.userdata import Userdata
     from pyslicer.protocol import HealthAnswer, Ready, RequestError, UserdataAnswer
+
+
+# -- the clock -----------------------------------------------------------------------------------------
+# A guest's clock starts from the (second-resolution) RTC and, under TCG, drifts. The host sends its time in
+# CLOCK frames: once when it sees READY (ahead of any request, so the first exec already has the host's
+# time) and then every few seconds. The agent steps CLOCK_REALTIME to it when the two are further apart than
+# TOLERANCE_NS; nearer than that, the frame's own transit time would be most of the difference.
+TOLERANCE_NS = 10_000_000
+
+
+def set_realtime(time_ns: int) -> None:
+    time.clock_settime_ns(time.CLOCK_REALTIME, time_ns)
+
+
+class Clock:
+    """Steps the clock with ``set_time`` (None: leave it alone, as on a test host that is not ours)."""
+
+    def __init__(
+        self,
+        set_time: Callable[[int], None] | None = set_realtime,
+        read_time: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._set_time = set_time
+        self._read_time = read_time
+        self.steps = 0
+
+    def follow(self, host_ns: int) -> bool:
+        """Take the host's time when ours is off by more than the tolerance; True when the clock was set."""
+        if self._set_time is None or abs(self._read_time() - host_ns) <= TOLERANCE_NS:
+            return False
+        try:
+            self._set_time(host_ns)
+        except OSError as exc:  # not allowed (not root): keep the clock we have, and stop trying
+            print(f"slicer-agent: cannot set the clock: {exc}", file=sys.stderr)
+            self._set_time = None
+            return False
+        self.steps += 1
+        return True
 
 
 class Agent:
@@ -44,9 +85,18 @@ class Agent:
         self.clock = clock if clock is not None else Clock(None)
         self.started = time.monotonic()
         self.instance = os.urandom(8).hex()
-        self.userdata = Userdata(loop)
+        self._userdata: Userdata | None = None
         self.sessions: dict[int, ExecSession] = {}
         self.link: SerialLink | None = None
+        self._preloading = False
+
+    @property
+    def userdata(self) -> Userdata:
+        if self._userdata is None:
+            from pyslicer.agent.userdata import Userdata
+
+            self._userdata = Userdata(self.loop)
+        return self._userdata
 
     # -- sending -------------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -93,6 +143,9 @@ class Agent:
             return
         if frame_type == FrameType.CLOCK:
             self.clock.follow(clock_time(frame))
+            if not self._preloading:  # not earlier: it would hold up reading the CLOCK frame, and so age it
+                self._preloading = True
+                self.loop.call_later(0, preload)
             return
         if frame_type == FrameType.OPEN:
             self.open(frame.stream, decode_json(frame))
@@ -121,6 +174,8 @@ class Agent:
             script = request.get("script")
             self.answer(stream, {"started": self.userdata.start(script if isinstance(script, str) else "")})
         elif op == Op.EXEC:
+            from pyslicer.agent.execs import ExecSession
+
             session = ExecSession(self.loop, stream, request, self.send, self.finish)
             self.sessions[stream] = session
             session.start()
@@ -147,6 +202,12 @@ class Agent:
     def reset(self) -> None:
         for stream in list(self.sessions):
             self.cancel(stream)
+
+
+def preload() -> None:
+    """Import what requests need (execs, userdata, and through them spawn) ahead of the first one."""
+    __import__("pyslicer.agent.execs")
+    __import__("pyslicer.agent.userdata")
 
 
 def tidy_fds() -> None:

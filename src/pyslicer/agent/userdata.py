@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-from pyslicer.agent.spawn import DEFAULT_PATH, spawn, watch_exit
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pyslicer.agent.loop import Loop
@@ -15,7 +13,6 @@ STATE_DIR = "/var/lib/slicer"
 MARKER = f"{STATE_DIR}/userdata.exit"
 SCRIPT = f"{STATE_DIR}/userdata.sh"
 LOG = "/var/log/slicer-userdata.log"
-ENV = {"PATH": DEFAULT_PATH, "HOME": "/root", "USER": "root", "LANG": "C.UTF-8"}
 
 
 class Userdata:
@@ -43,6 +40,8 @@ class Userdata:
         return True
 
     def _run(self, script: str) -> None:
+        from pyslicer.agent.spawn import DEFAULT_PATH, spawn, watch_exit  # not needed before READY
+
         try:
             os.makedirs(STATE_DIR, exist_ok=True)
             with open(SCRIPT, "w") as f:
@@ -53,7 +52,8 @@ class Userdata:
             print(f"slicer-agent: cannot prepare userdata: {exc}", file=sys.stderr)
             return
         try:
-            pid = spawn([SCRIPT], ENV, "/root", (None, log, log))
+            env = {"PATH": DEFAULT_PATH, "HOME": "/root", "USER": "root", "LANG": "C.UTF-8"}
+            pid = spawn([SCRIPT], env, "/root", (None, log, log))
         except OSError as exc:
             os.write(log, f"slicer: cannot run userdata: {exc}\n".encode())
             self._finished(127)
