@@ -41,7 +41,8 @@ class FakeApi(Recorder):
         )
 
     def run(self, *args: str, input: bytes | str | None = None, env: dict[str, str] | None = None) -> Result:
-        return CliRunner().invoke(cli, list(args), obj=CliState(client_factory=self.factory), input=input, env=env)
+        state = CliState(client_factory=self.factory, exec_client_factory=self.factory)
+        return CliRunner().invoke(cli, list(args), obj=state, input=input, env=env)
 
 
 def ndjson(*frames: dict[str, Any]) -> httpx.Response:

@@ -7,8 +7,6 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
-
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
@@ -59,7 +57,8 @@ def timestamp(value: datetime | None) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
+    # A pydantic model, recognised without importing pydantic (commands that print none never load it).
+    if hasattr(value, "model_dump") and not isinstance(value, type):
         return value.model_dump(mode="json")
     if isinstance(value, (list, tuple)):
         return [to_jsonable(item) for item in value]

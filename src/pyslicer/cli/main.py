@@ -1,17 +1,20 @@
-"""The ``slicer`` command."""
+"""The ``slicer`` command.
+
+Start-up is kept to click and our own small modules: the client (httpx), its models (pydantic), asyncio and
+the daemon are imported by the commands that use them, so ``slicer --help`` starts in a few times a bare
+``python -c pass`` (``bench/bench_cli.py`` measures it).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from pyslicer import __version__
-from pyslicer.client import SlicerAPIError
+from pyslicer.client.errors import SlicerAPIError
 from pyslicer.errors import SlicerError
 
 from ._common import Api, CliState, api_command, data_dir_option
@@ -70,14 +73,16 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
 @data_dir_option
-def up(config: Path | None, data_dir: Path) -> None:
+def up(config: str | None, data_dir: str) -> None:
     """Run the slicer daemon (in the foreground) with CONFIG, a YAML file."""
-    from pyslicer.serve import serve
-    from pyslicer.config import load_config
+    from pathlib import Path
 
-    serve(load_config(config), data_dir=data_dir)
+    from pyslicer.config import load_config
+    from pyslicer.serve import serve
+
+    serve(load_config(Path(config) if config is not None else None), data_dir=Path(data_dir))
 
 
 @cli.group()
@@ -88,11 +93,14 @@ def image() -> None:
 @image.command("build")
 @data_dir_option
 @click.option("--force", is_flag=True, help="Rebuild even when the image is up to date.")
-def image_build(data_dir: Path, force: bool) -> None:
+def image_build(data_dir: str, force: bool) -> None:
     """Build (or check) the guest kernel, initrd and root filesystem."""
+    import asyncio
+    from pathlib import Path
+
     from pyslicer.image import ensure_image
 
-    asyncio.run(ensure_image(data_dir, progress=click.echo, force=force))
+    asyncio.run(ensure_image(Path(data_dir), progress=click.echo, force=force))
 
 
 @cli.command()
@@ -114,6 +122,10 @@ cli.add_command(vm)
 
 
 def main() -> None:
+    # httpx's package __init__ imports httpx's own command line, and with it rich and pygments whenever they
+    # happen to be installed (~40 ms here; encode/httpx#3547). slicer never runs it, and httpx falls back to a
+    # stub when that import fails, so the console script makes it fail. Library users are not affected.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     cli(prog_name="slicer")
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from pyslicer.client import ExecFrame, SlicerClient
 from pyslicer.durations import format_go_duration
 from pyslicer.errors import NotFound
 
 from ._common import Api, Duration, KeyValue, api_command
 from ._output import dumps, fields, human_bytes, human_duration, table, timestamp
+
+if TYPE_CHECKING:
+    from pyslicer.client import ExecFrame, SlicerClient
 
 
 @click.group()
@@ -70,7 +72,7 @@ def vm_group(api: Api) -> None:
 @click.option("--userdata", help="Script to run once at first boot.")
 @click.option(
     "--userdata-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False),
     help="Read the userdata script from a file.",
 )
 @click.option("--tag", "tags", multiple=True, help="Tag the VM (repeatable).")
@@ -85,7 +87,7 @@ def vm_add(
     ram_gb: float | None,
     ram_mb: int | None,
     userdata: str | None,
-    userdata_file: Path | None,
+    userdata_file: str | None,
     tags: tuple[str, ...],
     persistent: bool | None,
     wait: str | None,
@@ -97,7 +99,8 @@ def vm_add(
     if userdata is not None and userdata_file is not None:
         raise click.UsageError("use one of --userdata and --userdata-file")
     if userdata_file is not None:
-        userdata = userdata_file.read_text()
+        with open(userdata_file) as file:
+            userdata = file.read()
     ram_bytes = None
     if ram_gb is not None:
         ram_bytes = int(ram_gb * 1024**3)
@@ -191,7 +194,7 @@ def vm_exec(
     """
     if use_stdin is None:
         use_stdin = not _stdin_is_tty()
-    frames = api.client.exec(
+    frames = api.exec_client.exec(
         hostname,
         command[0],
         command[1:],

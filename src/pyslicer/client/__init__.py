@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._async import AsyncSlicerClient
-    from ._config import DEFAULT_TIMEOUT, DEFAULT_URL, is_unix_socket
+    from ._base_client import DEFAULT_TIMEOUT
+    from ._config import DEFAULT_URL, is_unix_socket
     from ._exec_output import ExecFrame, ExecResult, FrameType
     from ._sync import SlicerClient
     from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
@@ -61,7 +62,7 @@ __all__ = [
 _MODULES = {
     "AsyncSlicerClient": "._async",
     "SlicerClient": "._sync",
-    "DEFAULT_TIMEOUT": "._config",
+    "DEFAULT_TIMEOUT": "._base_client",
     "DEFAULT_URL": "._config",
     "is_unix_socket": "._config",
     "ExecFrame": "._exec_output",

@@ -17,7 +17,7 @@ import httpx
 
 from pyslicer.errors import SlicerError
 
-from ._base_client import BaseClient
+from ._base_client import DEFAULT_TIMEOUT, BaseClient, TimeoutArg, ssl_context
 from ._calls import (
     Call,
     EnvArg,
@@ -36,7 +36,6 @@ from ._calls import (
     metrics_call,
     nodes_call,
 )
-from ._config import DEFAULT_TIMEOUT, TimeoutArg
 from ._duplex_async import AsyncDuplexTransport
 from ._exec_output import ExecFrame, ExecResult, FrameDecoder
 from ._readiness import ReadyPoll
@@ -73,10 +72,8 @@ class AsyncSlicerClient(BaseClient):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(url, token, token_file, timeout)
-        self._custom_transport = transport is not None
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(uds=self._endpoint.uds, verify=self._endpoint.ssl_context())
-        self._http = self._client(transport)
+        self._transport = transport
+        self._pooled: httpx.AsyncClient | None = None
         self._duplex: httpx.AsyncClient | None = None
 
     def _client(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
@@ -87,8 +84,20 @@ class AsyncSlicerClient(BaseClient):
             transport=transport,
         )
 
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """The client (and connection pool) for everything but an exec with stdin. Made on first use: a
+        process that only streams stdin (``slicer vm exec`` in a pipe) never imports httpcore."""
+        if self._pooled is None:
+            transport = self._transport or httpx.AsyncHTTPTransport(
+                uds=self._endpoint.uds, verify=ssl_context(self._endpoint)
+            )
+            self._pooled = self._client(transport)
+        return self._pooled
+
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._pooled is not None:
+            await self._pooled.aclose()
         if self._duplex is not None:
             await self._duplex.aclose()
 
@@ -114,7 +123,7 @@ class AsyncSlicerClient(BaseClient):
     def _stdin_http(self) -> httpx.AsyncClient:
         """The client for an exec with stdin: full duplex, unless the transport was replaced (or the endpoint
         speaks TLS and the duplex transport doesn't)."""
-        if self._custom_transport or (self._endpoint.tls and not AsyncDuplexTransport.speaks_tls):
+        if self._transport is not None or (self._endpoint.tls and not AsyncDuplexTransport.speaks_tls):
             return self._http
         if self._duplex is None:
             self._duplex = self._client(AsyncDuplexTransport(uds=self._endpoint.uds))

@@ -3,17 +3,30 @@ they turn a ``Call`` into an ``httpx.Request``."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
 import httpx
 
-from pyslicer import __version__
-
 from ._calls import Call
-from ._config import TimeoutArg, resolve_endpoint, resolve_token, to_timeout
+from ._config import DEFAULT_CONNECT_TIMEOUT, Endpoint, request_headers, resolve_endpoint
 from ._responses import connection_error
 from .errors import SlicerConnectionError
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=DEFAULT_CONNECT_TIMEOUT)
+
+TimeoutArg = float | httpx.Timeout | None
+
+
+def to_timeout(timeout: TimeoutArg) -> httpx.Timeout:
+    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+
+
+def ssl_context(endpoint: Endpoint) -> ssl.SSLContext | bool:
+    """For the transport's ``verify``: httpx's default (its CA bundle) on https. Plain HTTP and unix sockets
+    never speak TLS, so they get a context that trusts nothing instead of paying ~50 ms to load the bundle."""
+    return True if endpoint.tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class BaseClient:
@@ -26,10 +39,7 @@ class BaseClient:
     ) -> None:
         self._endpoint = resolve_endpoint(url)
         self._timeout = to_timeout(timeout)
-        self._headers = {"User-Agent": f"pyslicer/{__version__}"}
-        resolved = resolve_token(token, token_file)
-        if resolved:
-            self._headers["Authorization"] = f"Bearer {resolved}"
+        self._headers = request_headers(token, token_file)
 
     @property
     def url(self) -> str:

@@ -1,43 +1,42 @@
-"""Where the client connects and as whom: the endpoint (URL or unix socket), the token, the timeouts.
+"""Where the client connects and as whom: the endpoint (URL or unix socket) and the request headers (the
+token). The timeouts, which are httpx's, are in ``_base_client``.
 
-Explicit arguments win over ``$SLICER_URL``, ``$SLICER_TOKEN`` and ``$SLICER_TOKEN_FILE``; nothing here does
-network I/O (a token file is read once, when the client is made).
+Explicit arguments win over ``$SLICER_URL``, ``$SLICER_TOKEN`` and ``$SLICER_TOKEN_FILE``. Nothing here does
+network I/O (a token file is read once, when the client is made) or imports httpx.
 """
 
 from __future__ import annotations
 
 import os
-import ssl
-from dataclasses import dataclass
-from pathlib import Path
+from urllib.parse import urlsplit
 
-import httpx
-
+from pyslicer import __version__
 from pyslicer.errors import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+DEFAULT_CONNECT_TIMEOUT = 10.0
 UDS_BASE_URL = "http://localhost"
 
-TimeoutArg = float | httpx.Timeout | None
 
-
-@dataclass(frozen=True, slots=True)
 class Endpoint:
-    url: str
-    """What the caller configured, for messages."""
-    base_url: str
-    uds: str | None = None
+    """A resolved ``url``: the base URL requests go to, and the socket path when it is a unix socket."""
+
+    __slots__ = ("base_url", "host", "port", "uds", "url")
+
+    def __init__(self, url: str, base_url: str, host: str, port: int, uds: str | None = None) -> None:
+        self.url = url
+        """What the caller configured, for messages."""
+        self.base_url = base_url
+        self.host = host
+        self.port = port
+        self.uds = uds
 
     @property
     def tls(self) -> bool:
         return self.base_url.startswith("https:")
 
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        """For the transport's ``verify``: httpx's default (its CA bundle) on https. Plain HTTP and unix sockets
-        never speak TLS, so they get a context that trusts nothing instead of paying ~50 ms to load the bundle.
-        """
-        return True if self.tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    def __repr__(self) -> str:
+        return f"Endpoint({self.url!r})"
 
 
 def is_unix_socket(url: str) -> bool:
@@ -52,25 +51,29 @@ def resolve_endpoint(url: str | None) -> Endpoint:
         path = raw.removeprefix("unix://")
         if not path:
             raise ConfigError(f"invalid slicer URL {raw!r}: no socket path")
-        return Endpoint(url=raw, base_url=UDS_BASE_URL, uds=os.path.expanduser(path))
+        return Endpoint(raw, UDS_BASE_URL, "localhost", 80, uds=os.path.expanduser(path))
     base = raw if "://" in raw else f"http://{raw}"
     try:
-        parsed = httpx.URL(base)
-    except httpx.InvalidURL as exc:
+        parsed = urlsplit(base)
+        port = parsed.port
+    except ValueError as exc:
         raise ConfigError(f"invalid slicer URL {raw!r}: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"invalid slicer URL {raw!r}: use http(s)://host:port or a unix socket path")
-    return Endpoint(url=raw, base_url=base.rstrip("/"))
+    if port is None:
+        port = 443 if parsed.scheme == "https" else 80
+    return Endpoint(raw, base.rstrip("/"), parsed.hostname, port)
 
 
 def read_token_file(path: str) -> str:
-    file = Path(path).expanduser()
+    file = os.path.expanduser(path)
     try:
-        token = file.read_text().strip()
+        with open(file) as handle:
+            token = handle.read().strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read token file {str(file)!r}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot read token file {file!r}: {exc.strerror or exc}") from exc
     if not token:
-        raise ConfigError(f"token file {str(file)!r} is empty")
+        raise ConfigError(f"token file {file!r} is empty")
     return token
 
 
@@ -89,5 +92,10 @@ def resolve_token(token: str | None, token_file: str | None) -> str | None:
     return None
 
 
-def to_timeout(timeout: TimeoutArg) -> httpx.Timeout:
-    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+def request_headers(token: str | None, token_file: str | None) -> dict[str, str]:
+    """What every request carries: the user agent and, when there is a token, the bearer token."""
+    headers = {"User-Agent": f"pyslicer/{__version__}"}
+    resolved = resolve_token(token, token_file)
+    if resolved:
+        headers["Authorization"] = f"Bearer {resolved}"
+    return headers

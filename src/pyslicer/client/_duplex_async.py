@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import h11
 import httpx
 
-from ._duplex import READ_SIZE, connect_errors, read_errors, request_head, response_for, timeouts
+from ._duplex import connect_errors, read_errors, request_head, response_for, timeouts
+from ._exchange import READ_SIZE
 
 
 class AsyncDuplexTransport(httpx.AsyncBaseTransport):

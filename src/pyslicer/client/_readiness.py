@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING
 from pyslicer.durations import format_go_duration
 from pyslicer.errors import SlicerError
 
+from ._responses import FATAL_READY_STATUSES
 from .errors import SlicerAPIError, SlicerConnectionError, SlicerTimeoutError
 
 if TYPE_CHECKING:
     from .models import AgentHealth
-
-FATAL_READY_STATUSES = frozenset({401, 403, 404})
-"""Statuses that mean "this VM will never become ready by waiting"; anything else is worth polling through."""
 
 
 @dataclass(slots=True)

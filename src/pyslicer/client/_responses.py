@@ -1,7 +1,8 @@
-"""From an HTTP response to a result or an error: the parsers the ``Call``s name, and the error mapping.
+"""From an HTTP answer to a result or an error: the parsers the ``Call``s name, and the error mapping.
 
 The resource parsers name their model class and import ``.models`` (and with it pydantic) on the first answer
-that needs one, so a client that only runs commands never loads pydantic.
+that needs one, so a client that only runs commands never loads pydantic. httpx is not imported here either:
+``_socket_exec`` maps its answers and failures with the same functions, and no httpx.
 """
 
 from __future__ import annotations
@@ -9,21 +10,20 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import httpx
-
 from ._exec_output import ExecResult, exec_result
-from ._readiness import FATAL_READY_STATUSES
 from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError
 
 if TYPE_CHECKING:
+    import httpx
     from pydantic import BaseModel, TypeAdapter
 
     from ._config import Endpoint
 
 T = TypeVar("T")
-Parser = Callable[[httpx.Response], T]
+Parser = Callable[["httpx.Response"], T]
 
 ResourceName = Literal["AgentHealth", "CreatedNode", "DeleteResult", "HostGroup", "LogsResult", "Node", "ServerInfo"]
 """The classes of ``.models`` a response can be parsed into."""
@@ -42,6 +42,9 @@ STATUS_CODES = {
 }
 """The daemon's error codes for each status, for answers that carry none."""
 
+FATAL_READY_STATUSES = frozenset({401, 403, 404})
+"""Statuses that mean "this VM will never become ready by waiting"; anything else is worth polling through."""
+
 _MAX_ERROR_TEXT = 500
 
 
@@ -50,11 +53,18 @@ _MAX_ERROR_TEXT = 500
 
 def api_error(response: httpx.Response) -> SlicerAPIError:
     """The error for a non-2xx response whose body has been read."""
-    status = response.status_code
+    request = response.request
+    return error_answer(
+        response.status_code, response.reason_phrase, response.content, request.method, str(request.url)
+    )
+
+
+def error_answer(status: int, reason: str, content: bytes, method: str, url: str) -> SlicerAPIError:
+    """The error for a non-2xx answer: the server's ``error`` and ``code``, else the body's text, else the status."""
     message = ""
     code: str | None = None
     try:
-        body = json.loads(response.content) if response.content else None
+        body = json.loads(content) if content else None
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]:
@@ -62,29 +72,46 @@ def api_error(response: httpx.Response) -> SlicerAPIError:
         if isinstance(body.get("code"), str) and body["code"]:
             code = body["code"]
     else:
-        message = response.text.strip()
+        message = content.decode("utf-8", "replace").strip()
         if len(message) > _MAX_ERROR_TEXT:
             message = message[:_MAX_ERROR_TEXT] + "..."
     if not message:
-        message = f"HTTP {status} {response.reason_phrase}".strip()
+        message = f"HTTP {status} {reason or _phrase(status)}".strip()
     return SlicerAPIError(
-        message,
-        status=status,
-        code=code or STATUS_CODES.get(status, "http_error"),
-        method=response.request.method,
-        url=str(response.request.url),
+        message, status=status, code=code or STATUS_CODES.get(status, "http_error"), method=method, url=url
     )
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def unreachable(endpoint: Endpoint, reason: str) -> SlicerConnectionError:
+    return SlicerConnectionError(f"cannot reach slicer at {endpoint.url}: {reason}")
+
+
+def no_answer(endpoint: Endpoint, what: str) -> SlicerConnectionError:
+    return SlicerConnectionError(f"slicer at {endpoint.url} did not answer in time ({what})")
+
+
+def broken_connection(endpoint: Endpoint, reason: str) -> SlicerConnectionError:
+    return SlicerConnectionError(f"connection to slicer at {endpoint.url} failed: {reason}")
+
+
 def connection_error(endpoint: Endpoint, exc: httpx.TransportError) -> SlicerConnectionError:
+    import httpx  # loaded already: exc is one of its errors
+
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectTimeout):
-        return SlicerConnectionError(f"cannot reach slicer at {endpoint.url}: connection timed out")
+        return unreachable(endpoint, "connection timed out")
     if isinstance(exc, (httpx.ConnectError, httpx.UnsupportedProtocol)):
-        return SlicerConnectionError(f"cannot reach slicer at {endpoint.url}: {reason}")
+        return unreachable(endpoint, reason)
     if isinstance(exc, httpx.TimeoutException):
-        return SlicerConnectionError(f"slicer at {endpoint.url} did not answer in time ({type(exc).__name__})")
-    return SlicerConnectionError(f"connection to slicer at {endpoint.url} failed: {reason}")
+        return no_answer(endpoint, type(exc).__name__)
+    return broken_connection(endpoint, reason)
 
 
 # -- parsers ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import httpx
 
 from pyslicer.errors import SlicerError
 
-from ._base_client import BaseClient
+from ._base_client import DEFAULT_TIMEOUT, BaseClient, TimeoutArg, ssl_context
 from ._calls import (
     Call,
     EnvArg,
@@ -37,7 +37,6 @@ from ._calls import (
     metrics_call,
     nodes_call,
 )
-from ._config import DEFAULT_TIMEOUT, TimeoutArg
 from ._duplex import DuplexTransport
 from ._exec_output import ExecFrame, ExecResult, FrameDecoder
 from ._readiness import ReadyPoll
@@ -74,10 +73,8 @@ class SlicerClient(BaseClient):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(url, token, token_file, timeout)
-        self._custom_transport = transport is not None
-        if transport is None:
-            transport = httpx.HTTPTransport(uds=self._endpoint.uds, verify=self._endpoint.ssl_context())
-        self._http = self._client(transport)
+        self._transport = transport
+        self._pooled: httpx.Client | None = None
         self._duplex: httpx.Client | None = None
 
     def _client(self, transport: httpx.BaseTransport) -> httpx.Client:
@@ -88,8 +85,20 @@ class SlicerClient(BaseClient):
             transport=transport,
         )
 
+    @property
+    def _http(self) -> httpx.Client:
+        """The client (and connection pool) for everything but an exec with stdin. Made on first use: a
+        process that only streams stdin (``slicer vm exec`` in a pipe) never imports httpcore."""
+        if self._pooled is None:
+            transport = self._transport or httpx.HTTPTransport(
+                uds=self._endpoint.uds, verify=ssl_context(self._endpoint)
+            )
+            self._pooled = self._client(transport)
+        return self._pooled
+
     def close(self) -> None:
-        self._http.close()
+        if self._pooled is not None:
+            self._pooled.close()
         if self._duplex is not None:
             self._duplex.close()
 
@@ -115,7 +124,7 @@ class SlicerClient(BaseClient):
     def _stdin_http(self) -> httpx.Client:
         """The client for an exec with stdin: full duplex, unless the transport was replaced (or the endpoint
         speaks TLS and the duplex transport doesn't)."""
-        if self._custom_transport or (self._endpoint.tls and not DuplexTransport.speaks_tls):
+        if self._transport is not None or (self._endpoint.tls and not DuplexTransport.speaks_tls):
             return self._http
         if self._duplex is None:
             self._duplex = self._client(DuplexTransport(uds=self._endpoint.uds))
