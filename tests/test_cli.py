@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 import types
 from collections.abc import Callable
@@ -14,11 +15,12 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from pyslicer.cli._common import CliState
+from pyslicer.cli._common import CliState, default_exec_client_factory
 from pyslicer.cli.main import cli
 from pyslicer.client import SlicerClient
+from pyslicer.client._socket_exec import SocketExecClient
 from pyslicer.errors import ConfigError
-from tests.fake_api import Recorder
+from tests.fake_api import Recorder, serve
 
 
 @pytest.fixture(autouse=True)
@@ -545,3 +547,77 @@ def test_image_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == "building rootfs\n"
     assert calls == [(tmp_path, True)]
+
+
+# -- start-up: what each command imports --------------------------------------------------------------
+
+
+HEAVY = ("httpx", "httpcore", "pydantic", "asyncio")
+
+
+def run_slicer(*args: str, stdin: bytes = b"") -> tuple[subprocess.CompletedProcess[bytes], set[str]]:
+    """``slicer ARGS`` in a fresh interpreter, as the console script runs it; also which heavy modules it loaded."""
+    code = f"""
+import atexit, sys
+atexit.register(lambda: print("imported:", *(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr))
+sys.argv = ["slicer", *{list(args)!r}]
+from pyslicer.cli.main import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, timeout=60)
+    lines = done.stderr.decode().splitlines()
+    imported = set(lines[-1].split()[1:]) if lines and lines[-1].startswith("imported:") else {"?"}
+    return done, imported
+
+
+def test_help_imports_no_client() -> None:
+    done, imported = run_slicer("--help")
+    assert done.returncode == 0 and b"vm" in done.stdout
+    assert imported == set()
+    done, imported = run_slicer("vm", "exec", "--help")
+    assert done.returncode == 0 and imported == set()
+
+
+EXEC_ROUTES: dict[tuple[str, str], Any] = {
+    ("POST", "/vm/vm-1/exec"): lambda request: ndjson(
+        {"type": "started", "pid": 3},
+        {"type": "stdout", "data": b64(request.read().upper()), "encoding": "base64"},
+        {"type": "stderr", "data": b64(b"to-err\n"), "encoding": "base64"},
+        {"type": "exit", "exit_code": 5},
+    ),
+    ("POST", "/vm/gone/exec"): httpx.Response(404, json={"error": "VM 'gone' not found", "code": "not_found"}),
+}
+
+
+def test_vm_exec_runs_without_httpx(tmp_path: Path) -> None:
+    recorder = Recorder(dict(EXEC_ROUTES))
+    with serve(recorder, tmp_path) as url:
+        done, imported = run_slicer(
+            "vm", "exec", "--url", url, "--token", "t", "vm-1", "--", "tr", "a-z", "A-Z", stdin=b"abc"
+        )
+        missing, _ = run_slicer("vm", "exec", "--url", url, "gone", "--", "true")
+    assert (done.returncode, done.stdout) == (5, b"ABC")
+    assert done.stderr.startswith(b"to-err\n")
+    assert imported == set()
+    request = recorder.requests[0]
+    assert request.url.params.multi_items()[:4] == [("cmd", "tr"), ("args", "a-z"), ("args", "A-Z"), ("stdin", "true")]
+    assert request.headers["authorization"] == "Bearer t"
+    assert missing.returncode == 1 and missing.stderr.startswith(b"error: VM 'gone' not found\n")
+
+
+def test_vm_exec_with_the_default_clients(tmp_path: Path) -> None:
+    recorder = Recorder(dict(EXEC_ROUTES))
+    with serve(recorder, tmp_path) as url:
+        result = CliRunner().invoke(
+            cli, ["vm", "exec", "--url", url, "vm-1", "--", "cat"], input=b"piped", obj=CliState()
+        )
+        no_stdin = CliRunner().invoke(cli, ["vm", "exec", "--url", url, "--no-stdin", "vm-1", "--", "true"])
+    assert (result.exit_code, result.stdout_bytes, result.stderr_bytes) == (5, b"PIPED", b"to-err\n")
+    assert (no_stdin.exit_code, no_stdin.stdout_bytes) == (5, b"")
+    assert "stdin" not in recorder.last.url.params and recorder.last.content == b""
+
+
+def test_exec_client_choice(tmp_path: Path) -> None:
+    assert isinstance(default_exec_client_factory(str(tmp_path / "api.sock"), None, None), SocketExecClient)
+    assert isinstance(default_exec_client_factory("http://127.0.0.1:8080", None, None), SocketExecClient)
+    assert isinstance(default_exec_client_factory("https://slicer.example.com", None, None), SlicerClient)

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
+import inspect
 import json
 import os
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,8 +34,11 @@ from pyslicer.client import (
     SlicerTimeoutError,
     is_unix_socket,
 )
-from pyslicer.errors import ConfigError, SlicerError
-from tests.fake_api import Recorder
+from pyslicer.client._base_client import ssl_context
+from pyslicer.client._config import resolve_endpoint
+from pyslicer.client._socket_exec import SocketExecClient, _lines
+from pyslicer.errors import ConfigError, NotSupported, SlicerError
+from tests.fake_api import Recorder, serve
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -779,3 +787,287 @@ async def test_async_duplex_exec(echo_server: str) -> None:
         received = [f.data async for f in client.exec("vm-1", "cat", stdin=data, base64=True) if f.type == "stdout"]
     assert outputs == [b"first\n", b"second\n"]
     assert b"".join(received) == data
+
+
+# -- SocketExecClient: the same exec without httpx ---------------------------------------------------
+
+
+def test_socket_exec_matches_the_clients_signature() -> None:
+    assert inspect.signature(SocketExecClient.exec) == inspect.signature(SlicerClient.exec)
+    sync_init = inspect.signature(SlicerClient.__init__).parameters
+    socket_init = inspect.signature(SocketExecClient.__init__).parameters
+    assert list(socket_init)[:4] == list(sync_init)[:4] == ["self", "url", "token", "token_file"]
+
+
+def test_socket_exec_over_a_real_server(echo_server: str) -> None:
+    echoed = threading.Event()
+
+    def stdin() -> Iterator[bytes]:
+        yield b"first\n"
+        assert echoed.wait(5), "no output before stdin finished: exec is not full duplex"
+        yield b"second\n"
+
+    frames: list[ExecFrame] = []
+    with SocketExecClient(url=echo_server, token="sekret") as client:
+        for frame in client.exec("vm-1", "cat", stdin=stdin(), base64=True):
+            frames.append(frame)
+            if frame.type == "stdout":
+                echoed.set()
+        data = os.urandom(4 << 20)
+        received = b"".join(f.data for f in client.exec("vm-1", "cat", stdin=data, base64=True) if f.type == "stdout")
+        no_stdin = list(client.exec("vm-1", "true"))
+    assert [(f.type, f.data) for f in frames] == [
+        ("started", b""),
+        ("stderr", b"Bearer sekret"),
+        ("stdout", b"first\n"),
+        ("stdout", b"second\n"),
+        ("exit", b""),
+    ]
+    assert received == data
+    assert [f.type for f in no_stdin] == ["started", "stderr", "exit"]
+
+
+def test_socket_exec_early_close(echo_server: str) -> None:
+    def endless() -> Iterator[bytes]:
+        while True:
+            yield b"y\n"
+            time.sleep(0.001)
+
+    client = SocketExecClient(url=echo_server)
+    frames = client.exec("vm-1", "cat", stdin=endless(), base64=True)
+    assert next(f for f in frames if f.type == "stdout").data.startswith(b"y\n")
+    frames.close()
+    assert [f.type for f in client.exec("vm-1", "cat", stdin=b"z")][-1] == "exit"
+
+
+def exec_answer(request: httpx.Request) -> httpx.Response:
+    return ndjson({"type": "started", "pid": 1}, {"type": "stdout", "data": b64(request.read())}, {"type": "exit"})
+
+
+@pytest.mark.parametrize("stdin", [None, b"in\x00put", [b"in", b"put"]], ids=["none", "bytes", "chunks"])
+def test_socket_exec_sends_what_slicer_client_sends(tmp_path: Path, stdin: Any) -> None:
+    recorder = Recorder({("POST", "/vm/my vm/exec"): exec_answer})
+    kwargs: dict[str, Any] = {"env": {"A": "1 2"}, "uid": 0, "cwd": "/tmp", "stdin": stdin, "base64": True}
+    args = ["-c", "echo $A & x=1/2?#+é"]
+    with serve(recorder, tmp_path) as url:
+        with SlicerClient(url, token="t") as slicer:
+            expected = list(slicer.exec("my vm", "sh", args, **kwargs))
+        with SocketExecClient(url, token="t") as plain:
+            got = list(plain.exec("my vm", "sh", args, **kwargs))
+    assert got == expected
+    sent_by_httpx, sent_by_socket = recorder.requests
+    assert sent_by_socket.url.raw_path == sent_by_httpx.url.raw_path
+    body = b"" if stdin is None else b"".join(stdin) if isinstance(stdin, list) else stdin
+    assert sent_by_socket.content == sent_by_httpx.content == body
+    for name in ("host", "user-agent", "authorization", "accept"):
+        assert sent_by_socket.headers[name] == sent_by_httpx.headers[name], name
+
+
+def test_socket_exec_errors(tmp_path: Path) -> None:
+    recorder = Recorder(
+        {
+            ("POST", "/vm/busy/exec"): httpx.Response(409, json={"error": "busy is paused", "code": "conflict"}),
+            ("POST", "/vm/plain/exec"): httpx.Response(502, text="bad gateway\n"),
+            ("POST", "/vm/junk/exec"): httpx.Response(200, text="not json\n"),
+            ("POST", "/vm/short/exec"): ndjson({"type": "started", "pid": 1}),
+        }
+    )
+    with serve(recorder, tmp_path) as url:
+        client = SocketExecClient(url)
+        with pytest.raises(SlicerAPIError) as info:
+            list(client.exec("busy", "true"))
+        assert (info.value.status, info.value.code, info.value.message) == (409, "conflict", "busy is paused")
+        assert info.value.method == "POST" and info.value.url is not None and "/vm/busy/exec?cmd=true" in info.value.url
+        with pytest.raises(SlicerAPIError) as info:
+            list(client.exec("plain", "true"))
+        assert (info.value.status, info.value.code, info.value.message) == (502, "http_error", "bad gateway")
+        with pytest.raises(SlicerResponseError, match="invalid exec frame"):
+            list(client.exec("junk", "true"))
+        assert list(client.exec("short", "true"))[-1].type == "error"
+    with pytest.raises(SlicerConnectionError, match=r"cannot reach slicer at .*absent.sock: "):
+        list(SocketExecClient(str(tmp_path / "absent.sock")).exec("vm-1", "true"))
+    with pytest.raises(NotSupported):
+        SocketExecClient("https://slicer.example.com")
+    with pytest.raises(TypeError):  # checked when called, as SlicerClient.exec does
+        SocketExecClient(url).exec("vm-1", "echo", "not-a-list")
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[b'{"a":1}\n{"b":2}\n'], [b'{"a"', b":1}\n{", b'"b":2}'], [b'{"a":1}\n', b"", b'{"b":2}\n\n']],
+)
+def test_socket_exec_splits_lines_across_chunks(chunks: list[bytes]) -> None:
+    assert [line for line in _lines(chunks) if line] == ['{"a":1}', '{"b":2}']
+
+
+# -- the package: its names, what importing it costs, the generated client ----------------------------
+
+
+def test_public_names_resolve() -> None:
+    import pyslicer.client as package
+    from pyslicer.client import _async, _base_client, _config, _exec_output, _sync, errors, models
+
+    homes = {"AsyncSlicerClient": _async, "SlicerClient": _sync, "DEFAULT_TIMEOUT": _base_client}
+    for name in package.__all__:
+        value = getattr(package, name)
+        home = homes.get(name) or next(m for m in (_config, _exec_output, errors, models) if hasattr(m, name))
+        assert value is getattr(home, name), name
+    assert set(package.__all__) <= set(dir(package))
+    assert models.ExecFrame is package.ExecFrame  # the exec types are in models too, as before
+    with pytest.raises(AttributeError):
+        package.NoSuchName  # noqa: B018
+
+
+def imported_after(code: str) -> set[str]:
+    """Which of the heavy modules a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    return set(done.stdout.split())
+
+
+HEAVY = ("httpx", "httpcore", "pydantic", "asyncio", "pyslicer.client.models")
+
+
+def test_importing_the_package_costs_nothing() -> None:
+    assert imported_after("import pyslicer.client; from pyslicer.client import SlicerAPIError, ExecFrame") == set()
+
+
+def test_a_client_that_only_runs_commands_never_imports_pydantic_or_asyncio() -> None:
+    code = """
+import httpx
+from pyslicer.client import SlicerClient
+def answer(request):
+    if request.url.path == "/nodes":
+        return httpx.Response(200, json=[{"hostname": "vm-1"}])
+    if request.url.params.get("buffered"):
+        return httpx.Response(200, json={"stdout": "hi", "exit_code": 0})
+    return httpx.Response(200, content=b'{"type":"stdout","data":"hi"}\\n{"type":"exit","exit_code":0}\\n')
+client = SlicerClient("http://t", transport=httpx.MockTransport(answer))
+assert [f.type for f in client.exec("vm-1", "echo")] == ["stdout", "exit"]
+assert client.exec_buffered("vm-1", "echo").exit_code == 0
+"""
+    assert imported_after(code) == {"httpx"}
+    assert imported_after("from pyslicer.client._socket_exec import SocketExecClient; SocketExecClient()") == set()
+    assert {"pydantic", "pyslicer.client.models"} <= imported_after(code + "assert client.nodes()[0].hostname")
+
+
+def load_unasync() -> Any:
+    spec = importlib.util.spec_from_file_location("unasync", Path(__file__).parent.parent / "scripts" / "unasync.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sync_client_is_generated_from_the_async_one() -> None:
+    unasync = load_unasync()
+    expected, used = unasync.unasync(unasync.SOURCE.read_text())
+    assert unasync.TARGET.read_text() == expected, "run: python scripts/unasync.py"
+    assert used == set(range(len(unasync.SUBS))), "a rule of scripts/unasync.py matches nothing"
+    script = [sys.executable, str(Path(unasync.__file__)), "--check"]
+    assert subprocess.run(script, capture_output=True, timeout=60).returncode == 0
+
+
+def test_unasync_rules() -> None:
+    unasync = load_unasync()
+    source = (
+        "import asyncio\n"
+        "from ._stdin_async import AsyncStdin, async_stdin_body\n"
+        "    async def __aenter__(self) -> AsyncSlicerClient:\n"
+        "        await asyncio.sleep(1)\n"
+        "        async for line in response.aiter_lines():\n"
+        "    ) -> AsyncGenerator[ExecFrame, None]:\n"
+        "        await response.aread(); await self._http.aclose()\n"
+        "    async def handle_async_request(self) -> None:  # untouched: not a client name\n"
+    )
+    generated, _ = unasync.unasync(source)
+    assert generated.splitlines()[1:] == [
+        "import time",
+        "from ._stdin import Stdin, stdin_body",
+        "    def __enter__(self) -> SlicerClient:",
+        "        time.sleep(1)",
+        "        for line in response.iter_lines():",
+        "    ) -> Generator[ExecFrame, None, None]:",
+        "        response.read(); self._http.close()",
+        "    def handle_async_request(self) -> None:  # untouched: not a client name",
+    ]
+
+
+def public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(cls).items()
+        if callable(member)
+        and (not name.startswith("_") or name in ("__init__", "__enter__", "__exit__", "__aenter__", "__aexit__"))
+    }
+
+
+def test_sync_and_async_clients_have_one_surface() -> None:
+    renamed = {"aclose": "close", "__aenter__": "__enter__", "__aexit__": "__exit__"}
+    async_methods = {renamed.get(name, name): sig for name, sig in public_methods(AsyncSlicerClient).items()}
+    sync_methods = public_methods(SlicerClient)
+    assert set(async_methods) == set(sync_methods)
+    for name, sync_signature in sync_methods.items():
+        params = list(async_methods[name].parameters.values())
+        assert [(p.name, p.kind, p.default) for p in params] == [
+            (p.name, p.kind, p.default) for p in sync_signature.parameters.values()
+        ], name
+
+
+def test_plain_http_endpoints_skip_the_ca_bundle() -> None:
+    plain = ssl_context(resolve_endpoint("http://127.0.0.1:8080"))
+    assert isinstance(plain, ssl.SSLContext) and plain.verify_mode == ssl.CERT_REQUIRED
+    assert plain.get_ca_certs() == []  # trusts nothing, should TLS ever be spoken
+    assert ssl_context(resolve_endpoint("/run/slicer.sock")) is not True
+    assert ssl_context(resolve_endpoint("https://slicer.example.com")) is True
+
+
+# -- fields from newer servers -----------------------------------------------------------------------
+
+
+def test_node_listings_carry_group_and_persistence() -> None:
+    recorder = Recorder(
+        {
+            ("GET", "/nodes"): [{**NODE, "persistent": True}, {"hostname": "old-1"}],
+            ("GET", "/hostgroup/vm/nodes"): [{**NODE, "persistent": False}],
+        }
+    )
+    client = client_for(recorder)
+    new, old = client.nodes()
+    assert (new.hostgroup, new.persistent) == ("vm", True)
+    assert (old.hostgroup, old.persistent) == (None, None)  # optional: older servers leave them out
+    [in_group] = client.group_nodes("vm")
+    assert in_group.persistent is False
+
+
+def test_exec_uid_and_gid_none_are_not_sent() -> None:
+    recorder = Recorder({("POST", "/vm/vm-1/exec"): ndjson({"type": "exit", "exit_code": 0})})
+    client = client_for(recorder)
+    list(client.exec("vm-1", "id", uid=None, gid=None))
+    assert "uid" not in recorder.last.url.params and "gid" not in recorder.last.url.params
+    client.exec_buffered("vm-1", "id", uid=None, gid=0)
+    assert "uid" not in recorder.last.url.params and recorder.last.url.params["gid"] == "0"
+
+
+def test_buffered_exec_timings_and_typed_payloads() -> None:
+    recorder = Recorder(
+        {
+            ("POST", "/vm/vm-1/exec"): {
+                "stdout": "x",
+                "exit_code": 137,
+                "signal": "KILL",
+                "pid": 9,
+                "started_at": "2025-09-02T07:39:32Z",
+                "ended_at": "2025-09-02T07:39:33.5Z",
+            }
+        }
+    )
+    result = client_for(recorder).exec_buffered("vm-1", "sleep")
+    assert (result.exit_code, result.signal, result.pid) == (137, "KILL", 9)
+    assert result.started_at is not None and result.ended_at is not None
+    assert (result.ended_at - result.started_at).total_seconds() == 1.5
+    # Output frames carry the payload under the typed name and under data; the typed name wins.
+    recorder.routes[("POST", "/vm/vm-1/exec")] = ndjson(
+        {"type": "stdout", "stdout": "typed", "data": "other"}, {"type": "exit"}
+    )
+    assert next(iter(client_for(recorder).exec("vm-1", "x"))).data == b"typed"

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from pyslicer.client import AsyncSlicerClient, SlicerAPIError, SlicerClient
+from pyslicer.client._socket_exec import SocketExecClient
 from tests.integration.conftest import RunningDaemon
 
 
@@ -28,6 +29,8 @@ def test_sdk_sync(daemon: RunningDaemon, sandbox: str) -> None:
     with SlicerClient(daemon.url, token=daemon.token) as slicer:
         assert slicer.info().platform == "linux"
         assert sandbox in {node.hostname for node in slicer.group_nodes("sbox")}
+        listed = next(node for node in slicer.nodes() if node.hostname == sandbox)
+        assert (listed.hostgroup, listed.persistent) == ("sbox", False)
         assert slicer.health(sandbox).agent_uptime > 0
         assert slicer.is_ready(sandbox)
         result = slicer.exec_buffered(sandbox, "sh", ["-c", "echo $((6 * 7)); exit 5"])
@@ -38,6 +41,17 @@ def test_sdk_sync(daemon: RunningDaemon, sandbox: str) -> None:
         with pytest.raises(SlicerAPIError) as raised:
             slicer.health("no-such-vm")
         assert raised.value.status == 404
+
+
+def test_socket_exec_client(daemon: RunningDaemon, sandbox: str) -> None:
+    """The CLI's exec without httpx, against the real daemon: streamed stdin, exit codes, errors."""
+    client = SocketExecClient(daemon.url, token=daemon.token)
+    frames = list(client.exec(sandbox, "sh", ["-c", "tr a-z A-Z; exit 3"], stdin=b"shout\n", base64=True))
+    assert b"".join(f.data for f in frames if f.type == "stdout") == b"SHOUT\n"
+    assert frames[-1].type == "exit" and frames[-1].exit_code == 3
+    with pytest.raises(SlicerAPIError) as raised:
+        list(client.exec("no-such-vm", "true"))
+    assert raised.value.status == 404
 
 
 def test_sdk_async(daemon: RunningDaemon, sandbox: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._exec_output import ExecResult, exec_result
@@ -83,6 +82,8 @@ def error_answer(status: int, reason: str, content: bytes, method: str, url: str
 
 
 def _phrase(status: int) -> str:
+    from http import HTTPStatus  # only for errors: its enum costs a millisecond at start-up
+
     try:
         return HTTPStatus(status).phrase
     except ValueError:
