@@ -4,23 +4,29 @@ Both have the same constructor and methods (the blocking one is generated from t
 types of ``pyslicer.client.models`` and raise the errors of ``pyslicer.client.errors``.
 
 The names below are imported on first use, so that ``import pyslicer.client`` costs nothing, a blocking client
-never imports asyncio, and running commands never imports pydantic (the ``slicer`` CLI starts in tens of
-milliseconds); ``from pyslicer.client import SlicerClient`` works as usual.
+never imports asyncio, and running commands never imports pydantic; ``from pyslicer.client import SlicerClient``
+works as usual.
 
 Modules (all private but ``models`` and ``errors``)::
 
     _async.py          AsyncSlicerClient: builds each Call, sends it, hands the answer back (the source)
     _sync.py           SlicerClient: generated from _async.py by scripts/unasync.py
     _base_client.py    BaseClient: what both hold (endpoint, timeouts, headers); Call -> httpx.Request
-    _config.py         the endpoint (URL or unix socket), the token, the timeouts
+    _config.py         the endpoint (URL or unix socket) and the token: no httpx
     _calls.py          every API call as a sans-IO Call: method, path, query, body, parser
-    _responses.py      parsers and the error mapping: httpx.Response -> result or SlicerAPIError
+    _responses.py      parsers and the error mapping: an answer -> a result or a SlicerAPIError
     _exec_output.py    ExecFrame, ExecResult and the NDJSON exec frame decoder (stdlib only)
     _readiness.py      wait_ready's clock and verdicts
     _stdin.py          what a blocking exec sends as stdin      (_stdin_async.py: its asyncio twin)
-    _duplex.py         the full-duplex transport for stdin     (_duplex_async.py: its asyncio twin)
+    _exchange.py       one full-duplex HTTP/1.1 exchange on a socket, with h11 and no httpx
+    _duplex.py         the full-duplex httpx transport for stdin (_duplex_async.py: its asyncio twin)
+    _socket_exec.py    SocketExecClient: exec alone over _exchange, without httpx (the CLI's vm exec)
     models.py          the API's resources (pydantic), and the exec types again
     errors.py          SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
+
+Imports go one way, down this list's dependencies: the clients -> _base_client, _calls -> _responses ->
+_exec_output -> errors; nothing imports a client, and only the clients, _base_client and the duplex transports
+import httpx.
 """
 
 from __future__ import annotations
