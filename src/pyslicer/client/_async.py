@@ -1,5 +1,5 @@
-"""The client. Written once, here in ``_async.py``; ``scripts/unasync.py`` writes ``_sync.py`` from it, and
-``scripts/unasync.py --check`` fails when the two differ.
+"""The client, written once, in ``_async.py``: ``scripts/unasync.py`` writes ``_sync.py`` from it, and
+``scripts/unasync.py --check`` (run by the tests) fails when the two differ.
 
 It only sends: each method builds a ``Call`` (``_calls``) and hands the answer to ``Call.finish``. What differs
 between the blocking and the asyncio client by more than ``await`` lives in hand-written pairs of modules: the
