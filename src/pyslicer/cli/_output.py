@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -57,8 +58,9 @@ def timestamp(value: datetime | None) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    # A pydantic model, recognised without importing pydantic (commands that print none never load it).
-    if hasattr(value, "model_dump") and not isinstance(value, type):
+    # Commands that print no model never import pydantic, and a model exists only once pydantic is imported.
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (list, tuple)):
         return [to_jsonable(item) for item in value]

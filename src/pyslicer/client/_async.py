@@ -86,8 +86,8 @@ class AsyncSlicerClient(BaseClient):
 
     @property
     def _http(self) -> httpx.AsyncClient:
-        """The client (and connection pool) for everything but an exec with stdin. Made on first use: a
-        process that only streams stdin (``slicer vm exec`` in a pipe) never imports httpcore."""
+        """The client (and connection pool) for everything but an exec with stdin. Made on first use, so a
+        client that only streams stdin never builds a pool (nor imports httpcore)."""
         if self._pooled is None:
             transport = self._transport or httpx.AsyncHTTPTransport(
                 uds=self._endpoint.uds, verify=ssl_context(self._endpoint)

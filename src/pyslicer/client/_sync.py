@@ -87,8 +87,8 @@ class SlicerClient(BaseClient):
 
     @property
     def _http(self) -> httpx.Client:
-        """The client (and connection pool) for everything but an exec with stdin. Made on first use: a
-        process that only streams stdin (``slicer vm exec`` in a pipe) never imports httpcore."""
+        """The client (and connection pool) for everything but an exec with stdin. Made on first use, so a
+        client that only streams stdin never builds a pool (nor imports httpcore)."""
         if self._pooled is None:
             transport = self._transport or httpx.HTTPTransport(
                 uds=self._endpoint.uds, verify=ssl_context(self._endpoint)
