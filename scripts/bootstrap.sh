@@ -45,12 +45,14 @@ case "$command" in
         ;;
     test)
         echo "bootstrap: ruff"
-        "$VENV/bin/ruff" check src tests bench
-        "$VENV/bin/ruff" format --check src tests bench
+        "$VENV/bin/ruff" check src tests bench scripts
+        "$VENV/bin/ruff" format --check src tests bench scripts
         echo "bootstrap: mypy"
         "$VENV/bin/mypy"
         echo "bootstrap: import contracts"
         "$VENV/bin/lint-imports" --no-cache
+        echo "bootstrap: the sync client is generated from the async one"
+        "$VENV/bin/python" scripts/unasync.py --check
         echo "bootstrap: pytest"
         set +e
         "$VENV/bin/pytest" "$@"
