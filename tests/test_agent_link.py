@@ -608,23 +608,39 @@ def in_process_agent(now_ns: int) -> tuple[Agent, RecordingLink, list[int]]:
     return agent, recorder, steps
 
 
-def test_the_agent_follows_clock_frames_beyond_the_tolerance() -> None:
+def test_the_agent_takes_the_host_time_as_a_lower_bound() -> None:
     now = 1_700_000_000 * 10**9
     agent, sent, steps = in_process_agent(now)
-    tolerance = 10_000_000
-    for offset in (tolerance, -tolerance, 3_000_000, 0):
+    ms = 1_000_000
+    # A frame is never early, so a host time behind ours is a late frame: it never sets the clock back...
+    for offset in (-1 * ms, -50 * ms, -999 * ms, 0, 1 * ms):
         agent.on_frames([Frame(FrameType.CLOCK, 0, clock_payload(now + offset))])
-    assert steps == []  # within 10 ms: the frame's own transit is most of that
-    for offset in (tolerance + 1, -50_000_000, 4_400_000_000):
+    assert steps == []
+    # ... unless ours is ahead by more than a second; a host time ahead of ours means we are behind.
+    for offset in (-1001 * ms, 1 * ms + 1, 5 * ms, 4_400 * ms):
         agent.on_frames([Frame(FrameType.CLOCK, 0, clock_payload(now + offset))])
-    assert steps == [now + tolerance + 1, now - 50_000_000, now + 4_400_000_000]
-    assert agent.clock.steps == 3 and sent.frames == []  # CLOCK is not answered
+    assert steps == [now - 1001 * ms, now + 1 * ms + 1, now + 5 * ms, now + 4_400 * ms]
+    assert agent.clock.steps == 4 and sent.frames == []  # CLOCK is not answered
+
+
+def test_a_late_clock_frame_does_not_set_the_clock_back() -> None:
+    """Two CLOCK frames (one per READY) where the second was read 90 ms late: the clock stays right."""
+    host = [1_700_000_000 * 10**9]
+    guest = [host[0] - 1_300_000_000]  # from the RTC: whole seconds, and boot time
+    clock = Clock(lambda time_ns: guest.__setitem__(0, time_ns), read_time=lambda: guest[0])
+    first, second = host[0], host[0] + 2_000_000
+    assert clock.follow(first)  # read at once
+    for elapsed in (2_000_000, 90_000_000):  # the second one waited while the agent imported its exec code
+        host[0] += elapsed
+        guest[0] += elapsed
+    assert not clock.follow(second)
+    assert guest[0] == host[0]
 
 
 def test_the_agent_ignores_the_time_in_hello_and_health() -> None:
     now = 1_700_000_000 * 10**9
     agent, sent, steps = in_process_agent(now)
-    stale = (now - 4_400_000_000) / 1e9  # a HELLO that waited in the port while the guest booted
+    stale = (now + 4_400_000_000) / 1e9  # a time that would set the clock, if HELLO's were taken
     agent.on_frames([Frame(FrameType.HELLO, 0, json.dumps({"version": 1, "time": stale}).encode())])
     agent.on_frames([Frame(FrameType.OPEN, 5, json.dumps({"op": "health", "time": stale}).encode())])
     assert steps == []

@@ -42,11 +42,14 @@ if TYPE_CHECKING:
 
 
 # -- the clock -----------------------------------------------------------------------------------------
-# A guest's clock starts from the (second-resolution) RTC and, under TCG, drifts. The host sends its time in
-# CLOCK frames: once when it sees READY (ahead of any request, so the first exec already has the host's
-# time) and then every few seconds. The agent steps CLOCK_REALTIME to it when the two are further apart than
-# TOLERANCE_NS; nearer than that, the frame's own transit time would be most of the difference.
-TOLERANCE_NS = 10_000_000
+# A guest's clock starts from the (second-resolution) RTC and, under TCG, can drift. The host sends its time
+# in CLOCK frames: when it sees READY (ahead of any request, so the first exec already has the host's time)
+# and then every few seconds. A frame can reach us late (we were busy, the VM was paused), never early: its
+# time is a lower bound on the host's time now. So the clock is stepped forward whenever it is behind that
+# bound by more than BEHIND_NS, and back only when it is ahead by more than AHEAD_NS (a clock that ran fast or
+# was set by hand): a late frame never sets the clock back.
+BEHIND_NS = 1_000_000
+AHEAD_NS = 1_000_000_000
 
 
 def set_realtime(time_ns: int) -> None:
@@ -66,8 +69,9 @@ class Clock:
         self.steps = 0
 
     def follow(self, host_ns: int) -> bool:
-        """Take the host's time when ours is off by more than the tolerance; True when the clock was set."""
-        if self._set_time is None or abs(self._read_time() - host_ns) <= TOLERANCE_NS:
+        """Take the host's time (when it was sent) if ours is behind it, or far ahead; True when the clock
+        was set."""
+        if self._set_time is None or -BEHIND_NS <= self._read_time() - host_ns <= AHEAD_NS:
             return False
         try:
             self._set_time(host_ns)
