@@ -82,7 +82,7 @@ class RawAgent:
                 await asyncio.sleep(0.005)
         agent = cls(reader, writer)
         writer.write(encode_json(FrameType.HELLO, 0, {"version": 1}))
-        await agent.until(lambda frame: frame.type is FrameType.READY)
+        await agent.until(lambda frame: frame.type == FrameType.READY)
         return agent
 
     async def until(self, done: Any) -> list[Any]:
@@ -100,9 +100,9 @@ class RawAgent:
         stream, self.next_stream = self.next_stream, self.next_stream + 1
         started = time.perf_counter()
         self.writer.write(encode_json(FrameType.OPEN, stream, {"op": "exec", "cmd": "true"}))
-        frames = await self.until(lambda f: f.type is FrameType.CLOSE and f.stream == stream)
+        frames = await self.until(lambda f: f.type == FrameType.CLOSE and f.stream == stream)
         round_trip = time.perf_counter() - started
-        events = [decode_json(f) for f in frames if f.type is FrameType.MESSAGE]
+        events = [decode_json(f) for f in frames if f.type == FrameType.MESSAGE]
         began = next(e["started_at"] for e in events if e.get("type") == "started")
         ended = next(e["ended_at"] for e in events if e.get("type") == "exit")
         return round_trip, parse_time(ended) - parse_time(began)
