@@ -16,13 +16,13 @@ import json
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
-from pyslicer.api.dependencies import DaemonDep
+from pyslicer.api.dependencies import DaemonDep, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, error_response
 from pyslicer.api.schemas import ExecFrame, ExecResult
 from pyslicer.daemon import ExecExited, ExecFailed, ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStarted
@@ -47,11 +47,12 @@ router = APIRouter(responses=ERROR_RESPONSES)
     summary="Run a command: NDJSON frames as they come, or one JSON object with buffered=true",
     response_class=Response,
     openapi_extra={
+        "parameters": query_parameters(ExecQuery),
         "requestBody": {
             "required": False,
             "description": "the command's stdin, with stdin=true (read while the answer streams)",
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-        }
+        },
     },
     responses={
         200: {
@@ -67,7 +68,7 @@ router = APIRouter(responses=ERROR_RESPONSES)
     },
 )
 async def exec_command(
-    daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, Query()], request: Request
+    daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, query_of(ExecQuery)], request: Request
 ) -> Response:
     if request.query_params.get("background", "").lower() in ("1", "true", "yes", "on"):  # not in the document yet
         raise NotSupported("background: background exec is not supported on this build yet", code="background")
