@@ -176,7 +176,10 @@ class ExecProcess:
         self._stream = stream
 
     async def events(self) -> AsyncIterator[ExecEvent]:
+        ended = False
         async for event in self._stream:
+            if ended:
+                continue  # the agent's CLOSE follows at once; leaving before it would make us send one
             if isinstance(event, Output):
                 yield ExecOutput(STREAM_OF_CHANNEL.get(event.channel, "stderr"), event.data)
                 self._stream.consumed(len(event.data))  # delivered: the guest may send more
@@ -184,9 +187,9 @@ class ExecProcess:
                 typed = event_from_message(event.body)
                 if typed is not None:
                     yield typed
-                    if not isinstance(typed, ExecStarted):
-                        return
-        yield ExecFailed(CANCELLED, 1)
+                    ended = not isinstance(typed, ExecStarted)
+        if not ended:
+            yield ExecFailed(CANCELLED, 1)
 
     async def collect(self, limit: int = BUFFERED_LIMIT) -> ExecOutcome:
         """Wait for the end, holding the output (raises Unavailable past ``limit`` bytes, AgentError
