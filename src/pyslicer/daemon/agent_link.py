@@ -243,8 +243,10 @@ class AgentLink:
             clock = asyncio.get_running_loop().create_task(self._keep_clock(), name=f"agent-clock-{self.name}")
             try:
                 await self._read(reader)
-            except (ConnectionError, ProtocolError) as exc:
-                log.warning("%s: agent channel broke: %s", self.name, exc)
+            except ProtocolError as exc:
+                log.warning("%s: agent broke the protocol: %s", self.name, exc)
+            except ConnectionError as exc:  # QEMU closing the socket: the VM stopped or is stopping
+                log.info("%s: agent channel closed: %s", self.name, exc)
             finally:
                 clock.cancel()
             self._drop_connection("the agent channel closed")
