@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
-from pyslicer.api.schemas import CreatedNode, CreateNodeBody, DeleteResult, HostGroupInfo, NodeInfo
+from pyslicer.api.schemas import CreatedNode, CreateNodeBody, DeleteResult, ErrorBody, HostGroupInfo, NodeInfo
 from pyslicer.daemon import Node, NodeRequest, machine_arch
 from pyslicer.durations import parse_go_duration
 from pyslicer.errors import InvalidArgument
@@ -99,7 +99,7 @@ async def list_nodes(daemon: DaemonDep, tag: TagFilter = None, tag_prefix: TagPr
     status_code=201,
     summary="Launch a node",
     openapi_extra=body_schema(CreateNodeBody),
-    responses={408: {"model": ERROR_RESPONSES[400]["model"], "description": "the wait timed out; the VM is removed"}},
+    responses={408: {"model": ErrorBody, "description": "the wait timed out; the VM is removed"}},
 )
 async def create_node(
     daemon: DaemonDep,
