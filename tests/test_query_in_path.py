@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -15,8 +16,6 @@ def seen(raw_path: bytes, query_string: bytes = b"") -> dict[str, Any]:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         got.update(scope)
-
-    from urllib.parse import unquote
 
     scope = {"type": "http", "path": unquote(raw_path.decode()), "raw_path": raw_path, "query_string": query_string}
     asyncio.run(QueryInPath(app)(scope, None, None))
