@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +50,22 @@ async def claim_socket_path(path: Path) -> None:
     raise ConfigError(f"config.api.bind_address: {path} is in use by a running server")
 
 
+def bind_private_unix_socket(path: Path) -> socket.socket:
+    """The API's unix socket, 0600 from its first moment: it has no auth, so only the daemon's own user may
+    connect (uvicorn would make it 0666)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"config.api.bind_address: cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(umask)
+    sock.listen(2048)
+    return sock
+
+
 async def run(config: SlicerConfig, data_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -71,11 +89,11 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
             claimed_socket = socket_path
         await daemon.start()
         token = daemon.token if api.uses_auth else None
+        sockets: list[socket.socket] | None = None
         if socket_path is not None:
-            server_config = uvicorn.Config(
-                create_app(daemon, token=token), uds=str(socket_path), lifespan="off", log_level="warning"
-            )
-            say(f"pyslicer API on unix socket {socket_path} (no auth)")
+            sockets = [bind_private_unix_socket(socket_path)]
+            server_config = uvicorn.Config(create_app(daemon, token=token), lifespan="off", log_level="warning")
+            say(f"pyslicer API on unix socket {socket_path} (no auth; mode 0600)")
         else:
             server_config = uvicorn.Config(
                 create_app(daemon, token=token),
@@ -89,7 +107,7 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
         for node in daemon.nodes.values():
             say(f"vm {node.hostname}: booting, serial log {node.spec.console_log}")
         server = _Server(server_config)
-        await server.serve()
+        await server.serve(sockets=sockets)
     except asyncio.CancelledError:
         say("pyslicer: interrupted")
     finally:

@@ -102,6 +102,7 @@ def test_daemon_stop_removes_sandboxes_and_keeps_what_persists(guest_image: Path
     # their clean shutdown. This daemon serves on a unix socket, where no token is needed.
     third = start_daemon(tmp_path, guest_image, unix_socket=True)
     try:
+        assert Path(third.url).stat().st_mode & 0o777 == 0o600, "no auth on the socket: only its owner may connect"
         with third.client() as api:
             assert sorted(n["hostname"] for n in api.get("/nodes").json()) == ["keeper", "svc-1"]
             for vm in ("svc-1", "keeper"):
