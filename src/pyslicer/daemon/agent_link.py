@@ -111,11 +111,14 @@ class AgentStream:
             yield event
 
     def consumed(self, size: int) -> None:
+        """``size`` bytes of output went on: the agent may send that much more."""
         if size and not self.closed:
             self._receive_budget += size
             self._link.send(encode(FrameType.WINDOW, self.id, window_payload(size)))
 
     async def write(self, data: bytes) -> None:
+        """Send ``data`` on stdin as the agent's credit allows; returns early (dropping the rest) once the
+        stream has ended. Raises nothing."""
         view = memoryview(data)
         while view:
             while self._send_credit <= 0 and not self.closed:
@@ -130,6 +133,7 @@ class AgentStream:
             await self._link.drain()
 
     def close_input(self) -> None:
+        """No more stdin."""
         if not self.closed:
             self._link.send(encode(FrameType.EOF, self.id, flags=Channel.STDIN))
 
@@ -175,6 +179,7 @@ class AgentLink:
         self._drop_connection("the VM is shutting down")
 
     async def wait_ready(self, timeout: float) -> None:
+        """Raises AgentError when no agent says READY within ``timeout``."""
         try:
             await asyncio.wait_for(self.ready.wait(), timeout)
         except TimeoutError:

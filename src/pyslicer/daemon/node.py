@@ -69,6 +69,7 @@ class Node:
         return self.record.hostname
 
     def transition(self, target: NodeState) -> None:
+        """Move to ``target``. Raises Conflict, naming the current state, when the lifecycle forbids it."""
         check_transition(self.hostname, self.state, target)
         log.info("%s: %s -> %s", self.hostname, self.state.value, target.value)
         self.state = target
@@ -77,7 +78,8 @@ class Node:
 
     # -- running -------------------------------------------------------------------------------
     def attach(self, vm: VMProcess) -> None:
-        """Take over a started VM: connect to its agent and watch its process."""
+        """Take over a started VM: connect to its agent and watch its process. Raises Conflict unless the node
+        is being created or was stopped."""
         self.vm = vm
         self.transition(NodeState.BOOTING)
         self.link = AgentLink(self.spec.agent_socket, self.hostname, on_ready=self._on_agent_ready)
@@ -123,7 +125,7 @@ class Node:
         """Stop the VM and release everything that belongs to its run (not its disk).
 
         With a graceful timeout the guest first shuts down cleanly (its filesystem unmounted), so a
-        persistent disk is consistent; the process is killed when that does not happen in time."""
+        persistent disk is consistent; the process is killed when that does not happen in time. Raises nothing."""
         self._stopping = True
         vm, self.vm = self.vm, None
         if graceful_timeout and vm is not None and self.link is not None and self.link.ready.is_set():
