@@ -243,7 +243,7 @@ class AgentLink:
                 await asyncio.sleep(0.01)
                 continue
             self._writer = writer
-            hello: Hello = {"version": PROTOCOL_VERSION}
+            hello: Hello = {"version": PROTOCOL_VERSION, "time": time.time()}
             self.send(encode_json(FrameType.HELLO, 0, hello))
             clock = asyncio.get_running_loop().create_task(self._keep_clock(), name=f"agent-clock-{self.name}")
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,7 @@ class Node:
 
     async def health(self) -> AgentHealth:
         """Ask the agent. Raises Conflict when the VM is not running, AgentError when the agent does not answer."""
-        request: protocol.HealthRequest = {"op": Op.HEALTH}
+        request: protocol.HealthRequest = {"op": Op.HEALTH, "time": time.time()}
         return AgentHealth.from_guest(await self.agent().call(request, timeout=5))
 
     def exec(self, request: ExecRequest) -> ExecProcess:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         """HELLO: a (new) host connection. The agent drops every stream and answers READY."""
 
         version: int
+        time: NotRequired[float]  # host epoch seconds; read only by version-1 agents (disks from before CLOCK)
 
     class Ready(TypedDict):
         """READY: the agent's identity. A new ``instance`` means the agent restarted."""
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
     class HealthRequest(TypedDict):
         op: Literal["health"]
+        time: NotRequired[float]  # as in Hello: for version-1 agents, which set their clock from it
         window: NotRequired[int]  # added by the link
 
     class HealthAnswer(TypedDict):
