@@ -26,7 +26,8 @@ from pyslicer.api.dependencies import DaemonDep, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, error_response
 from pyslicer.api.schemas import ExecFrame, ExecResult
 from pyslicer.daemon import ExecExited, ExecFailed, ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStarted
-from pyslicer.daemon.exec import Flag, OutputStream, utc_now
+from pyslicer.daemon.exec import Flag, OutputStream
+from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import AgentError, InvalidArgument, NotSupported, SlicerError
 
 NDJSON = "application/x-ndjson"

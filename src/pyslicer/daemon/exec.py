@@ -7,7 +7,6 @@ back for the next event, so a slow consumer holds back only its own command.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -16,6 +15,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from pyslicer.daemon.agent_link import AgentStream, Message, Output
+from pyslicer.daemon.guest_input import int_or, str_or
+from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import Unavailable
 from pyslicer.protocol import Channel, Event, Op
 
@@ -29,10 +30,6 @@ CANCELLED = "the command was cancelled"
 
 OutputStream = Literal["stdout", "stderr"]
 STREAM_OF_CHANNEL: dict[int, OutputStream] = {Channel.STDOUT: "stdout", Channel.STDERR: "stderr"}
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _optional_id(value: Any) -> Any:
@@ -139,30 +136,21 @@ class ExecOutcome:
     end: ExecExited | ExecFailed = field(default_factory=lambda: ExecFailed(CANCELLED, 1))
 
 
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _text(value: Any, default: str) -> str:
-    return value if isinstance(value, str) else default
-
-
 def event_from_message(body: dict[str, Any]) -> ExecStarted | ExecExited | ExecFailed | None:
     kind = body.get("type")
     if kind == Event.STARTED:
-        return ExecStarted(pid=_int(body.get("pid"), 0), started_at=_text(body.get("started_at"), utc_now()))
+        return ExecStarted(pid=int_or(body.get("pid"), 0), started_at=str_or(body.get("started_at"), utc_now()))
     if kind == Event.EXIT:
-        signal = body.get("signal")
         return ExecExited(
-            exit_code=_int(body.get("exit_code"), 1),
-            ended_at=_text(body.get("ended_at"), utc_now()),
-            signal=signal if isinstance(signal, str) else None,
+            exit_code=int_or(body.get("exit_code"), 1),
+            ended_at=str_or(body.get("ended_at"), utc_now()),
+            signal=str_or(body.get("signal"), None),
         )
     if kind == Event.ERROR:
         return ExecFailed(
-            error=_text(body.get("error"), "exec failed"),
-            exit_code=_int(body.get("exit_code"), 1),
-            ended_at=_text(body.get("ended_at"), utc_now()),
+            error=str_or(body.get("error"), "exec failed"),
+            exit_code=int_or(body.get("exit_code"), 1),
+            ended_at=str_or(body.get("ended_at"), utc_now()),
         )
     return None
 

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pyslicer.daemon.data_dir import DataDir
-from pyslicer.daemon.exec import utc_now
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import Node
 from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.storage import create_overlay, remove_disk
+from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import InvalidArgument, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage
 from pyslicer.net import Lease

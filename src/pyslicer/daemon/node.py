@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyslicer.daemon.agent_link import AgentLink
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
+from pyslicer.daemon.guest_input import int_or, str_or
 from pyslicer.daemon.lifecycle import NodeState, check_transition, require_running
 from pyslicer.daemon.registry import NodeRecord
 from pyslicer.errors import AgentError, SlicerError, Timeout
@@ -22,10 +23,6 @@ if TYPE_CHECKING:
     from pyslicer import protocol
 
 log = logging.getLogger(__name__)
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +38,13 @@ class AgentHealth:
 
     @classmethod
     def from_guest(cls, body: dict[str, Any]) -> AgentHealth:
-        hostname, version = body.get("hostname"), body.get("agent_version")
         return cls(
-            hostname=hostname if isinstance(hostname, str) else "",
-            agent_uptime=max(0, _int(body.get("agent_uptime")) or 0),
-            agent_version=version if isinstance(version, str) else "",
-            system_uptime=max(0, _int(body.get("system_uptime")) or 0),
+            hostname=str_or(body.get("hostname"), ""),
+            agent_uptime=max(0, int_or(body.get("agent_uptime"), 0)),
+            agent_version=str_or(body.get("agent_version"), ""),
+            system_uptime=max(0, int_or(body.get("system_uptime"), 0)),
             userdata_ran=body.get("userdata_ran") is True,
-            userdata_exit_code=_int(body.get("userdata_exit_code")),
+            userdata_exit_code=int_or(body.get("userdata_exit_code"), None),
         )
 
 
