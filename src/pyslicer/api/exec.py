@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter
-from starlette.requests import Request
+from pydantic.json_schema import SkipJsonSchema
 from starlette.responses import Response
 from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
@@ -38,6 +38,7 @@ class ExecQuery(ExecRequest):
 
     buffered: Flag = False
     stdio: Literal["", "text", "base64"] = ""
+    background: SkipJsonSchema[Flag] = False  # parsed (a bad value is a 400), kept out of the document until it exists
 
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -68,10 +69,8 @@ router = APIRouter(responses=ERROR_RESPONSES)
         },
     },
 )
-async def exec_command(
-    daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, query_of(ExecQuery)], request: Request
-) -> Response:
-    if request.query_params.get("background", "").lower() in ("1", "true", "yes", "on"):  # not in the document yet
+async def exec_command(daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, query_of(ExecQuery)]) -> Response:
+    if query.background:
         raise NotSupported("background: background exec is not supported on this build yet", code="background")
     if query.stdin and query.buffered:
         raise InvalidArgument("stdin is not supported with buffered=true", code="invalid_stdin")
