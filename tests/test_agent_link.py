@@ -29,6 +29,8 @@ from pyslicer.protocol import (
     Frame,
     FrameDecoder,
     FrameType,
+    adjust_delta,
+    adjust_payload,
     clock_payload,
     clock_time,
     decode_json,
@@ -494,11 +496,13 @@ def test_ready_unsolicited_then_on_hello_and_no_spin_without_a_host() -> None:
 
 
 class ScriptedAgent:
-    """A stand-in agent on a unix socket that says READY (at once, and on HELLO) and records, in order,
-    every frame the host sends, with the host's time when it arrived."""
+    """A stand-in agent on a unix socket that says READY (at once, and on HELLO), answers CLOCK with TIME (its
+    clock ``ahead_ns`` ahead of the host's) and records, in order, every frame the host sends, with the host's
+    time when it arrived."""
 
-    def __init__(self, version: int = PROTOCOL_VERSION) -> None:
+    def __init__(self, version: int = PROTOCOL_VERSION, ahead_ns: int = 0) -> None:
         self.version = version
+        self.ahead_ns = ahead_ns
         self.received: list[tuple[int, Frame]] = []
         self.changed = asyncio.Event()
 
@@ -514,6 +518,8 @@ class ScriptedAgent:
                 self.received.append((arrived, frame))
                 if frame.type == FrameType.HELLO:
                     writer.write(self.ready())
+                elif frame.type == FrameType.CLOCK and self.version >= 3:
+                    writer.write(encode(FrameType.TIME, 0, clock_payload(time.time_ns() + self.ahead_ns)))
                 elif frame.type == FrameType.OPEN:
                     writer.write(encode_json(FrameType.MESSAGE, frame.stream, {"ok": True}))
                     writer.write(encode(FrameType.CLOSE, frame.stream))
@@ -566,7 +572,8 @@ async def test_the_host_sends_its_time_on_ready_ahead_of_any_request(tmp_path: P
     hello = decode_json(agent.received[0][1])
     assert early and types[0] == "HELLO" and hello["version"] == PROTOCOL_VERSION
     assert set(hello) == {"version", "time"}  # the time is for version-1 agents; ours ignore it
-    assert types[1] == "CLOCK" and types[2] == "OPEN"  # the time goes out before the link counts as ready
+    # the time goes out before the link counts as ready (both READYs were in before the first answer)
+    assert types[1] == types[2] == "CLOCK" and types[3] == "OPEN"
     for arrived, frame in agent.received:
         if frame.type == FrameType.CLOCK:
             assert started <= clock_time(frame) <= arrived  # the host's time as it sent the frame
@@ -582,6 +589,25 @@ async def test_the_host_sends_its_time_again_while_connected(tmp_path: Path) -> 
     assert times == sorted(times)
     # two follow the two READYs; the rest are paced by the interval, not a flood
     assert len(times) <= 2 + (times[-1] - times[0]) / 50_000_000 + 1
+
+
+async def test_an_agent_ahead_of_the_host_is_stepped_back(tmp_path: Path) -> None:
+    agent = ScriptedAgent(ahead_ns=300_000_000)
+    async with scripted_link(tmp_path, agent) as link:
+        assert await link.call({"op": "health"}) == {"ok": True}
+        await agent.wait_for(lambda: "ADJUST" in agent.types())
+    adjusts = [adjust_delta(frame) for _, frame in agent.received if frame.type == FrameType.ADJUST]
+    # back by at least what the TIME frame proves, never by more than the agent is ahead
+    assert adjusts and all(-300_000_000 <= delta < -290_000_000 for delta in adjusts)
+    assert agent.types().index("ADJUST") < agent.types().index("OPEN")  # before the first request
+
+
+async def test_an_agent_on_time_or_behind_is_not_adjusted(tmp_path: Path) -> None:
+    for ahead_ns in (0, -300_000_000):  # behind: the agent steps itself forward on CLOCK
+        agent = ScriptedAgent(ahead_ns=ahead_ns)
+        async with scripted_link(tmp_path, agent) as link:
+            assert await link.call({"op": "health"}) == {"ok": True}
+        assert "ADJUST" not in agent.types()
 
 
 async def test_no_clock_for_an_agent_of_version_1(tmp_path: Path) -> None:
@@ -622,7 +648,9 @@ def test_the_agent_takes_the_host_time_as_a_lower_bound() -> None:
     for offset in (-1001 * ms, 1 * ms + 1, 5 * ms, 4_400 * ms):
         agent.on_frames([Frame(FrameType.CLOCK, 0, clock_payload(now + offset))])
     assert steps == [now - 1001 * ms, now + 1 * ms + 1, now + 5 * ms, now + 4_400 * ms]
-    assert agent.clock.steps == 4 and sent.frames == []  # CLOCK is not answered
+    assert agent.clock.steps == 4
+    # each CLOCK is answered by one TIME with the agent's clock (this one's reads `now` throughout)
+    assert [(frame.name, clock_time(frame)) for frame in sent.frames] == [("TIME", now)] * 9
 
 
 def test_a_late_clock_frame_does_not_set_the_clock_back() -> None:
@@ -649,10 +677,17 @@ def test_the_agent_ignores_the_time_in_hello_and_health() -> None:
     assert [frame.name for frame in sent.frames] == ["READY", "MESSAGE", "CLOSE"]
 
 
+def test_the_agent_steps_its_clock_by_an_adjust() -> None:
+    now = 1_700_000_000 * 10**9
+    agent, sent, steps = in_process_agent(now)
+    agent.on_frames([Frame(FrameType.ADJUST, 0, adjust_payload(-123_456_789)), Frame(FrameType.ADJUST, 0, b"\0")])
+    assert steps == [now - 123_456_789] and sent.frames == []  # the bad one is dropped
+
+
 def test_a_bad_clock_frame_is_dropped_and_the_agent_goes_on() -> None:
     agent, sent, steps = in_process_agent(0)
     agent.on_frames([Frame(FrameType.CLOCK, 0, b"\0\0\0\1"), Frame(FrameType.CLOCK, 0, clock_payload(10**18))])
-    assert steps == [10**18] and sent.frames == []
+    assert steps == [10**18] and [frame.name for frame in sent.frames] == ["TIME"]  # only the good one is answered
 
 
 def test_the_clock_stops_trying_when_it_may_not_be_set() -> None:

@@ -87,6 +87,13 @@ async def test_a_request_too_large_for_one_frame_is_a_clear_400(tmp_path: Path) 
         server.close()
 
 
+async def test_a_time_frame_nobody_asked_for_breaks_the_connection(tmp_path: Path) -> None:
+    def send_time(writer: asyncio.StreamWriter, stream: int) -> None:
+        writer.write(encode(FrameType.TIME, 0, clock_payload(0)))  # only ever an answer to the host's CLOCK
+
+    await run_against(tmp_path, send_time)
+
+
 async def test_a_clock_frame_from_the_agent_breaks_the_connection(tmp_path: Path) -> None:
     def send_clock(writer: asyncio.StreamWriter, stream: int) -> None:
         writer.write(encode(FrameType.CLOCK, stream, clock_payload(0)))  # host -> agent only

@@ -24,6 +24,8 @@ from pyslicer.protocol import (
     FrameType,
     Op,
     ProtocolError,
+    adjust_delta,
+    clock_payload,
     clock_time,
     decode_json,
     encode,
@@ -42,12 +44,14 @@ if TYPE_CHECKING:
 
 
 # -- the clock -----------------------------------------------------------------------------------------
-# A guest's clock starts from the (second-resolution) RTC and, under TCG, can drift. The host sends its time
-# in CLOCK frames: when it sees READY (ahead of any request, so the first exec already has the host's time)
-# and then every few seconds. A frame can reach us late (we were busy, the VM was paused), never early: its
-# time is a lower bound on the host's time now. So the clock is stepped forward whenever it is behind that
-# bound by more than BEHIND_NS, and back only when it is ahead by more than AHEAD_NS (a clock that ran fast or
-# was set by hand): a late frame never sets the clock back.
+# A guest's clock starts from the (second-resolution) RTC, which may put it ahead or behind by up to a second,
+# and under TCG it can drift. The host sends its time in CLOCK frames: when it sees READY (ahead of any
+# request, so the first exec already has the host's time) and then every few seconds. A frame can reach us
+# late (we were busy, the VM was paused), never early: its time is a lower bound on the host's time now. So
+# the clock is stepped forward whenever it is behind that bound by more than BEHIND_NS, and back only when it
+# is ahead by more than AHEAD_NS: a late frame never sets the clock back. Each CLOCK is answered by a TIME
+# frame with our clock; the host, which knows when that arrived, sends an ADJUST (a relative step, which no
+# delay can spoil) when our clock is ahead of its own.
 BEHIND_NS = 1_000_000
 AHEAD_NS = 1_000_000_000
 
@@ -68,13 +72,26 @@ class Clock:
         self._read_time = read_time
         self.steps = 0
 
+    def now(self) -> int:
+        return self._read_time()
+
     def follow(self, host_ns: int) -> bool:
         """Take the host's time (when it was sent) if ours is behind it, or far ahead; True when the clock
         was set."""
         if self._set_time is None or -BEHIND_NS <= self._read_time() - host_ns <= AHEAD_NS:
             return False
+        return self._set(host_ns)
+
+    def adjust(self, delta_ns: int) -> bool:
+        """Step the clock by ``delta_ns`` (the host's ADJUST); True when it was set."""
+        if self._set_time is None or not delta_ns:
+            return False
+        return self._set(self._read_time() + delta_ns)
+
+    def _set(self, time_ns: int) -> bool:
+        assert self._set_time is not None
         try:
-            self._set_time(host_ns)
+            self._set_time(time_ns)
         except OSError as exc:  # not allowed (not root): keep the clock we have, and stop trying
             print(f"slicer-agent: cannot set the clock: {exc}", file=sys.stderr)
             self._set_time = None
@@ -147,9 +164,13 @@ class Agent:
             return
         if frame_type == FrameType.CLOCK:
             self.clock.follow(clock_time(frame))
+            self.send(encode(FrameType.TIME, 0, clock_payload(self.clock.now())))
             if not self._preloading:  # not earlier: it would hold up reading the CLOCK frame, and so age it
                 self._preloading = True
                 self.loop.call_later(0, preload)
+            return
+        if frame_type == FrameType.ADJUST:
+            self.clock.adjust(adjust_delta(frame))
             return
         if frame_type == FrameType.OPEN:
             self.open(frame.stream, decode_json(frame))

@@ -22,7 +22,9 @@ from pyslicer.protocol import (
     FrameDecoder,
     FrameType,
     ProtocolError,
+    adjust_payload,
     clock_payload,
+    clock_time,
     decode_json,
     encode,
     encode_json,
@@ -43,8 +45,10 @@ MAX_QUEUED_EVENTS = 1024
 # finds its vCPUs' TSCs "unsynchronized" falls back to a jiffies clock that loses ~7 ms/s when idle (measured;
 # far more when the host is busy): every 5 s keeps an idle one within about 35 ms.
 CLOCK_INTERVAL = 5.0
-# The first protocol version whose agents take CLOCK frames.
-CLOCK_VERSION = 2
+# The first protocol version whose agents answer CLOCK with TIME and take ADJUST.
+CLOCK_VERSION = 3
+# An agent's clock found ahead of the host's by more than this is stepped back by the host (ADJUST).
+MAX_AHEAD_NS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +153,11 @@ class AgentLink:
     """Connects to the unix socket QEMU serves for the guest's virtio-serial port, and keeps
     reconnecting until closed. ``ready`` is set while an agent has said READY on this connection.
 
-    The link also keeps the guest's clock: it sends the host's time (a CLOCK frame) on each READY, before
-    it sets ``ready``, so every request opened afterwards reaches the agent after it, and again every
-    ``clock_interval`` seconds while connected.
+    The link also keeps the guest's clock: it sends the host's time (a CLOCK frame; the agent steps forward
+    when behind it) on each READY and again every ``clock_interval`` seconds while connected. The agent
+    answers each with its own time (TIME); one that arrives ahead of the host's clock is ahead by at least
+    that much, and the link steps it back by that much (ADJUST). ``ready`` is set once the first answer is
+    in, so every request opened afterwards reaches an agent whose clock is the host's.
     """
 
     clock_interval = CLOCK_INTERVAL
@@ -166,6 +172,7 @@ class AgentLink:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._clocks_unanswered = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"agent-link-{self.name}")
@@ -267,14 +274,23 @@ class AgentLink:
     async def _keep_clock(self) -> None:
         while True:
             await asyncio.sleep(self.clock_interval)
-            if self.ready.is_set():
+            if self.ready.is_set() and self._keeps_time():
                 self._send_clock()
 
-    def _send_clock(self) -> None:
-        """The host's time now, for the agent to set its clock by (agents that know CLOCK only)."""
+    def _keeps_time(self) -> bool:
         version = self.agent_info.get("version")
-        if isinstance(version, int) and version >= CLOCK_VERSION:
-            self.send(encode(FrameType.CLOCK, 0, clock_payload(time.time_ns())))
+        return isinstance(version, int) and version >= CLOCK_VERSION
+
+    def _send_clock(self) -> None:
+        """The host's time now, for the agent to set its clock by; it answers with TIME."""
+        self._clocks_unanswered += 1
+        self.send(encode(FrameType.CLOCK, 0, clock_payload(time.time_ns())))
+
+    def _set_ready(self) -> None:
+        if not self.ready.is_set():
+            self.ready.set()
+            if self._on_ready is not None:
+                self._on_ready()
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.type == FrameType.READY:
@@ -282,10 +298,21 @@ class AgentLink:
             if self.agent_info.get("instance") not in (None, info.get("instance")):
                 self._fail_streams("the agent restarted")
             self.agent_info = info
-            self._send_clock()  # ahead of every request opened once ready is set
-            self.ready.set()
-            if self._on_ready is not None:
-                self._on_ready()
+            if self._keeps_time():
+                self._send_clock()  # ready once it is answered
+            else:
+                self._set_ready()
+            return
+        if frame.type == FrameType.TIME:
+            arrived = time.time_ns()
+            if not self._clocks_unanswered:
+                raise ProtocolError("TIME frame without a CLOCK")
+            self._clocks_unanswered -= 1
+            # The agent read its clock before we got the frame: it is ahead by at least this much.
+            ahead = clock_time(frame) - arrived
+            if ahead > MAX_AHEAD_NS:
+                self.send(encode(FrameType.ADJUST, 0, adjust_payload(-ahead)))
+            self._set_ready()
             return
         stream = self._streams.get(frame.stream)
         if stream is None:
@@ -312,6 +339,7 @@ class AgentLink:
 
     def _drop_connection(self, reason: str) -> None:
         self.ready.clear()
+        self._clocks_unanswered = 0
         self._writer = None
         self.agent_info = {}
         self._fail_streams(reason)

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HEADER = struct.Struct("!BBII")
 MAX_PAYLOAD = 64 * 1024
 INITIAL_WINDOW = 256 * 1024
 _WINDOW = struct.Struct("!I")
 _CLOCK = struct.Struct("!Q")
+_ADJUST = struct.Struct("!q")
 
 
 class ProtocolError(Exception):
@@ -42,6 +43,8 @@ class FrameType:
     WINDOW = 7  # either way: the receiver consumed bytes; payload is a uint32 credit increment
     CLOSE = 8  # agent -> host: stream done; host -> agent: cancel the stream (kill what it runs)
     CLOCK = 9  # host -> agent, stream 0: the host's wall clock now, uint64 ns since the epoch (version 2)
+    TIME = 10  # agent -> host, stream 0: the answer to a CLOCK, the agent's clock then, uint64 ns (version 3)
+    ADJUST = 11  # host -> agent, stream 0: add this to your clock, int64 ns (version 3)
 
     NAMES: ClassVar[dict[int, str]] = {
         1: "HELLO",
@@ -53,6 +56,8 @@ class FrameType:
         7: "WINDOW",
         8: "CLOSE",
         9: "CLOCK",
+        10: "TIME",
+        11: "ADJUST",
     }
 
 
@@ -159,16 +164,28 @@ def window_increment(frame: Frame) -> int:
 
 
 def clock_payload(time_ns: int) -> bytes:
-    """A CLOCK frame's payload: wall-clock nanoseconds since the epoch."""
+    """A CLOCK or TIME frame's payload: wall-clock nanoseconds since the epoch."""
     return _CLOCK.pack(time_ns)
 
 
 def clock_time(frame: Frame) -> int:
-    """The nanoseconds since the epoch a CLOCK frame carries."""
+    """The nanoseconds since the epoch a CLOCK or TIME frame carries."""
     if len(frame.payload) != _CLOCK.size:
-        raise ProtocolError("CLOCK frame must carry 8 bytes")
+        raise ProtocolError(f"{frame.name} frame must carry 8 bytes")
     (time_ns,) = _CLOCK.unpack(frame.payload)
     return int(time_ns)
+
+
+def adjust_payload(delta_ns: int) -> bytes:
+    """An ADJUST frame's payload: signed nanoseconds to add to the clock."""
+    return _ADJUST.pack(delta_ns)
+
+
+def adjust_delta(frame: Frame) -> int:
+    if len(frame.payload) != _ADJUST.size:
+        raise ProtocolError("ADJUST frame must carry 8 bytes")
+    (delta_ns,) = _ADJUST.unpack(frame.payload)
+    return int(delta_ns)
 
 
 _CHANNEL_FRAMES = (FrameType.DATA, FrameType.EOF)
