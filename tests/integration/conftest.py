@@ -23,6 +23,7 @@ import pytest
 
 from pyslicer.image import ensure_image
 from tests.conftest import IMAGE_CACHE
+from tests.integration.helpers import created_sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -182,13 +183,6 @@ def api(daemon: RunningDaemon) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def sandbox(api: httpx.Client) -> Iterator[str]:
     """One sandbox shared by the checks that only read or run commands."""
-    response = api.post(
-        "/hostgroup/sbox/nodes?wait=userdata&timeout=3m",
-        json={"userdata": "echo hello-userdata > /var/tmp/userdata-out\n", "tags": ["shared", "team-a"]},
-    )
-    assert response.status_code in (200, 201), response.text
-    hostname: str = response.json()["hostname"]
-    try:
+    userdata = "echo hello-userdata > /var/tmp/userdata-out\n"
+    with created_sandbox(api, "userdata", userdata=userdata, tags=["shared", "team-a"]) as hostname:
         yield hostname
-    finally:
-        api.delete(f"/hostgroup/sbox/nodes/{hostname}")

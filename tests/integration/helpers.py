@@ -1,10 +1,24 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+
+
+@contextlib.contextmanager
+def created_sandbox(api: httpx.Client, wait: str = "agent", **body: Any) -> Iterator[str]:
+    """A sandbox in the sbox group, deleted when the block ends (also when it fails)."""
+    response = api.post(f"/hostgroup/sbox/nodes?wait={wait}&timeout=3m", json=body)
+    assert response.status_code in (200, 201), response.text
+    hostname: str = response.json()["hostname"]
+    try:
+        yield hostname
+    finally:
+        api.delete(f"/hostgroup/sbox/nodes/{hostname}")
 
 
 def frames(response: httpx.Response) -> list[dict[str, Any]]:

@@ -10,19 +10,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.integration.helpers import created_sandbox
+
 TOLERANCE = 0.05
 
 
 @pytest.fixture
 def fresh_sandbox(api: httpx.Client) -> Iterator[str]:
     """A sandbox nothing has talked to but the create: no health call (which once carried the time)."""
-    response = api.post("/hostgroup/sbox/nodes?wait=agent&timeout=3m", json={})
-    assert response.status_code in (200, 201), response.text
-    hostname: str = response.json()["hostname"]
-    try:
+    with created_sandbox(api) as hostname:
         yield hostname
-    finally:
-        api.delete(f"/hostgroup/sbox/nodes/{hostname}")
 
 
 def guest_offset(api: httpx.Client, hostname: str) -> tuple[float, float]:
