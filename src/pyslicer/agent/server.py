@@ -38,9 +38,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from pyslicer.agent.execs import ExecSession
+    from pyslicer.agent.session import Session, SessionFactory
     from pyslicer.agent.userdata import Userdata
     from pyslicer.protocol import HealthAnswer, Ready, RequestError, UserdataAnswer
+
+# The ops served by a session of their own (a stream that lives until it is finished or cancelled): the op,
+# and the module and class that run it. Imported at the first request that needs it (or by ``preload``).
+SESSIONS: dict[str, tuple[str, str]] = {
+    Op.EXEC: ("pyslicer.agent.execs", "ExecSession"),
+}
 
 
 # -- the clock -----------------------------------------------------------------------------------------
@@ -107,7 +113,8 @@ class Agent:
         self.started = time.monotonic()
         self.instance = os.urandom(8).hex()
         self._userdata: Userdata | None = None
-        self.sessions: dict[int, ExecSession] = {}
+        self.sessions: dict[int, Session] = {}
+        self._factories: dict[str, SessionFactory] = {}
         self.link: SerialLink | None = None
         self._preloading = False
 
@@ -125,7 +132,7 @@ class Agent:
         assert self.link is not None
         self.link.send(data)
 
-    def finish(self, session: ExecSession) -> None:
+    def finish(self, session: Session) -> None:
         if self.sessions.get(session.stream) is session:
             del self.sessions[session.stream]
             self.send(encode(FrameType.CLOSE, session.stream))
@@ -198,14 +205,19 @@ class Agent:
         elif op == Op.USERDATA:
             script = request.get("script")
             self.answer(stream, {"started": self.userdata.start(script if isinstance(script, str) else "")})
-        elif op == Op.EXEC:
-            from pyslicer.agent.execs import ExecSession
-
-            session = ExecSession(self.loop, stream, request, self.send, self.finish)
+        elif isinstance(op, str) and op in SESSIONS:
+            session = self._factory(op)(self.loop, stream, request, self.send, self.finish)
             self.sessions[stream] = session
             session.start()
         else:
             self.answer(stream, {"type": Event.ERROR, "error": f"unknown op {op!r}"})
+
+    def _factory(self, op: str) -> SessionFactory:
+        factory = self._factories.get(op)
+        if factory is None:
+            module, name = SESSIONS[op]
+            factory = self._factories[op] = getattr(__import__(module, fromlist=[name]), name)
+        return factory
 
     def health(self) -> HealthAnswer:
         body: HealthAnswer = {

@@ -1,0 +1,30 @@
+"""What every stream-serving handler in the agent looks like (for type checking only).
+
+A session is made for one OPEN with ``(loop, stream, request, send, on_finish)``: ``request`` is the
+untrusted JSON request, ``send`` queues encoded frames for the host, ``on_finish(session)`` is called once
+the session has sent its last message (it sends the CLOSE), never after ``cancel``. Then ``start`` is
+called. Frames for the stream arrive through ``on_data`` (channel, bytes), ``on_eof`` (channel) and
+``on_window`` (credit for bytes the session may send). ``cancel``: the host is gone or gave up; stop,
+clean up, send nothing more. A session answered by one message sends it and calls ``on_finish`` from
+``start``.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Protocol
+
+    from pyslicer.agent.loop import Loop
+
+    class Session(Protocol):
+        stream: int
+
+        def start(self) -> None: ...
+        def on_data(self, channel: int, data: bytes) -> None: ...
+        def on_eof(self, channel: int) -> None: ...
+        def on_window(self, increment: int) -> None: ...
+        def cancel(self) -> None: ...
+
+    SessionFactory = Callable[[Loop, int, dict[str, Any], Callable[[bytes], None], Callable[[Session], None]], Session]
