@@ -53,6 +53,7 @@ class ExecSession:
         self._on_finish = on_finish
         self._request = request
         self._credit = 0  # set by _start from the request's window
+        self._read_threshold = MAX_PAYLOAD  # read output only with credit for a whole frame (docs/protocol.md)
         self._wants_stdin = bool(request.get("stdin"))
         self._pid = 0
         self._returncode: int | None = None
@@ -123,6 +124,7 @@ class ExecSession:
     # -- running -------------------------------------------------------------------------------
     def _start(self) -> None:
         self._credit = int(self._request.get("window") or INITIAL_WINDOW)
+        self._read_threshold = max(1, min(MAX_PAYLOAD, self._credit))
         started_at = now()  # before the spawn, so ended_at - started_at is the whole guest-side cost
         child_ends: list[int] = []
         try:
@@ -192,7 +194,7 @@ class ExecSession:
 
     # -- output --------------------------------------------------------------------------------
     def _update_reading(self) -> None:
-        reading = self._credit > 0 and not self._cancelled and not self._done
+        reading = self._credit >= self._read_threshold and not self._cancelled and not self._done
         for fd, callback in ((self._stdout, self._on_stdout), (self._stderr, self._on_stderr)):
             if fd < 0:
                 continue
@@ -209,7 +211,7 @@ class ExecSession:
 
     def _read(self, channel: int) -> None:
         fd = self._stdout if channel == Channel.STDOUT else self._stderr
-        if fd < 0 or self._credit <= 0:
+        if fd < 0 or self._credit < self._read_threshold:
             return
         try:
             data = os.read(fd, min(self._credit, MAX_PAYLOAD))
@@ -227,7 +229,7 @@ class ExecSession:
             return
         self._credit -= len(data)
         self._send(FrameType.DATA, data, channel)
-        if self._credit <= 0:
+        if self._credit < self._read_threshold:
             self._update_reading()
 
     # -- stdin ---------------------------------------------------------------------------------

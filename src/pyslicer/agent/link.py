@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 PORT_NAME = "agent"
 PORTS_DIR = "/sys/class/virtio-ports"
 READ_SIZE = 256 * 1024
+# The guest's virtio-console driver hands out at most one of its page-sized buffers per read(2), whatever the
+# size asked. So the port is read with readv into page-sized segments of one preallocated buffer: up to
+# READ_SIZE a syscall, with no allocation. (An os.read(fd, READ_SIZE) allocates and frees READ_SIZE bytes, an
+# mmap and munmap, to get 4 KiB: measured under TCG, 12 MiB/s host -> guest, against 150 MiB/s this way.)
+SEGMENT = 4096
 FIRST_BACKOFF = 0.005
 MAX_BACKOFF = 0.1
 
@@ -73,6 +78,8 @@ class SerialLink:
         self._on_frames = on_frames
         self._on_disconnect = on_disconnect
         self._decoder = FrameDecoder()
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
+        self._segments = [self._read_buffer[start : start + SEGMENT] for start in range(0, READ_SIZE, SEGMENT)]
         self._outbox = bytearray()
         self._writing = False
         self._backoff = FIRST_BACKOFF
@@ -84,17 +91,18 @@ class SerialLink:
     # -- reading -------------------------------------------------------------------------------
     def _on_readable(self) -> None:
         try:
-            data = os.read(self._fd, READ_SIZE)
+            size = os.readv(self._fd, self._segments)
         except BlockingIOError:
             return
         except OSError as exc:
             if exc.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
                 raise
-            data = b""
-        if data:
+            size = 0
+        if size:
             self._backoff = FIRST_BACKOFF
             self.connected = True
-            self._on_frames(self._decoder.feed(data))  # a ProtocolError here ends the agent (init restarts it)
+            frames = self._decoder.feed(self._read_buffer[:size])
+            self._on_frames(frames)  # a ProtocolError here ends the agent (init restarts it)
             return
         if self.connected:
             self.connected = False

@@ -197,7 +197,7 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         self._buffer += data
         frames: list[Frame] = []
         offset = 0
@@ -214,7 +214,8 @@ class FrameDecoder:
             end = offset + HEADER.size + length
             if len(self._buffer) < end:
                 break
-            frames.append(Frame(frame_type, stream, bytes(self._buffer[offset + HEADER.size : end]), flags))
+            with memoryview(self._buffer) as view:  # one copy of the payload, not two (a slice, then bytes)
+                frames.append(Frame(frame_type, stream, bytes(view[offset + HEADER.size : end]), flags))
             offset = end
         del self._buffer[:offset]
         return frames
