@@ -101,12 +101,20 @@ def _data(value: Any) -> Any:
     """Base64 text -> bytes, without ever quoting it back."""
     if not isinstance(value, str):
         raise PydanticCustomError("invalid_data", "must be a base64 string")
-    if len(value) > 4 * -(-MAX_SECRET_BYTES // 3):
-        raise PydanticCustomError("secret_too_large", f"a secret holds at most {MAX_SECRET_BYTES // 1024} KiB")
+    too_large = PydanticCustomError("secret_too_large", f"a secret holds at most {MAX_SECRET_BYTES // 1024} KiB")
+    if len(value) > 4 * -(-MAX_SECRET_BYTES // 3):  # refused before decoding
+        raise too_large
     try:
-        return base64.b64decode(value, validate=True)
+        data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise PydanticCustomError("invalid_data", "is not valid base64") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise too_large
+    return data
+
+
+def _data_or_unchanged(value: Any) -> Any:
+    return None if value in ("", None) else _data(value)
 
 
 def _mode(value: Any) -> Any:
@@ -119,6 +127,9 @@ def _mode(value: Any) -> Any:
 
 SecretName = Annotated[str, BeforeValidator(_name), Field(description="A-Z a-z 0-9 . _ -, not starting with . or -")]
 SecretData = Annotated[bytes, BeforeValidator(_data), Field(description="the value, base64 (at most 1 MiB decoded)")]
+ChangedData = Annotated[
+    bytes | None, BeforeValidator(_data_or_unchanged), Field(description='the new value, base64; "": unchanged')
+]
 Mode = Annotated[int, BeforeValidator(_mode), Field(description='octal permission bits, e.g. "0600"')]
 OwnerId = Annotated[int, Field(ge=0, le=MAX_ID)]
 
@@ -141,7 +152,7 @@ class SecretChange(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    data: SecretData | None = Field(default=None, repr=False)
+    data: ChangedData = Field(default=None, repr=False)
     permissions: Mode | None = None
     uid: OwnerId | None = None
     gid: OwnerId | None = None
@@ -267,7 +278,7 @@ class SecretStore:
         current = self._load(path, with_data=True)
         if current is None:
             raise NotFound(f"secret {name!r} not found", code="secret_not_found")
-        data = change.data if change.data else current.data
+        data = current.data if change.data is None else change.data
         self._check_room(name, len(data))
         old = current.info
         info = SecretInfo(
