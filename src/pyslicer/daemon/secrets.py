@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from pyslicer.daemon.agent_link import AgentLink, Message
@@ -125,12 +125,31 @@ def _mode(value: Any) -> Any:
     return int(value, 8)
 
 
-SecretName = Annotated[str, BeforeValidator(_name), Field(description="A-Z a-z 0-9 . _ -, not starting with . or -")]
-SecretData = Annotated[bytes, BeforeValidator(_data), Field(description="the value, base64 (at most 1 MiB decoded)")]
-ChangedData = Annotated[
-    bytes | None, BeforeValidator(_data_or_unchanged), Field(description='the new value, base64; "": unchanged')
+BASE64_SCHEMA = {"type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/]*={0,2}$"}
+SecretName = Annotated[
+    str,
+    BeforeValidator(_name),
+    WithJsonSchema({"type": "string", "pattern": f"^{NAME_RE.pattern}$", "maxLength": MAX_NAME_LENGTH}),
+    Field(description="A-Z a-z 0-9 . _ -, not starting with . or -"),
 ]
-Mode = Annotated[int, BeforeValidator(_mode), Field(description='octal permission bits, e.g. "0600"')]
+SecretData = Annotated[
+    bytes,
+    BeforeValidator(_data),
+    WithJsonSchema(BASE64_SCHEMA),
+    Field(description="the value, base64 (at most 1 MiB decoded)"),
+]
+ChangedData = Annotated[
+    bytes | None,
+    BeforeValidator(_data_or_unchanged),
+    WithJsonSchema(BASE64_SCHEMA),
+    Field(description='the new value, base64; "" (what the SDKs send for no change) keeps the value'),
+]
+Mode = Annotated[
+    int,
+    BeforeValidator(_mode),
+    WithJsonSchema({"type": "string", "pattern": "^[0-7]{3,4}$"}),
+    Field(description='octal permission bits, at most 0777, e.g. "0600"'),
+]
 OwnerId = Annotated[int, Field(ge=0, le=MAX_ID)]
 
 
@@ -141,7 +160,7 @@ class NewSecret(BaseModel):
 
     name: SecretName
     data: SecretData = Field(repr=False)
-    permissions: Mode = DEFAULT_MODE
+    permissions: Mode = Field(DEFAULT_MODE, json_schema_extra={"default": format_mode(DEFAULT_MODE)})
     uid: OwnerId = 0
     gid: OwnerId = 0
 
