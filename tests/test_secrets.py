@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import types
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from pyslicer.daemon.secrets import (
     MAX_SECRET_BYTES,
     NewSecret,
     SecretChange,
+    Secrets,
     SecretStore,
     check_grant,
     check_name,
 )
-from pyslicer.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from pyslicer.errors import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
 from pyslicer.protocol import Channel, Event, FrameDecoder, FrameType, decode_json, window_increment
 from tests.test_cli import FakeApi
 from tests.test_client import client_for
@@ -376,3 +378,39 @@ def test_cli_secret_conflict_is_one_error_line() -> None:
     result = api.run("secret", "create", "db", input=b"v")
     assert result.exit_code == 1
     assert result.stderr == "error: secret 'db' already exists\n"
+
+
+# -- syncing to guests ----------------------------------------------------------------------------------
+
+
+class UnreachableNode:
+    """A node whose agent cannot be reached (as when the VM is paused or its agent restarts)."""
+
+    def __init__(self, hostname: str, grant: list[str] | None) -> None:
+        import asyncio
+
+        self.hostname = hostname
+        self.record = types.SimpleNamespace(secrets=grant)
+        self.link = types.SimpleNamespace(ready=asyncio.Event())
+        self.link.ready.set()
+        self.asked = 0
+
+    def agent(self) -> Any:
+        self.asked += 1
+        raise AgentError(f"agent on {self.hostname} is not reachable yet", code="agent_unavailable")
+
+
+async def test_a_failed_sync_does_not_fail_the_change(tmp_path: Path, caplog: Any) -> None:
+    everything = UnreachableNode("vm-all", None)
+    restricted = UnreachableNode("vm-some", ["other"])
+    secrets = Secrets(tmp_path / "secrets", lambda: [everything, restricted])  # type: ignore[list-item]
+    await secrets.open()
+    with caplog.at_level(logging.INFO):
+        info = await secrets.create(new_secret("a"))
+        await secrets.update("a", SecretChange.model_validate({"data": b64(b"hunter2 again")}))
+        await secrets.delete("a")
+    assert info.name == "a" and await secrets.infos() == []
+    assert (everything.asked, restricted.asked) == (3, 0)  # only the nodes granted the secret are synced
+    assert caplog.text.count("vm-all: secrets not synced") == 3
+    assert "hunter2" not in caplog.text
+    await secrets.close()
