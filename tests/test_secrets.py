@@ -414,3 +414,13 @@ async def test_a_failed_sync_does_not_fail_the_change(tmp_path: Path, caplog: An
     assert caplog.text.count("vm-all: secrets not synced") == 3
     assert "hunter2" not in caplog.text
     await secrets.close()
+
+
+def test_cli_vm_add_grants_secrets() -> None:
+    created = {"hostname": "sbox-1", "hostgroup": "sbox", "ip": "", "created_at": "2025-09-02T07:32:37Z", "arch": ""}
+    api = FakeApi({("POST", "/hostgroup/sbox/nodes"): httpx.Response(201, json=created)})
+    result = api.run("vm", "add", "sbox", "--secret", "a", "--secret", "b")
+    assert result.exit_code == 0, result.output
+    assert json.loads(api.last.content)["secrets"] == ["a", "b"]
+    assert api.run("vm", "add", "sbox").exit_code == 0
+    assert "secrets" not in json.loads(api.last.content)  # without: every secret
