@@ -7,16 +7,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import signal
 import sqlite3
 import stat
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.integration.conftest import RunningDaemon
-from tests.integration.helpers import assert_error, created_sandbox, sh
+from tests.integration.conftest import RunningDaemon, start_daemon, stop_daemon
+from tests.integration.helpers import assert_error, created_sandbox, sh, wait_for_agent
 
 SECRETS = "/run/slicer/secrets"
 VALUE = b"s3cr3t-\x00\xff-value-that-must-not-leak"
@@ -167,3 +169,51 @@ def test_a_node_granted_some_secrets_sees_only_those(api: httpx.Client, daemon: 
 
     created = api.post("/hostgroup/sbox/nodes", json={"secrets": ["../etc"]})
     assert_error(created, 400, "secrets[0]")
+
+
+RESTART_CONFIG = """
+config:
+  host_groups:
+  - name: sbox
+    count: 0
+    vcpu: 1
+    ram_mb: 384
+    storage_size: 2G
+    persistent: false
+  hypervisor: qemu
+  accel: auto
+  api:
+    bind_address: {address}
+    port: {port}
+    auth:
+      enabled: true
+"""
+
+
+def test_a_persistent_node_keeps_its_grant_across_a_daemon_restart(guest_image: Path, tmp_path: Path) -> None:
+    first = start_daemon(tmp_path, guest_image, config_template=RESTART_CONFIG)
+    try:
+        with first.client() as api:
+            for name, value in (("r-a", VALUE), ("r-b", b"not for keeper")):
+                assert api.post("/secrets", json={"name": name, "data": b64(value)}).status_code == 201
+            body = {"hostname": "keeper", "persistent": True, "secrets": ["r-a"]}
+            assert api.post("/hostgroup/sbox/nodes?wait=agent", json=body).status_code == 201
+            assert listing(api, "keeper") == ["r-a"]
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(90) == 0
+    finally:
+        stop_daemon(first)
+    disk = (first.data_dir / "disks" / "keeper.qcow2").read_bytes()
+    assert VALUE not in disk and b64(VALUE).encode() not in disk, "a secret never reaches the guest's disk"
+
+    second = start_daemon(tmp_path, guest_image, config_template=RESTART_CONFIG)
+    try:
+        with second.client() as api:
+            assert sorted(s["name"] for s in api.get("/secrets").json()) == ["r-a", "r-b"]
+            wait_for_agent(api, "keeper")
+            assert wait_until(lambda: guest_file(api, "keeper", "r-a")) == ("600 0 0", VALUE)
+            assert listing(api, "keeper") == ["r-a"]
+            api.delete("/hostgroup/sbox/nodes/keeper")
+        assert VALUE.decode(errors="replace") not in second.log() + first.log()
+    finally:
+        stop_daemon(second)
