@@ -10,7 +10,7 @@ from starlette.types import ASGIApp
 
 from pyslicer import __version__
 from pyslicer.api import exec as exec_api
-from pyslicer.api import nodes, openapi, system, vm
+from pyslicer.api import nodes, openapi, secrets, system, vm
 from pyslicer.api.errors import HANDLERS
 from pyslicer.api.metrics import ApiMetrics
 from pyslicer.api.middleware import BearerAuth, QueryInPath, RequestMetrics
@@ -36,6 +36,7 @@ def create_fastapi(daemon: Daemon) -> FastAPI:
     )
     for module in (exec_api, vm, nodes, system):  # the hottest route first: routing tries them in order
         app.include_router(module.router)
+    app.include_router(secrets.router)
     openapi.install(app)
     app.state.daemon = daemon
     app.state.metrics = ApiMetrics(daemon)

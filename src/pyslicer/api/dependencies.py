@@ -46,12 +46,12 @@ async def json_body(request: Request, limit: int = MAX_JSON_BODY) -> dict[str, A
     return data
 
 
-def json_body_of(model: type[M]) -> Any:
+def json_body_of(model: type[M], limit: int = MAX_JSON_BODY) -> Any:
     """A dependency giving the body as ``model``; 400 naming the field when it does not fit."""
 
     async def parse(request: Request) -> M:
         try:
-            return model.model_validate(await json_body(request))
+            return model.model_validate(await json_body(request, limit))
         except ValidationError as exc:
             raise describe_validation([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
 

@@ -52,6 +52,7 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
         userdata=body.userdata,
         tags=tuple(body.tags),
         persistent=body.persistent,
+        secrets=tuple(body.secrets) if body.secrets is not None else None,
     )
 
 

@@ -69,7 +69,7 @@ class CreateNodeBody(BaseModel):
     protected: StrictBool = False
     userdata: str | None = None
     tags: list[str] = Field(default_factory=list)
-    secrets: list[str] = Field(default_factory=list)
+    secrets: list[str] | None = Field(default=None, description="the secrets it may see; omitted: all")
     pci_devices: list[str] = Field(default_factory=list)
 
 
@@ -151,3 +151,18 @@ class ExecResult(BaseModel):
     started_at: str | None = None
     ended_at: str | None = None
     signal: str | None = None
+
+
+# -- secrets -----------------------------------------------------------------------------------------
+
+
+class SecretInfo(BaseModel):
+    """A stored secret, without its value."""
+
+    name: str
+    size: int = Field(description="bytes")
+    permissions: str = Field(description='octal, e.g. "0600"')
+    uid: int
+    gid: int
+    modified_at: str = Field(description="RFC 3339 (what the SDKs read)")
+    mod_time: str = Field(description="the same time, under the name of Slicer's reference page")

@@ -77,6 +77,9 @@ def vm_group(api: Api) -> None:
 )
 @click.option("--tag", "tags", multiple=True, help="Tag the VM (repeatable).")
 @click.option("--persistent/--ephemeral", default=None, help="Keep the disk when the VM is deleted.")
+@click.option(
+    "--secret", "secrets", multiple=True, metavar="NAME", help="Grant only these secrets (repeatable) [default: all]."
+)
 @click.option("--wait", type=click.Choice(["agent", "userdata"]), help="Return once the agent (or userdata) is ready.")
 @click.option("--timeout", type=Duration(), help="How long --wait may take (e.g. 5m).")
 @api_command
@@ -90,6 +93,7 @@ def vm_add(
     userdata_file: str | None,
     tags: tuple[str, ...],
     persistent: bool | None,
+    secrets: tuple[str, ...],
     wait: str | None,
     timeout: float | None,
 ) -> None:
@@ -113,6 +117,7 @@ def vm_add(
         userdata=userdata,
         tags=list(tags) or None,
         persistent=persistent,
+        secrets=list(secrets) or None,
         wait="agent" if wait == "agent" else "userdata" if wait == "userdata" else None,
         timeout=format_go_duration(timeout) if timeout is not None else None,
     )

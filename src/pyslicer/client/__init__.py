@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ._exec_output import ExecFrame, ExecResult, FrameType
     from ._sync import SlicerClient
     from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
-    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, ServerInfo
+    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, Secret, ServerInfo
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -56,6 +56,7 @@ __all__ = [
     "HostGroup",
     "LogsResult",
     "Node",
+    "Secret",
     "ServerInfo",
     "SlicerAPIError",
     "SlicerClient",
@@ -84,6 +85,7 @@ _MODULES = {
     "HostGroup": ".models",
     "LogsResult": ".models",
     "Node": ".models",
+    "Secret": ".models",
     "ServerInfo": ".models",
 }
 

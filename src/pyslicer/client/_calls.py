@@ -6,6 +6,7 @@ Arguments are checked here, when the call is built, so both clients raise the sa
 
 from __future__ import annotations
 
+import base64 as b64
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from urllib.parse import quote
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     import httpx
 
     from ._exec_output import ExecResult
-    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, ServerInfo
+    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, Secret, ServerInfo
 
 T = TypeVar("T")
 
@@ -221,3 +222,59 @@ def exec_stream_call(hostname: str, params: ExecParams) -> Call[None]:
 
 def exec_buffered_call(hostname: str, params: ExecParams) -> Call[ExecResult]:
     return Call("POST", f"/vm/{seg(hostname)}/exec", responses.buffered_exec, params=params, long_running=True)
+
+
+# -- secrets ---------------------------------------------------------------------------------------
+
+MAX_SECRET_BYTES = 1024 * 1024
+"""What the daemon stores per secret; a larger value is refused here, before it is sent."""
+
+
+SecretValue = bytes | str
+"""A secret's value: bytes, or text (sent as UTF-8)."""
+
+
+def _secret_fields(
+    data: SecretValue | None, permissions: str | int | None, uid: int | None, gid: int | None
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if data is not None:
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("a secret's value must be bytes or str")
+        if len(data) > MAX_SECRET_BYTES:
+            raise ValueError(f"a secret holds at most {MAX_SECRET_BYTES // 1024} KiB")
+        fields["data"] = b64.b64encode(data).decode("ascii")
+    if permissions is not None:
+        fields["permissions"] = f"{permissions:04o}" if isinstance(permissions, int) else permissions
+    for key, value in (("uid", uid), ("gid", gid)):
+        if value is not None:
+            if value < 0:
+                raise ValueError(f"{key} must not be negative")
+            fields[key] = value
+    return fields
+
+
+def secrets_call() -> Call[list[Secret]]:
+    return Call("GET", "/secrets", responses.resource_list("Secret"))
+
+
+def create_secret_call(
+    name: str, data: SecretValue, permissions: str | int | None, uid: int | None, gid: int | None
+) -> Call[Secret | None]:
+    return Call(
+        "POST", "/secrets", responses.secret, json={"name": name, **_secret_fields(data, permissions, uid, gid)}
+    )
+
+
+def update_secret_call(
+    name: str, data: SecretValue | None, permissions: str | int | None, uid: int | None, gid: int | None
+) -> Call[Secret | None]:
+    if data is not None and not data:
+        raise ValueError("an update cannot empty a secret (an empty value means 'unchanged'): delete and create it")
+    return Call("PATCH", f"/secrets/{seg(name)}", responses.secret, json=_secret_fields(data, permissions, uid, gid))
+
+
+def delete_secret_call(name: str) -> Call[None]:
+    return Call("DELETE", f"/secrets/{seg(name)}", responses.nothing)

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Parser = Callable[["httpx.Response"], T]
 
-ResourceName = Literal["AgentHealth", "CreatedNode", "DeleteResult", "HostGroup", "LogsResult", "Node", "ServerInfo"]
+ResourceName = Literal[
+    "AgentHealth", "CreatedNode", "DeleteResult", "HostGroup", "LogsResult", "Node", "Secret", "ServerInfo"
+]
 """The classes of ``.models`` a response can be parsed into."""
 
 STATUS_CODES = {
@@ -200,6 +202,13 @@ def ready(response: httpx.Response) -> bool:
 
 def buffered_exec(response: httpx.Response) -> ExecResult:
     return exec_result(json_body(response), describe(response))
+
+
+def secret(response: httpx.Response) -> Any:
+    """A created or updated secret's metadata; None from a server that answers with no body (Slicer's)."""
+    if not response.content.strip():
+        return None
+    return resource("Secret")(response)
 
 
 def nothing(response: httpx.Response) -> None:

@@ -22,8 +22,11 @@ from ._base_client import DEFAULT_TIMEOUT, BaseClient, TimeoutArg, ssl_context
 from ._calls import (
     Call,
     EnvArg,
+    SecretValue,
     create_node_call,
+    create_secret_call,
     delete_node_call,
+    delete_secret_call,
     exec_buffered_call,
     exec_params,
     exec_stream_call,
@@ -36,6 +39,8 @@ from ._calls import (
     logs_call,
     metrics_call,
     nodes_call,
+    secrets_call,
+    update_secret_call,
 )
 from ._duplex import DuplexTransport
 from ._exec_output import ExecFrame, ExecResult, FrameDecoder
@@ -44,7 +49,7 @@ from ._responses import api_error
 from ._stdin import Stdin, stdin_body
 
 if TYPE_CHECKING:
-    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, ServerInfo
+    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, Secret, ServerInfo
 
 T = TypeVar("T")
 
@@ -321,3 +326,41 @@ class SlicerClient(BaseClient):
             buffered=True,
         )
         return self._send(exec_buffered_call(hostname, params))
+
+    # -- secrets -----------------------------------------------------------------------------------
+
+    def secrets(self) -> list[Secret]:
+        """The stored secrets' names, sizes, owners and modes (never their values)."""
+        return self._send(secrets_call())
+
+    def create_secret(
+        self,
+        name: str,
+        data: SecretValue,
+        *,
+        permissions: str | int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> Secret | None:
+        """Store a secret (at most 1 MiB; text is sent as UTF-8); running VMs granted it see it at
+        ``/run/slicer/secrets/<name>``. ``permissions`` is octal text (``"0600"``, the default) or an int
+        (``0o600``); ``uid``/``gid`` default to root. Raises ``SlicerAPIError`` with status 409 when it exists.
+        Returns what the server says of it (None from a server that answers with no body)."""
+        return self._send(create_secret_call(name, data, permissions, uid, gid))
+
+    def update_secret(
+        self,
+        name: str,
+        data: SecretValue | None = None,
+        *,
+        permissions: str | int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> Secret | None:
+        """Change a secret's value, mode or owner; what is None stays as it is. Raises ``SlicerAPIError``
+        with status 404 when there is no such secret."""
+        return self._send(update_secret_call(name, data, permissions, uid, gid))
+
+    def delete_secret(self, name: str) -> None:
+        """Remove a secret from the store and from the VMs. Raises ``SlicerAPIError`` (404) when missing."""
+        self._send(delete_secret_call(name))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ._exec_output import ExecFrame, ExecResult, FrameType
 
@@ -24,6 +24,7 @@ __all__ = [
     "HostGroup",
     "LogsResult",
     "Node",
+    "Secret",
     "ServerInfo",
 ]
 
@@ -118,3 +119,15 @@ class LogsResult(_Resource):
     hostname: str = ""
     lines: int = 0
     content: str = ""
+
+
+class Secret(_Resource):
+    """A stored secret, as listed: never its value. ``modified_at`` is what the SDKs read; Slicer's reference
+    page calls it ``mod_time``, taken when that is all a server sends."""
+
+    name: str
+    size: int = 0
+    permissions: str = ""
+    uid: int = 0
+    gid: int = 0
+    modified_at: datetime | None = Field(default=None, validation_alias=AliasChoices("modified_at", "mod_time"))

@@ -15,8 +15,10 @@ from pyslicer.daemon.fleet import LaunchOutcome
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import AgentHealth, Node
+from pyslicer.daemon.secrets import MAX_SECRET_BYTES, NewSecret, SecretChange, SecretInfo
 
 __all__ = [
+    "MAX_SECRET_BYTES",
     "AgentHealth",
     "Daemon",
     "DaemonInfo",
@@ -30,8 +32,11 @@ __all__ = [
     "ExecStarted",
     "HostGroup",
     "LaunchOutcome",
+    "NewSecret",
     "Node",
     "NodeRequest",
     "NodeState",
+    "SecretChange",
+    "SecretInfo",
     "machine_arch",
 ]

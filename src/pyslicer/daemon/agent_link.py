@@ -301,6 +301,7 @@ class AgentLink:
             info = decode_json(frame)
             if self.agent_info.get("instance") not in (None, info.get("instance")):
                 self._fail_streams("the agent restarted")
+                self.ready.clear()  # a new agent: ready (and on_ready) again once its clock is set
             self.agent_info = info
             if self._keeps_time():
                 self._send_clock()  # ready once it is answered

@@ -22,6 +22,7 @@ from pyslicer.daemon.fleet import Fleet, LaunchOutcome
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
+from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
 from pyslicer.errors import InvalidArgument, NotFound, PermissionDenied
 from pyslicer.image import ensure_image
 from pyslicer.net import NetworkNamespace
@@ -66,6 +67,7 @@ class Daemon:
         self._fleet: Fleet | None = None
         self._registry: Registry | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self.secrets = Secrets(self.data_dir.secrets_dir, lambda: list(self.nodes.values()))
 
     # -- start and stop ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,6 +76,7 @@ class Daemon:
         holds the data dir, ImageError, NetworkError or HypervisorError when a part cannot be set up."""
         self.data_dir.hold()
         self.token = await asyncio.to_thread(self.data_dir.load_token)
+        await self.secrets.open()
         self.progress(f"accel {self.hypervisor.accel_reason}")
         image = await ensure_image(self.data_dir.path, progress=self.progress)
         await self.netns.create()
@@ -87,6 +90,7 @@ class Daemon:
             image,
             self._registry,
             kernel=self.config.kernel_file,
+            on_agent_ready=self.secrets.sync,
         )
         await self._fleet.recover()
         await self._fleet.launch_services()
@@ -101,6 +105,7 @@ class Daemon:
             self._housekeeping.cancel()
         if self._fleet is not None:
             await self._fleet.stop_all()
+        await self.secrets.close()
         if self._registry is not None:
             await self._registry.close()
             self._registry = None
@@ -206,3 +211,22 @@ class Daemon:
         """Start a command in a node. Raises NotFound, Conflict when the VM is not running, AgentError
         when its agent is not reachable, InvalidArgument when the request does not fit one frame."""
         return self.node(hostname).exec(request)
+
+    # -- secrets -------------------------------------------------------------------------------
+    async def list_secrets(self) -> list[SecretInfo]:
+        """Every stored secret's metadata (never a value). Raises nothing."""
+        return await self.secrets.infos()
+
+    async def create_secret(self, spec: NewSecret) -> SecretInfo:
+        """Store a secret and sync it into the running guests granted it (a guest that fails catches up at
+        its next READY). Raises Conflict when it exists, Unavailable when the store is full."""
+        return await self.secrets.create(spec)
+
+    async def update_secret(self, name: str, change: SecretChange) -> SecretInfo:
+        """Change a secret's value and/or owner and mode, and sync it. Raises InvalidArgument for a bad
+        name, NotFound, Unavailable when the store is full."""
+        return await self.secrets.update(name, change)
+
+    async def delete_secret(self, name: str) -> None:
+        """Remove a secret from the store and from the guests. Raises InvalidArgument for a bad name, NotFound."""
+        await self.secrets.delete(name)

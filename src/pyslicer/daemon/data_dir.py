@@ -48,6 +48,10 @@ class DataDir:
     def console_log(self, hostname: str) -> Path:
         return self.path / "logs" / f"{hostname}.log"
 
+    @property
+    def secrets_dir(self) -> Path:
+        return self.path / "secrets"
+
     def run_dir(self, hostname: str) -> Path:
         return self.run_root / hostname
 

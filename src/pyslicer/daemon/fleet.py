@@ -8,7 +8,7 @@ import contextlib
 import enum
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from pyslicer.daemon.data_dir import DataDir
@@ -16,6 +16,7 @@ from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import Node
 from pyslicer.daemon.registry import NodeRecord, Registry
+from pyslicer.daemon.secrets import check_grant
 from pyslicer.daemon.storage import create_overlay, remove_disk
 from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import InvalidArgument, NotFound, SlicerError, Timeout
@@ -47,6 +48,7 @@ class Fleet:
         registry: Registry,
         *,
         kernel: Path | None = None,
+        on_agent_ready: Callable[[Node], Awaitable[None]] | None = None,
     ) -> None:
         self.groups = groups
         self.data_dir = data_dir
@@ -54,6 +56,7 @@ class Fleet:
         self.image = image
         self.registry = registry
         self.kernel = kernel or image.kernel
+        self.on_agent_ready = on_agent_ready
         self.nodes: dict[str, Node] = {}
         self.leases: dict[str, Lease] = {}
         self.launch_counts: dict[tuple[str, LaunchOutcome], int] = {}
@@ -124,6 +127,7 @@ class Fleet:
                     persistent=config.persistent if service or request.persistent is None else request.persistent,
                     userdata=request.userdata if request.userdata is not None else config.userdata,
                     tags=list(request.tags),
+                    secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
                 )
             taken = {lease.address.ip.compressed for lease in self.leases.values()}
             lease = await group.network.lease(hostname, next(group.taps), taken, wanted=record.ip)
@@ -143,6 +147,7 @@ class Fleet:
             )
             node = Node(record, spec)
             node.on_stopped = self._on_node_stopped
+            node.on_agent_ready = self.on_agent_ready
             self.nodes[hostname] = node
         try:
             if not spec.disk.exists():

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from pyslicer.config import MIN_RAM_BYTES, HostGroupConfig, SlicerConfig
+from pyslicer.daemon.secrets import check_grant
 from pyslicer.errors import ConfigError, InvalidArgument
 from pyslicer.net import GroupNetwork, NetworkNamespace
 
@@ -25,6 +26,7 @@ class NodeRequest:
     userdata: str | None = None
     tags: tuple[str, ...] = ()
     persistent: bool | None = None
+    secrets: tuple[str, ...] | None = None  # the secrets it may see; None: all
 
 
 class HostGroup:
@@ -57,6 +59,8 @@ class HostGroup:
             )
         if request.userdata is not None and len(request.userdata.encode()) > MAX_USERDATA_BYTES:
             raise InvalidArgument(f"userdata: larger than {MAX_USERDATA_BYTES // 1024} KiB", code="userdata")
+        if request.secrets is not None:
+            check_grant(request.secrets)
         if request.hostname is not None and not HOSTNAME_RE.fullmatch(request.hostname):
             raise InvalidArgument(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
 

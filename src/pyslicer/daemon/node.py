@@ -60,6 +60,10 @@ class Node:
         self._stopping = False
         self._changed = asyncio.Event()
         self.on_stopped: Callable[[Node], Awaitable[None]] | None = None
+        # Run on every READY (a new agent, a reconnect) before userdata is handed over: the fleet syncs the
+        # guest's secrets here, so a userdata script and the first request after a wait find them in place.
+        self.on_agent_ready: Callable[[Node], Awaitable[None]] | None = None
+        self._prepared = asyncio.Event()  # on_agent_ready has run for the agent connected now
 
     @property
     def hostname(self) -> str:
@@ -86,8 +90,19 @@ class Node:
     def _on_agent_ready(self) -> None:
         if self.state is NodeState.BOOTING:
             self.transition(NodeState.RUNNING)
+        self._prepared.clear()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._prepare_guest(), name=f"{self.hostname}-ready"))
+
+    async def _prepare_guest(self) -> None:
+        try:
+            if self.on_agent_ready is not None:
+                await self.on_agent_ready(self)
+        except Exception:  # a failed hook must not hold back userdata or the waiters
+            log.exception("%s: preparing the guest failed", self.hostname)
+        finally:
+            self._prepared.set()
         if not self._userdata_sent:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._hand_over_userdata()))
+            await self._hand_over_userdata()
 
     async def _hand_over_userdata(self) -> None:
         if self.link is None:
@@ -173,6 +188,7 @@ class Node:
                         raise AgentError(f"{self.hostname} is {self.state.value}", code="vm_stopped")
                     link = self.link
                     if link is not None and link.ready.is_set():
+                        await self._prepared.wait()
                         if not userdata:
                             return
                         with contextlib.suppress(AgentError):

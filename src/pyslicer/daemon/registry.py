@@ -31,6 +31,7 @@ class NodeRecord:
     userdata: str = ""
     tags: list[str] = field(default_factory=list)
     ip: str = ""
+    secrets: list[str] | None = None  # the secrets the node is granted; None: all of them
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:

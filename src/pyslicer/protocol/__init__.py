@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from pyslicer.protocol.messages import Ready as Ready
     from pyslicer.protocol.messages import Request as Request
     from pyslicer.protocol.messages import RequestError as RequestError
+    from pyslicer.protocol.messages import SecretFile as SecretFile
+    from pyslicer.protocol.messages import SecretsAnswer as SecretsAnswer
+    from pyslicer.protocol.messages import SecretsDone as SecretsDone
+    from pyslicer.protocol.messages import SecretsRequest as SecretsRequest
     from pyslicer.protocol.messages import UserdataAnswer as UserdataAnswer
     from pyslicer.protocol.messages import UserdataRequest as UserdataRequest
 

@@ -13,6 +13,9 @@ An exec stream, in order: OPEN ``ExecRequest`` -> MESSAGE ``ExecStarted`` -> DAT
 (and on stdin from the host) -> MESSAGE ``ExecExit`` -> CLOSE; or, when the command cannot start, one
 MESSAGE ``ExecError`` and CLOSE. ``health`` and ``userdata`` are answered by one MESSAGE and CLOSE. An
 unknown op is answered by one ``RequestError`` and CLOSE.
+
+A secrets stream: OPEN ``SecretsRequest`` -> DATA on stdin (each file's bytes, in order) and EOF from the host
+-> MESSAGE ``SecretsDone`` (or ``RequestError``) -> CLOSE.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Op:
     HEALTH: Final = "health"
     USERDATA: Final = "userdata"
     EXEC: Final = "exec"
+    SECRETS: Final = "secrets"
 
 
 class Event:
@@ -36,6 +40,7 @@ class Event:
     STARTED: Final = "started"
     EXIT: Final = "exit"
     ERROR: Final = "error"
+    DONE: Final = "done"  # a secrets stream's answer
 
 
 if TYPE_CHECKING:
@@ -94,7 +99,24 @@ if TYPE_CHECKING:
         stdin: bool  # pipe stdin from the stream's DATA/EOF; without it the child reads /dev/null
         window: int  # added by the link: the credit for output bytes the host grants at the start
 
-    Request = HealthRequest | UserdataRequest | ExecRequest
+    class SecretFile(TypedDict):
+        """One file of a ``SecretsRequest``: its bytes follow on the stream, in the request's order."""
+
+        name: str  # a plain file name: no "/", NUL, or leading "."
+        size: int
+        mode: int  # permission bits, at most 0o777
+        uid: int
+        gid: int
+
+    class SecretsRequest(TypedDict):
+        """The whole set of secrets the guest should hold under /run/slicer/secrets: their bytes follow as
+        DATA on the stdin channel, then EOF. Files not in the set are removed."""
+
+        op: Literal["secrets"]
+        secrets: list[SecretFile]
+        window: NotRequired[int]  # added by the link
+
+    Request = HealthRequest | UserdataRequest | ExecRequest | SecretsRequest
 
     # -- events (MESSAGE) ----------------------------------------------------------------------------
 
@@ -125,3 +147,12 @@ if TYPE_CHECKING:
         error: str
 
     ExecEvent = ExecStarted | ExecExit | ExecError
+
+    # -- secrets -------------------------------------------------------------------------------------
+
+    class SecretsDone(TypedDict):
+        type: Literal["done"]
+        written: int
+        removed: int
+
+    SecretsAnswer = SecretsDone | RequestError
