@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 # and the module and class that run it. Imported at the first request that needs it (or by ``preload``).
 SESSIONS: dict[str, tuple[str, str]] = {
     Op.EXEC: ("pyslicer.agent.execs", "ExecSession"),
+    Op.COPY_IN: ("pyslicer.agent.copies", "CopyInSession"),
+    Op.COPY_OUT: ("pyslicer.agent.copies", "CopyOutSession"),
 }
 
 

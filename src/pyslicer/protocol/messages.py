@@ -28,6 +28,8 @@ class Op:
     HEALTH: Final = "health"
     USERDATA: Final = "userdata"
     EXEC: Final = "exec"
+    COPY_IN: Final = "copy_in"
+    COPY_OUT: Final = "copy_out"
 
 
 class Event:
@@ -36,6 +38,8 @@ class Event:
     STARTED: Final = "started"
     EXIT: Final = "exit"
     ERROR: Final = "error"
+    SOURCE: Final = "source"  # copy_out: what is about to stream
+    DONE: Final = "done"  # copy_in / copy_out: finished
 
 
 if TYPE_CHECKING:
@@ -94,7 +98,37 @@ if TYPE_CHECKING:
         stdin: bool  # pipe stdin from the stream's DATA/EOF; without it the child reads /dev/null
         window: int  # added by the link: the credit for output bytes the host grants at the start
 
-    Request = HealthRequest | UserdataRequest | ExecRequest
+    class CopyInRequest(TypedDict, total=False):
+        """Write what arrives as DATA on stdin at ``path``: one file (``binary``) or a tar stream (``tar``).
+
+        Placement is cp-like when ``cp_v1`` (the ``source_*`` fields say what the bytes are); see docs/protocol.md.
+        """
+
+        op: Required[Literal["copy_in"]]
+        path: Required[str]  # absolute, or ~/..., or relative to the user's home; a trailing / matters
+        mode: Required[Literal["binary", "tar"]]
+        cp_v1: bool
+        source_name: str
+        source_type: Literal["file", "directory"]
+        copy_contents: bool
+        exclude: list[str]  # tar: entries to skip (Go SDK patterns)
+        uid: int | None  # default: the guest's default user
+        gid: int | None  # default: the uid's account group
+        permissions: int | None  # binary: the file's mode (default 0644, or the replaced file's)
+        unpacked_size: int | None  # bytes the upload will take; refused up front when the disk lacks them
+        window: int
+
+    class CopyOutRequest(TypedDict, total=False):
+        """Send ``path`` as DATA on stdout: raw bytes of a file, or a tar of a directory's contents."""
+
+        op: Required[Literal["copy_out"]]
+        path: Required[str]
+        mode: Required[Literal["binary", "tar", "recursive"]]  # recursive: a file raw, a directory as tar
+        cp_v1: bool  # tar: refuse a file instead of sending a one-entry tar
+        exclude: list[str]
+        window: int
+
+    Request = HealthRequest | UserdataRequest | ExecRequest | CopyInRequest | CopyOutRequest
 
     # -- events (MESSAGE) ----------------------------------------------------------------------------
 
@@ -125,3 +159,33 @@ if TYPE_CHECKING:
         error: str
 
     ExecEvent = ExecStarted | ExecExit | ExecError
+
+    CopyErrorCode = Literal[
+        "path_not_found", "not_a_file", "not_a_directory", "invalid_path", "invalid_tar", "unsafe_entry",
+        "no_space", "permission_denied", "failed",
+    ]
+
+    class CopySource(TypedDict):
+        """copy_out, before any DATA: what streams (``directory``: a tar)."""
+
+        type: Literal["source"]
+        source_type: Literal["file", "directory"]
+        name: str  # the basename; "" for a contents-only path (``dir/.``, ``/``)
+        file_mode: str  # e.g. "0644"
+        size: int  # a file's size (exactly what streams); 0 for a directory
+
+    class CopyDone(TypedDict):
+        """copy_in: everything is in place (``path``: where it landed); copy_out: every byte was sent."""
+
+        type: Literal["done"]
+        path: str
+        size: int  # bytes received or sent
+
+    class CopyError(TypedDict):
+        """Nothing was written under the target (copy_in), or the stream is cut short (copy_out)."""
+
+        type: Literal["error"]
+        error: str
+        code: CopyErrorCode
+
+    CopyEvent = CopySource | CopyDone | CopyError
