@@ -34,7 +34,9 @@ def expand_path(path: object, home: str) -> tuple[str, bool]:
     (a trailing ``/`` or ``/.``). ``~`` and ``~/...`` are the user's home; a relative path is taken from it."""
     if not isinstance(path, str) or not path or "\0" in path:
         raise CopyFailure("invalid_path", "path must be a non-empty string")
-    if path == "~" or path.startswith("~/"):
+    if path == "~":
+        path = home
+    elif path.startswith("~/"):
         path = home.rstrip("/") + "/" + path[2:]
     elif not path.startswith("/"):
         path = home.rstrip("/") + "/" + path
