@@ -113,7 +113,8 @@ async def test_tree_round_trip_with_modes_links_and_excludes(link: AgentLink, sp
     assert (dest / "c.txt").read_bytes() == b"C" and (dest / "sub/a.txt").read_bytes() == b"A"
     source, data = await download(link, path=str(dest), mode="cp-v1-recursive", exclude=["tree"])
     assert source.source.source_type == "directory" and source.source.name == "dest"
-    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        names = archive.getnames()
     assert sorted(names) == ["b.sh", "c.txt", "link", "sub", "sub/a.txt"]
     source, data = await download(link, path=str(dest / "c.txt"), mode="cp-v1-recursive")
     assert source.source.source_type == "file" and data == b"C"

@@ -161,8 +161,15 @@ if TYPE_CHECKING:
     ExecEvent = ExecStarted | ExecExit | ExecError
 
     CopyErrorCode = Literal[
-        "path_not_found", "not_a_file", "not_a_directory", "invalid_path", "invalid_tar", "unsafe_entry",
-        "no_space", "permission_denied", "failed",
+        "path_not_found",
+        "not_a_file",
+        "not_a_directory",
+        "invalid_path",
+        "invalid_tar",
+        "unsafe_entry",
+        "no_space",
+        "permission_denied",
+        "failed",
     ]
 
     class CopySource(TypedDict):
