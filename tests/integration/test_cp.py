@@ -12,6 +12,7 @@ import socket
 import tarfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode, urlparse
 
 import httpx
@@ -348,3 +349,31 @@ def test_chunked_upload_through_the_guest_command(api: httpx.Client, sandbox: st
     assert refused["exit_code"] == 1 and "SHA-256" in refused["stderr"]
     assert exec_buffered(api, sandbox, "/usr/local/bin/slicer-agent", "upload", "abort", *args)["exit_code"] == 0
     assert listing(api, sandbox, remote) == "blob.bin f 640 1000:1000\n"
+
+
+# -- the Python SDK and the CLI's helpers ---------------------------------------------------------------
+
+
+def test_sdk_round_trips_a_tree_and_a_file(daemon: RunningDaemon, sandbox: str, remote: str, tmp_path: Path) -> None:
+    from pyslicer.client import SlicerClient
+    from pyslicer.client._copy import CopySource, extract_tar
+
+    local = tmp_path / "proj"
+    (local / "pkg").mkdir(parents=True)
+    (local / "pkg" / "mod.py").write_bytes(b"print(1)\n")
+    (local / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (local / "run.sh").chmod(0o755)
+    (local / "junk.log").write_bytes(b"x")
+    (local / "link").symlink_to("pkg/mod.py")
+    with SlicerClient(daemon.url, token=daemon.token) as client:
+        client.upload_tree(sandbox, local, remote, exclude=["*.log"])
+        client.upload_file(sandbox, local / "run.sh", f"{remote}/")
+        sources: list[CopySource] = []
+        chunks = client.cp_from_vm(sandbox, f"{remote}/proj", mode="cp-v1-recursive", on_source=sources.append)
+        extract_tar(chunks, str(tmp_path / "back"))
+        assert sources[0].source_type == "directory" and sources[0].name == "proj"
+        file_bytes = b"".join(client.cp_from_vm(sandbox, f"{remote}/run.sh"))
+    assert file_bytes == b"#!/bin/sh\n"
+    back = tmp_path / "back"
+    assert sorted(str(p.relative_to(back)) for p in back.rglob("*")) == ["link", "pkg", "pkg/mod.py", "run.sh"]
+    assert (back / "run.sh").stat().st_mode & 0o777 == 0o755 and os.readlink(back / "link") == "pkg/mod.py"
