@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from pyslicer.api.dependencies import DaemonDep, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, error_response
+from pyslicer.api.schemas import ErrorBody
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.errors import InvalidArgument, SlicerError
 
@@ -34,12 +35,17 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _COPY_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {
-        "description": "a bad mode (`invalid mode: <mode>`), a directory asked as a file (`must specify a file "
-        "not a directory`), an unsafe or invalid tar; nothing was written"
-    },
-    404: {"description": "no such VM (`vm_not_found`) or guest path (`path_not_found`)"},
-    507: {"description": "the guest's disk cannot hold the upload (`no_space`); nothing was written"},
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (
+            400,
+            "a bad mode (`invalid mode: <mode>`), a directory asked as a file (`must specify a file not a "
+            "directory`), an unsafe or invalid tar; nothing was written",
+        ),
+        (403, "the guest refused the write (`permission_denied`)"),
+        (404, "no such VM (`vm_not_found`) or guest path (`path_not_found`)"),
+        (507, "the guest's disk cannot hold the upload (`no_space`); nothing was written"),
+    )
 }
 
 
