@@ -235,7 +235,7 @@ def test_fallback_strings_and_bad_input(api: httpx.Client, sandbox: str, remote:
         content=tar_of({"a": b"A"}),
         headers={"X-Slicer-Unpacked-Size": str(2**50)},
     )
-    assert_error(refused, 507)
+    assert_error(refused, 413)
     assert refused.json()["code"] == "no_space"
     assert listing(api, sandbox, remote) == "huge d 755 0:0\nhuge/a f 644 0:0\n"
     assert sh(api, sandbox, "ls /etc/passwd /escape /abs 2>/dev/null || true").strip() == "/etc/passwd"
@@ -250,7 +250,7 @@ def test_full_disk_leaves_no_partial_file(api: httpx.Client, sandbox: str, remot
                 yield b"z" * 65536
 
         response = put(api, sandbox, body(), path=f"{remote}/small/file", mode="binary")
-        assert_error(response, 507)
+        assert_error(response, 413)
         assert sh(api, sandbox, f"ls -A {remote}/small") == ""
     finally:
         sh(api, sandbox, f"umount {remote}/small")

@@ -44,7 +44,7 @@ _COPY_ERRORS: dict[int | str, dict[str, Any]] = {
         ),
         (403, "the guest refused the write (`permission_denied`)"),
         (404, "no such VM (`vm_not_found`) or guest path (`path_not_found`)"),
-        (507, "the guest's disk cannot hold the upload (`no_space`); nothing was written"),
+        (413, "the guest's disk cannot hold the upload (`no_space`); nothing was written"),
     )
 }
 
@@ -77,7 +77,7 @@ def _unpacked_size(request: Request, query: CopyInRequest) -> int | None:
                 "name": "X-Slicer-Unpacked-Size",
                 "in": "header",
                 "required": False,
-                "description": "bytes of file data the upload holds; refused (507) up front when the guest lacks them",
+                "description": "bytes of file data the upload holds; refused (413) up front when the guest lacks them",
                 "schema": {"type": "integer", "minimum": 0},
             },
         ],

@@ -38,7 +38,6 @@ STATUS_CODES = {
     500: "internal_error",
     501: "not_supported",
     503: "unavailable",
-    507: "no_space",
 }
 """The daemon's error codes for each status, for answers that carry none."""
 

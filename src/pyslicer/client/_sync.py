@@ -350,8 +350,8 @@ class SlicerClient(BaseClient):
         """Stream ``data`` (bytes, an iterable or async iterable of chunks, or a binary file) to ``path`` in the
         VM: a file's bytes (``binary``, ``cp-v1-binary``) or an uncompressed tar (``tar``, ``cp-v1-tar``). It
         lands atomically. The cp-v1 modes place it like ``cp`` (``source_name`` into an existing directory).
-        ``uid``/``gid`` None: the guest's default user. ``unpacked_size`` lets the guest refuse at once (507)
-        when it lacks the space."""
+        ``uid``/``gid`` None: the guest's default user. ``unpacked_size`` lets the guest refuse at once (413)
+        when it lacks the space (413, code ``no_space``)."""
         params = copy_in_params(
             path,
             mode,
