@@ -36,6 +36,7 @@ SUBS: list[tuple[str, str]] = [
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
     (r"\baiter_lines\b", "iter_lines"),
+    (r"\baiter_bytes\b", "iter_bytes"),
 ]
 COMPILED = [(re.compile(pattern), replacement) for pattern, replacement in SUBS]
 

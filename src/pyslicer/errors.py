@@ -14,6 +14,7 @@
      +-- NotSupported             this build cannot do that
      +-- Unavailable              a resource is busy or exhausted, or a peer is unreachable
      |    +-- AgentError          the in-guest agent is unreachable or broke the protocol
+     +-- InsufficientStorage      the guest's disk cannot hold what was sent (nothing was written)
      +-- ImageError               the guest image could not be built or is incomplete
      +-- HypervisorError          QEMU could not be started or controlled
      +-- NetworkError             a namespace, bridge or tap could not be set up
@@ -84,6 +85,12 @@ class AgentError(Unavailable):
     """The in-guest agent is unreachable or broke the protocol."""
 
     code = "agent_unavailable"
+
+
+class InsufficientStorage(SlicerError):
+    """The guest's disk cannot hold what was sent; nothing was written."""
+
+    code = "no_space"
 
 
 class ImageError(SlicerError):

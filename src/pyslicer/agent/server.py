@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 SESSIONS: dict[str, tuple[str, str]] = {
     Op.EXEC: ("pyslicer.agent.execs", "ExecSession"),
     Op.SECRETS: ("pyslicer.agent.secrets", "SecretsSession"),
+    Op.COPY_IN: ("pyslicer.agent.copies", "CopyInSession"),
+    Op.COPY_OUT: ("pyslicer.agent.copies", "CopyOutSession"),
 }
 
 

@@ -9,8 +9,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from pyslicer import __version__
+from pyslicer.api import cp, nodes, openapi, secrets, system, vm
 from pyslicer.api import exec as exec_api
-from pyslicer.api import nodes, openapi, secrets, system, vm
 from pyslicer.api.errors import HANDLERS
 from pyslicer.api.metrics import ApiMetrics
 from pyslicer.api.middleware import BearerAuth, QueryInPath, RequestMetrics
@@ -34,9 +34,8 @@ def create_fastapi(daemon: Daemon) -> FastAPI:
         redirect_slashes=False,  # Slicer: "/nodes/" is not "/nodes"
         exception_handlers=HANDLERS,
     )
-    for module in (exec_api, vm, nodes, system):  # the hottest route first: routing tries them in order
+    for module in (exec_api, cp, vm, nodes, secrets, system):  # the hottest first: routing tries them in order
         app.include_router(module.router)
-    app.include_router(secrets.router)
     openapi.install(app)
     app.state.daemon = daemon
     app.state.metrics = ApiMetrics(daemon)

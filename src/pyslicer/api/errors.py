@@ -16,6 +16,7 @@ from pyslicer.api.schemas import ErrorBody
 from pyslicer.errors import (
     Conflict,
     Gone,
+    InsufficientStorage,
     InvalidArgument,
     NotFound,
     NotSupported,
@@ -39,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SlicerError], int], ...] = (
     (Gone, 410),
     (NotSupported, 501),
     (Unavailable, 503),
+    (InsufficientStorage, 413),  # not 507: an answer in 5xx says the daemon failed, and it did not
 )
 INTERNAL_ERROR = {"error": "internal error; see the daemon log", "code": "internal_error"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

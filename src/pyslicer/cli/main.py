@@ -19,6 +19,7 @@ from pyslicer.errors import SlicerError
 
 from ._common import Api, CliState, api_command, data_dir_option
 from ._output import fields
+from .cp import vm_cp
 from .secret import secret
 from .vm import vm
 
@@ -119,6 +120,7 @@ def info(api: Api) -> None:
     api.emit(data, lambda: fields(pairs))
 
 
+vm.add_command(vm_cp)
 cli.add_command(vm)
 cli.add_command(secret)
 

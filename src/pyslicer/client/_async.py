@@ -22,6 +22,9 @@ from ._calls import (
     Call,
     EnvArg,
     SecretValue,
+    copy_call,
+    copy_in_params,
+    copy_out_params,
     create_node_call,
     create_secret_call,
     delete_node_call,
@@ -48,6 +51,10 @@ from ._responses import api_error
 from ._stdin_async import AsyncStdin, async_stdin_body
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable
+
+    from ._copy import CopySource
     from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, Secret, ServerInfo
 
 T = TypeVar("T")
@@ -363,3 +370,147 @@ class AsyncSlicerClient(BaseClient):
     async def delete_secret(self, name: str) -> None:
         """Remove a secret from the store and from the VMs. Raises ``SlicerAPIError`` (404) when missing."""
         await self._send(delete_secret_call(name))
+
+    # -- copies ------------------------------------------------------------------------------------
+
+    async def cp_to_vm(
+        self,
+        hostname: str,
+        path: str,
+        data: AsyncStdin,
+        *,
+        mode: str = "binary",
+        uid: int | None = None,
+        gid: int | None = None,
+        permissions: str | int | None = None,
+        source_name: str | None = None,
+        source_type: str | None = None,
+        copy_contents: bool = False,
+        exclude: Sequence[str] = (),
+        unpacked_size: int | None = None,
+    ) -> None:
+        """Stream ``data`` (bytes, an iterable or async iterable of chunks, or a binary file) to ``path`` in the
+        VM: a file's bytes (``binary``, ``cp-v1-binary``) or an uncompressed tar (``tar``, ``cp-v1-tar``). It
+        lands atomically. The cp-v1 modes place it like ``cp`` (``source_name`` into an existing directory).
+        ``uid``/``gid`` None: the guest's default user. ``unpacked_size`` lets the guest refuse at once (413)
+        when it lacks the space (413, code ``no_space``)."""
+        params = copy_in_params(
+            path,
+            mode,
+            uid=uid,
+            gid=gid,
+            permissions=permissions,
+            source_name=source_name,
+            source_type=source_type,
+            copy_contents=copy_contents,
+            exclude=exclude,
+        )
+        call = copy_call("POST", hostname, params)
+        request = self._build(self._http, call, async_stdin_body(data))
+        request.headers["content-type"] = "application/x-tar" if mode.endswith("tar") else "application/octet-stream"
+        if unpacked_size is not None:
+            request.headers["x-slicer-unpacked-size"] = str(unpacked_size)
+        try:
+            response = await self._http.send(request)
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        call.finish(response)
+
+    async def upload_file(
+        self,
+        hostname: str,
+        local_path: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        permissions: str | int | None = None,
+    ) -> None:
+        """Copy a local file into the VM like ``cp``: into ``remote_path`` if it is a directory (or ends in
+        ``/``), else as ``remote_path``. Streamed from the file, never read whole."""
+        import os
+
+        local = os.fspath(local_path)
+        with open(local, "rb") as file:
+            await self.cp_to_vm(
+                hostname,
+                remote_path,
+                file,
+                mode="cp-v1-binary",
+                uid=uid,
+                gid=gid,
+                permissions=permissions,
+                source_name=os.path.basename(os.path.abspath(local)),
+                source_type="file",
+                unpacked_size=os.fstat(file.fileno()).st_size,
+            )
+
+    async def upload_tree(
+        self,
+        hostname: str,
+        local_dir: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        exclude: Sequence[str] = (),
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        """Copy a local directory into the VM like ``cp -r`` (``dir/.``: its contents), as a tar made while it
+        is sent. ``exclude`` takes the Go SDK's patterns (``*.log``, ``node_modules``, ``a/**/b``)."""
+        import os
+
+        from ._copy import tar_chunks, tree_size
+
+        local = os.fspath(local_dir)
+        if not os.path.isdir(local):
+            raise ValueError(f"{local} is not a directory")
+        contents = local.rstrip("/").endswith("/.") or local.rstrip("/") in (".", "")
+        name = os.path.basename(os.path.abspath(local))
+        await self.cp_to_vm(
+            hostname,
+            remote_path,
+            tar_chunks(local, exclude),
+            mode="cp-v1-tar",
+            uid=uid,
+            gid=gid,
+            source_name="" if contents and name in ("", "/") else name,
+            source_type="directory",
+            copy_contents=contents,
+            exclude=exclude,
+            unpacked_size=tree_size(local, exclude),
+        )
+
+    async def cp_from_vm(
+        self,
+        hostname: str,
+        path: str,
+        *,
+        mode: str = "cp-v1-binary",
+        exclude: Sequence[str] = (),
+        on_source: Callable[[CopySource], None] | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """Stream ``path`` out of the VM: a file's bytes, or a tar of a directory's contents (``cp-v1-tar``;
+        ``cp-v1-recursive`` sends either). ``on_source`` is called with what it is (``source_type``, ``name``,
+        ``file_mode``, ``size``) before the first chunk. A transfer the guest cuts short raises
+        ``SlicerConnectionError``: never a short file taken for whole."""
+        from ._copy import source_of
+
+        call = copy_call("GET", hostname, copy_out_params(path, mode, exclude))
+        request = self._build(self._http, call)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        try:
+            if response.is_error:
+                await response.aread()
+                raise api_error(response)
+            if on_source is not None:
+                on_source(source_of(response.headers))
+            async for chunk in response.aiter_bytes():
+                if chunk:
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        finally:
+            await response.aclose()

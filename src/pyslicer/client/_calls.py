@@ -278,3 +278,60 @@ def update_secret_call(
 
 def delete_secret_call(name: str) -> Call[None]:
     return Call("DELETE", f"/secrets/{seg(name)}", responses.nothing)
+
+
+# -- copies ----------------------------------------------------------------------------------------
+
+UPLOAD_MODES = ("binary", "tar", "cp-v1-binary", "cp-v1-tar")
+DOWNLOAD_MODES = ("binary", "tar", "cp-v1-binary", "cp-v1-tar", "cp-v1-recursive")
+
+
+def copy_in_params(
+    path: str,
+    mode: str,
+    *,
+    uid: int | None,
+    gid: int | None,
+    permissions: str | int | None,
+    source_name: str | None,
+    source_type: str | None,
+    copy_contents: bool,
+    exclude: Sequence[str],
+) -> tuple[tuple[str, str], ...]:
+    """The upload query; the ``source_*`` fields go only with the cp-v1 modes (the Go SDK's rule)."""
+    if not path:
+        raise ValueError("path must not be empty")
+    if mode not in UPLOAD_MODES:
+        raise ValueError(f"invalid mode: {mode}")
+    params: list[tuple[str, str]] = [("path", path), ("mode", mode)]
+    if mode.startswith("cp-v1-"):
+        params.append(("copy_semantics", "cp-v1"))
+        params.append(("source_name", source_name or ""))
+        params.append(("source_type", source_type or ("directory" if mode.endswith("tar") else "file")))
+        if copy_contents:
+            params.append(("copy_contents", "true"))
+    if uid is not None:
+        params.append(("uid", str(uid)))
+    if gid is not None:
+        params.append(("gid", str(gid)))
+    if permissions is not None:
+        params.append(("permissions", permissions if isinstance(permissions, str) else format(permissions, "04o")))
+    params += [("exclude", pattern) for pattern in _str_list(exclude, "exclude") or () if pattern.strip()]
+    return tuple(params)
+
+
+def copy_out_params(path: str, mode: str, exclude: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    if not path:
+        raise ValueError("path must not be empty")
+    if mode not in DOWNLOAD_MODES:
+        raise ValueError(f"invalid mode: {mode}")
+    params: list[tuple[str, str]] = [("path", path), ("mode", mode)]
+    if mode.startswith("cp-v1-"):
+        params.append(("copy_semantics", "cp-v1"))
+    params += [("exclude", pattern) for pattern in _str_list(exclude, "exclude") or () if pattern.strip()]
+    return tuple(params)
+
+
+def copy_call(method: str, hostname: str, params: tuple[tuple[str, str], ...]) -> Call[None]:
+    """The request half of a copy; the clients send the body or read the answer themselves."""
+    return Call(method, f"/vm/{seg(hostname)}/cp", responses.nothing, params=params, long_running=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from pyslicer import __version__
 from pyslicer.config import SlicerConfig
 from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
+from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.fleet import Fleet, LaunchOutcome
@@ -230,3 +231,14 @@ class Daemon:
     async def delete_secret(self, name: str) -> None:
         """Remove a secret from the store and from the guests. Raises InvalidArgument for a bad name, NotFound."""
         await self.secrets.delete(name)
+
+    def copy_in(self, hostname: str, request: CopyInRequest) -> CopyUpload:
+        """Start an upload into a node (feed it, then ``finish``). Raises NotFound, Conflict when the VM is not
+        running, AgentError when its agent is not reachable."""
+        return CopyUpload(self.node(hostname).agent().open(request.to_wire()))
+
+    async def copy_out(self, hostname: str, request: CopyOutRequest) -> CopyDownload:
+        """Start a download from a node, once the guest has said what it sends. Raises NotFound (the VM, or
+        the path: code ``path_not_found``), InvalidArgument for a path the mode cannot send, Conflict when
+        the VM is not running, AgentError when its agent is not reachable."""
+        return await CopyDownload.open(self.node(hostname).agent().open(request.to_wire()))

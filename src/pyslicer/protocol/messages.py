@@ -32,6 +32,8 @@ class Op:
     USERDATA: Final = "userdata"
     EXEC: Final = "exec"
     SECRETS: Final = "secrets"
+    COPY_IN: Final = "copy_in"
+    COPY_OUT: Final = "copy_out"
 
 
 class Event:
@@ -40,7 +42,8 @@ class Event:
     STARTED: Final = "started"
     EXIT: Final = "exit"
     ERROR: Final = "error"
-    DONE: Final = "done"  # a secrets stream's answer
+    SOURCE: Final = "source"  # copy_out: what is about to stream
+    DONE: Final = "done"  # secrets, copy_in, copy_out: finished
 
 
 if TYPE_CHECKING:
@@ -116,7 +119,37 @@ if TYPE_CHECKING:
         secrets: list[SecretFile]
         window: NotRequired[int]  # added by the link
 
-    Request = HealthRequest | UserdataRequest | ExecRequest | SecretsRequest
+    class CopyInRequest(TypedDict, total=False):
+        """Write what arrives as DATA on stdin at ``path``: one file (``binary``) or a tar stream (``tar``).
+
+        Placement is cp-like when ``cp_v1`` (the ``source_*`` fields say what the bytes are); see docs/protocol.md.
+        """
+
+        op: Required[Literal["copy_in"]]
+        path: Required[str]  # absolute, or ~/..., or relative to the user's home; a trailing / matters
+        mode: Required[Literal["binary", "tar"]]
+        cp_v1: bool
+        source_name: str
+        source_type: Literal["file", "directory"]
+        copy_contents: bool
+        exclude: list[str]  # tar: entries to skip (Go SDK patterns)
+        uid: int | None  # default: the guest's default user
+        gid: int | None  # default: the uid's account group
+        permissions: int | None  # binary: the file's mode (default 0644, or the replaced file's)
+        unpacked_size: int | None  # bytes the upload will take; refused up front when the disk lacks them
+        window: int
+
+    class CopyOutRequest(TypedDict, total=False):
+        """Send ``path`` as DATA on stdout: raw bytes of a file, or a tar of a directory's contents."""
+
+        op: Required[Literal["copy_out"]]
+        path: Required[str]
+        mode: Required[Literal["binary", "tar", "recursive"]]  # recursive: a file raw, a directory as tar
+        cp_v1: bool  # tar: refuse a file instead of sending a one-entry tar
+        exclude: list[str]
+        window: int
+
+    Request = HealthRequest | UserdataRequest | ExecRequest | SecretsRequest | CopyInRequest | CopyOutRequest
 
     # -- events (MESSAGE) ----------------------------------------------------------------------------
 
@@ -156,3 +189,39 @@ if TYPE_CHECKING:
         removed: int
 
     SecretsAnswer = SecretsDone | RequestError
+    CopyErrorCode = Literal[
+        "path_not_found",
+        "not_a_file",
+        "not_a_directory",
+        "invalid_path",
+        "invalid_tar",
+        "unsafe_entry",
+        "no_space",
+        "permission_denied",
+        "failed",
+    ]
+
+    class CopySource(TypedDict):
+        """copy_out, before any DATA: what streams (``directory``: a tar)."""
+
+        type: Literal["source"]
+        source_type: Literal["file", "directory"]
+        name: str  # the basename; "" for a contents-only path (``dir/.``, ``/``)
+        file_mode: str  # e.g. "0644"
+        size: int  # a file's size (exactly what streams); 0 for a directory
+
+    class CopyDone(TypedDict):
+        """copy_in: everything is in place (``path``: where it landed); copy_out: every byte was sent."""
+
+        type: Literal["done"]
+        path: str
+        size: int  # bytes received or sent
+
+    class CopyError(TypedDict):
+        """Nothing was written under the target (copy_in), or the stream is cut short (copy_out)."""
+
+        type: Literal["error"]
+        error: str
+        code: CopyErrorCode
+
+    CopyEvent = CopySource | CopyDone | CopyError

@@ -1,0 +1,155 @@
+"""copy_in and copy_out through the real agent process on the host (over a socketpair), driven by the daemon's
+copy objects: placement, atomic landing, tar safety, cancellation. The integration tests repeat the essentials
+in real guests through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pyslicer.daemon.agent_link import AgentLink
+from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyResult, CopyUpload
+from pyslicer.errors import InsufficientStorage, InvalidArgument, NotFound
+from tests.test_agent_link import link
+
+__all__ = ["link"]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent chowns what it writes")
+
+
+async def upload(link: AgentLink, data: bytes, piece: int = 100_000, **query: object) -> CopyResult:
+    copy = CopyUpload(link.open(CopyInRequest.model_validate(query).to_wire()))
+    for start in range(0, len(data), piece):
+        await copy.write(data[start : start + piece])
+        if copy.refused:
+            break
+    return await copy.finish()
+
+
+async def download(link: AgentLink, **query: object) -> tuple[CopyDownload, bytes]:
+    copy = await CopyDownload.open(link.open(CopyOutRequest.model_validate(query).to_wire()))
+    return copy, b"".join([chunk async for chunk in copy.chunks()])
+
+
+def tar_of(*entries: tuple[str, bytes | str | None], kind: bytes = tarfile.REGTYPE) -> bytes:
+    """(name, data) regular files, (name, None) directories, (name, "target") symlinks."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in entries:
+            member = tarfile.TarInfo(name)
+            if data is None:
+                member.type, member.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(member)
+            elif isinstance(data, str):
+                member.type, member.linkname = tarfile.SYMTYPE, data
+                archive.addfile(member)
+            else:
+                member.type, member.size, member.mode = kind, len(data), 0o640
+                archive.addfile(member, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.fixture
+def space(tmp_path: Path) -> Path:
+    """A directory of the test's own (the link fixture keeps its socket in tmp_path)."""
+    (tmp_path / "space").mkdir()
+    return tmp_path / "space"
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if ".slicer-cp-" in p.name)
+
+
+async def test_binary_round_trip_and_placement(link: AgentLink, space: Path) -> None:
+    data = os.urandom(700_000)
+    result = await upload(link, data, path=str(space / "new" / "deep" / "file.bin"), permissions="0600")
+    assert result.size == len(data) and (space / "new/deep/file.bin").read_bytes() == data
+    assert (space / "new/deep/file.bin").stat().st_mode & 0o777 == 0o600
+    source, back = await download(link, path=str(space / "new/deep/file.bin"), mode="cp-v1-binary")
+    assert back == data and source.source.name == "file.bin" and source.source.file_mode == "0600"
+    # cp-v1: into an existing directory (or one written with a trailing /) as path/source_name
+    v1 = {"mode": "cp-v1-binary", "copy_semantics": "cp-v1", "source_name": "n.txt", "source_type": "file"}
+    assert (await upload(link, b"a", path=str(space / "new"), **v1)).path == str(space / "new/n.txt")
+    assert (await upload(link, b"b", path=f"{space}/slash/", **v1)).path == str(space / "slash/n.txt")
+    assert (await upload(link, b"c", path=str(space / "new/n.txt"), **v1)).path == str(space / "new/n.txt")
+    assert (space / "new/n.txt").read_bytes() == b"c"
+    assert (await upload(link, b"", path=str(space / "empty"))).size == 0
+    assert (space / "empty").read_bytes() == b""
+    assert leftovers(space) == []
+
+
+async def test_binary_errors(link: AgentLink, space: Path) -> None:
+    with pytest.raises(NotFound) as missing:
+        await download(link, path=str(space / "nope"))
+    assert missing.value.code == "path_not_found"
+    with pytest.raises(InvalidArgument, match="must specify a file not a directory"):
+        await download(link, path=str(space), mode="binary")
+    with pytest.raises(InvalidArgument, match="is a directory"):
+        await upload(link, b"x", path=str(space))
+    with pytest.raises(InsufficientStorage):
+        await upload(link, b"x" * 10, path=str(space / "big"), unpacked_size=2**62)
+    assert list(space.iterdir()) == []
+
+
+async def test_tree_round_trip_with_modes_links_and_excludes(link: AgentLink, space: Path) -> None:
+    archive = tar_of(
+        ("sub", None), ("sub/a.txt", b"A"), ("b.sh", b"#!/bin/sh\n"), ("link", "sub/a.txt"), ("skip.log", b"no")
+    )
+    v1 = {"mode": "cp-v1-tar", "copy_semantics": "cp-v1", "source_name": "tree", "source_type": "directory"}
+    result = await upload(link, archive, piece=700, path=str(space / "dest"), exclude=["*.log"], **v1)
+    dest = space / "dest"
+    assert result.path == str(dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["b.sh", "link", "sub"]
+    assert os.readlink(dest / "link") == "sub/a.txt" and (dest / "b.sh").stat().st_mode & 0o777 == 0o640
+    # into an existing directory: as path/source_name
+    assert (await upload(link, archive, path=str(space / "dest"), **v1)).path == str(dest / "tree")
+    # contents into an existing directory: merged
+    await upload(link, tar_of(("c.txt", b"C")), path=str(dest), **{**v1, "copy_contents": "true"})
+    assert (dest / "c.txt").read_bytes() == b"C" and (dest / "sub/a.txt").read_bytes() == b"A"
+    source, data = await download(link, path=str(dest), mode="cp-v1-recursive", exclude=["tree"])
+    assert source.source.source_type == "directory" and source.source.name == "dest"
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        names = archive.getnames()
+    assert sorted(names) == ["b.sh", "c.txt", "link", "sub", "sub/a.txt"]
+    source, data = await download(link, path=str(dest / "c.txt"), mode="cp-v1-recursive")
+    assert source.source.source_type == "file" and data == b"C"
+    with pytest.raises(InvalidArgument):
+        await download(link, path=str(dest / "c.txt"), mode="cp-v1-tar")
+    assert leftovers(space) == []
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("../evil", b"x")],
+        [("/abs", b"x")],
+        [("ok", b"1"), ("out", "../../x")],
+        [("l", "/etc"), ("l/passwd", b"x")],
+        [("d", None), ("d/l", "../.."), ("fine", b"1")],
+    ],
+)
+async def test_unsafe_tar_leaves_nothing(link: AgentLink, space: Path, entries: list[tuple[str, object]]) -> None:
+    target = space / "t"
+    with pytest.raises(InvalidArgument) as refused:
+        await upload(link, tar_of(*entries), path=str(target), mode="tar")  # type: ignore[arg-type]
+    assert refused.value.code == "unsafe_tar_entry"
+    await asyncio.sleep(0.2)  # the worker removes its directory as it stops
+    assert list(space.iterdir()) == []
+
+
+async def test_bad_tar_and_cancel_leave_nothing(link: AgentLink, space: Path) -> None:
+    with pytest.raises(InvalidArgument) as bad:
+        await upload(link, b"not a tar at all" * 100, path=str(space / "t"), mode="tar")
+    assert bad.value.code == "invalid_tar"
+    for mode in ("binary", "tar"):
+        copy = CopyUpload(link.open(CopyInRequest(path=str(space / mode), mode=mode).to_wire()))
+        body = tar_of(("big", os.urandom(3_000_000))) if mode == "tar" else os.urandom(3_000_000)
+        await copy.write(body[:1_000_000])
+        copy.cancel()
+    await asyncio.sleep(0.5)
+    assert list(space.iterdir()) == []

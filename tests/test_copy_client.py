@@ -1,0 +1,54 @@
+"""The client's local half of copies: the tar it streams, the safe extraction, the CLI's VM:/path syntax."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pyslicer.cli.cp import split_remote
+from pyslicer.client._copy import excluded, extract_tar, source_of, tar_chunks, tree_size
+
+
+def test_tar_chunks_round_trip_through_extract(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "a" / "node_modules").mkdir(parents=True)
+    (source / "a" / "node_modules" / "x.js").write_bytes(b"x")
+    (source / "a" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    (source / "empty").write_bytes(b"")
+    (source / "l").symlink_to("a/big.bin")
+    chunks = list(tar_chunks(str(source), ["node_modules"]))
+    assert max(len(c) for c in chunks) <= 1024 * 1024
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        assert sorted(archive.getnames()) == ["a", "a/big.bin", "empty", "l"]
+    assert tree_size(str(source), ["node_modules"]) == 3 * 1024 * 1024 + 7
+    assert extract_tar(chunks, str(tmp_path / "out")) == 4
+    assert (tmp_path / "out/a/big.bin").read_bytes() == (source / "a/big.bin").read_bytes()
+    assert os.readlink(tmp_path / "out/l") == "a/big.bin"
+    assert excluded("a/node_modules", ["node_modules"]) and not excluded("a", ["node_modules"])
+
+
+@pytest.mark.parametrize("name, link", [("../x", None), ("/abs", None), ("l", "../../etc")])
+def test_extract_refuses_unsafe_entries(tmp_path: Path, name: str, link: str | None) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        member = tarfile.TarInfo(name)
+        if link:
+            member.type, member.linkname = tarfile.SYMTYPE, link
+        archive.addfile(member, io.BytesIO(b""))
+    with pytest.raises(ValueError):
+        extract_tar([out.getvalue()], str(tmp_path / "dest"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_source_headers_and_remote_syntax() -> None:
+    source = source_of(
+        {"x-slicer-source-type": "file", "x-slicer-source-name-base64": "IHRvb2wg", "content-length": "5"}
+    )
+    assert (source.source_type, source.name, source.size) == ("file", " tool ", 5)
+    assert split_remote("sbox-1:/tmp/x") == ("sbox-1", "/tmp/x")
+    assert split_remote("sbox-1:") == ("sbox-1", "~")
+    assert split_remote("./a:b") is None and split_remote("plain") is None and split_remote("C:\\x") is None
