@@ -427,6 +427,7 @@ class CopyOutSession(_Session):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._credit = 0
+        self._threshold = MAX_PAYLOAD
         self._fd = -1  # binary: the file; tar: our end of the worker's output pipe
         self._remaining = 0
         self._sent = 0
@@ -439,6 +440,8 @@ class CopyOutSession(_Session):
     def _start(self) -> None:
         request = self._request
         self._credit = int(request.get("window") or INITIAL_WINDOW)
+        # Read only with credit for a whole frame (or the rest of the file): no silly window (docs/protocol.md).
+        self._threshold = max(1, min(MAX_PAYLOAD, self._credit))
         owner = self._owner()
         raw = request.get("path")
         path, _ = expand_path(raw, owner.home)
@@ -515,7 +518,7 @@ class CopyOutSession(_Session):
             self._pump_file()
             return
         if self._fd >= 0:
-            want = self._credit > 0
+            want = self._credit >= self._threshold
             if want and not self._reading:
                 self._loop.add_reader(self._fd, self._on_readable)
             elif not want and self._reading:
@@ -532,7 +535,7 @@ class CopyOutSession(_Session):
 
     def _pump_file(self) -> None:
         # A regular file never blocks (nor can epoll watch it): read what the credit allows, then wait for more.
-        while self._credit > 0 and self._remaining > 0:
+        while self._remaining > 0 and self._credit >= min(self._threshold, self._remaining):
             data = os.read(self._fd, min(self._credit, MAX_PAYLOAD, self._remaining))
             if not data:
                 raise CopyFailure("failed", f"{self._request.get('path')} shrank while it was read")
@@ -548,7 +551,7 @@ class CopyOutSession(_Session):
         self._guard(self._read_pipe)
 
     def _read_pipe(self) -> None:
-        if self._fd < 0 or self._credit <= 0:
+        if self._fd < 0 or self._credit < self._threshold:
             return
         try:
             data = os.read(self._fd, min(self._credit, MAX_PAYLOAD))
@@ -563,7 +566,7 @@ class CopyOutSession(_Session):
             return
         self._credit -= len(data)
         self._send(FrameType.DATA, data, Channel.STDOUT)
-        if self._credit <= 0:
+        if self._credit < self._threshold:
             self._pump()
 
     def _cleanup(self, success: bool) -> None:
