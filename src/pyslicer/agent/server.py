@@ -46,6 +46,11 @@ if TYPE_CHECKING:
 # and the module and class that run it. Imported at the first request that needs it (or by ``preload``).
 SESSIONS: dict[str, tuple[str, str]] = {
     Op.EXEC: ("pyslicer.agent.execs", "ExecSession"),
+    Op.FS_STAT: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_READDIR: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_MKDIR: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_REMOVE: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_WATCH: ("pyslicer.agent.watch", "WatchSession"),
 }
 
 

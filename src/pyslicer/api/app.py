@@ -10,7 +10,7 @@ from starlette.types import ASGIApp
 
 from pyslicer import __version__
 from pyslicer.api import exec as exec_api
-from pyslicer.api import nodes, openapi, system, vm
+from pyslicer.api import fs, nodes, openapi, system, vm
 from pyslicer.api.errors import HANDLERS
 from pyslicer.api.metrics import ApiMetrics
 from pyslicer.api.middleware import BearerAuth, QueryInPath, RequestMetrics
@@ -34,7 +34,7 @@ def create_fastapi(daemon: Daemon) -> FastAPI:
         redirect_slashes=False,  # Slicer: "/nodes/" is not "/nodes"
         exception_handlers=HANDLERS,
     )
-    for module in (exec_api, vm, nodes, system):  # the hottest route first: routing tries them in order
+    for module in (exec_api, vm, nodes, system, fs):  # the hottest route first: routing tries them in order
         app.include_router(module.router)
     openapi.install(app)
     app.state.daemon = daemon

@@ -19,6 +19,7 @@ from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.fleet import Fleet, LaunchOutcome
+from pyslicer.daemon.fs import GuestFilesystem
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
@@ -206,3 +207,8 @@ class Daemon:
         """Start a command in a node. Raises NotFound, Conflict when the VM is not running, AgentError
         when its agent is not reachable, InvalidArgument when the request does not fit one frame."""
         return self.node(hostname).exec(request)
+
+    def filesystem(self, hostname: str) -> GuestFilesystem:
+        """The filesystem of a running node, through its agent. Raises NotFound, Conflict when the VM is not
+        running, AgentError when its agent is not reachable."""
+        return GuestFilesystem(self.node(hostname).agent(), hostname)
