@@ -19,6 +19,7 @@ from pyslicer.errors import SlicerError
 
 from ._common import Api, CliState, api_command, data_dir_option
 from ._output import fields
+from .fs import fs
 from .vm import vm
 
 
@@ -118,6 +119,7 @@ def info(api: Api) -> None:
     api.emit(data, lambda: fields(pairs))
 
 
+vm.add_command(fs)
 cli.add_command(vm)
 
 

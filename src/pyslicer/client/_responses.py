@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Parser = Callable[["httpx.Response"], T]
 
-ResourceName = Literal["AgentHealth", "CreatedNode", "DeleteResult", "HostGroup", "LogsResult", "Node", "ServerInfo"]
+ResourceName = Literal[
+    "AgentHealth", "CreatedNode", "DeleteResult", "FsEntry", "HostGroup", "LogsResult", "Node", "ServerInfo"
+]
 """The classes of ``.models`` a response can be parsed into."""
 
 STATUS_CODES = {
@@ -205,3 +207,13 @@ def buffered_exec(response: httpx.Response) -> ExecResult:
 def nothing(response: httpx.Response) -> None:
     """For calls whose body the client reads itself (a streaming exec)."""
     return None
+
+
+def exists(response: httpx.Response) -> bool:
+    """``fs/stat`` as a test: 2xx is True, a 404 for the path (not for the VM) False, anything else raises."""
+    if response.is_success:
+        return True
+    error = api_error(response)
+    if response.status_code == 404 and error.code == "path_not_found":
+        return False
+    raise error

@@ -21,6 +21,7 @@ __all__ = [
     "ExecFrame",
     "ExecResult",
     "FrameType",
+    "FsEntry",
     "HostGroup",
     "LogsResult",
     "Node",
@@ -118,3 +119,32 @@ class LogsResult(_Resource):
     hostname: str = ""
     lines: int = 0
     content: str = ""
+
+
+class FsEntry(_Resource):
+    """A file, directory or symlink in a VM (``fs/stat``, ``fs/readdir``, ``fs/mkdir``), as lstat sees it.
+
+    ``mtime`` is RFC 3339 text as the server sent it (with nanoseconds); ``modified`` is it as a datetime.
+    """
+
+    name: str = ""
+    type: str = Field(default="", description="file, directory or symlink")
+    size: int = 0
+    mtime: str = ""
+    mode: str = Field(default="", description='octal permission bits, e.g. "0644"')
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "directory"
+
+    @property
+    def modified(self) -> datetime | None:
+        text = self.mtime.replace("Z", "+00:00")
+        head, dot, rest = text.partition(".")
+        if dot:  # datetime takes at most microseconds
+            digits = "".join(ch for ch in rest if ch.isdigit())
+            text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            return None
