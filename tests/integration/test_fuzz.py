@@ -24,6 +24,24 @@ from tests.integration.conftest import RunningDaemon
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 25}  # per operation
 CALL_TIMEOUT = 20.0  # a generated command may run for long (`sleep 1e9`); leaving stops it
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+FS_SCRATCH = "/tmp/fuzz-scratch/"  # generated fs paths are kept under it: a generated "~" must not remove /root
+
+
+def confine_fs_case(case: Any) -> None:
+    """Generated paths stay under FS_SCRATCH, and a generated watch ends within a second."""
+
+    def confined(value: Any) -> Any:
+        if isinstance(value, list):
+            return [confined(item) for item in value]
+        return FS_SCRATCH + str(value)
+
+    for fields in (case.query, case.body):
+        if isinstance(fields, dict):
+            for name in ("path", "paths"):
+                if name in fields:
+                    fields[name] = confined(fields[name])
+    if case.operation.path.endswith("/fs/watch"):
+        case.query = {**(case.query or {}), "timeout": "1s"}
 
 
 def fuzz(operation: Any, mode: GenerationMode, daemon: RunningDaemon, sandbox: str, seen: Counter[str]) -> None:
@@ -36,6 +54,8 @@ def fuzz(operation: Any, mode: GenerationMode, daemon: RunningDaemon, sandbox: s
     @given(case=operation.as_strategy(mode, path_parameters=path_parameters))
     @settings(max_examples=EXAMPLES[mode], deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: Any) -> None:
+        if "/fs/" in operation.path:
+            confine_fs_case(case)
         try:
             response = case.call_and_validate(
                 base_url=daemon.url,
