@@ -175,3 +175,20 @@ async def test_watch_of_a_missing_path_fails_first(fs: GuestFilesystem, work: Pa
     with pytest.raises(NotFound) as missing:
         await fs.watch(WatchRequest(paths=[str(work / "nope")]))
     assert missing.value.code == "path_not_found"
+
+
+async def test_a_watch_whose_reader_stalls_drops_with_a_note(fs: GuestFilesystem, work: Path) -> None:
+    # Nobody reads while 8000 files appear: the agent holds a window of credit (256 KiB, ~1500 events) and
+    # its queue (4096), drops the rest, and says how many once the reader is back.
+    request = WatchRequest.model_validate({"paths": [str(work)], "events": "create", "debounce": "0", "timeout": "3s"})
+    watch = await fs.watch(request)
+    for i in range(8000):
+        (work / f"f{i}").touch()
+    await asyncio.sleep(1)
+    items = [item async for item in watch.events()]
+    creates = [i for i in items if isinstance(i, WatchEvent) and i.type == "create"]
+    notes = [i for i in items if isinstance(i, WatchEvent) and i.type == "overflow"]
+    assert 4096 < len(creates) < 8000
+    assert notes and all("events dropped" in (note.message or "") for note in notes)
+    assert len(creates) + sum(int((note.message or "").split()[0]) for note in notes) == 8000  # none lost silently
+    assert items[-1] == WatchEnded("timeout")
