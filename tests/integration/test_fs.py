@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -14,8 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from pyslicer.client import AsyncSlicerClient, SlicerAPIError
 from tests.integration.conftest import RunningDaemon
 from tests.integration.helpers import assert_error, sh
+from tests.integration.test_clients import cli
 
 ROOT = "/tmp/fs-api"
 
@@ -262,3 +265,28 @@ def test_a_client_that_leaves_leaves_no_watch_behind(
     while _inotify_fds(api, sandbox) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _inotify_fds(api, sandbox) == 0
+
+
+async def test_python_sdk_and_cli(daemon: RunningDaemon, sandbox: str, tree: str) -> None:
+    async with AsyncSlicerClient(daemon.url, token=daemon.token) as slicer:
+        made = await slicer.mkdir(sandbox, f"{tree}/sdk/x", recursive=True, mode=0o700)
+        assert (made.name, made.type, made.mode) == ("x", "directory", "0700")
+        assert [e.name for e in await slicer.readdir(sandbox, f"{tree}/sdk")] == ["x"]
+        assert (await slicer.stat(sandbox, f"{tree}/file.txt")).size == 5
+        assert not await slicer.exists(sandbox, f"{tree}/nope")
+        events = slicer.watch(sandbox, [tree], recursive=True, events=["create"], one_shot=True, timeout=60)
+        waiting = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(3)  # (the watch is in place well within this under TCG)
+        await slicer.exec_buffered(sandbox, "touch", [f"{tree}/sdk/x/new"])
+        event = await asyncio.wait_for(waiting, 60)
+        assert (event.type, event.path, event.id) == ("create", f"{tree}/sdk/x/new", 1)
+        await events.aclose()
+        await slicer.remove(sandbox, f"{tree}/sdk", recursive=True)
+        with pytest.raises(SlicerAPIError) as missing:
+            await slicer.stat(sandbox, f"{tree}/sdk")
+        assert (missing.value.status, missing.value.code) == (404, "path_not_found")
+    listing = cli(daemon, "vm", "fs", "ls", sandbox, tree, "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert {e["name"] for e in json.loads(listing.stdout)} == {"file.txt", "ünï cödé.txt", "link", "sub"}
+    failed = cli(daemon, "vm", "fs", "rm", sandbox, f"{tree}/sub/nope")
+    assert failed.returncode == 1 and b"error:" in failed.stderr
