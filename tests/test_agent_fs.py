@@ -192,3 +192,11 @@ async def test_a_watch_whose_reader_stalls_drops_with_a_note(fs: GuestFilesystem
     assert notes and all("events dropped" in (note.message or "") for note in notes)
     assert len(creates) + sum(int((note.message or "").split()[0]) for note in notes) == 8000  # none lost silently
     assert items[-1] == WatchEnded("timeout")
+
+
+async def test_watch_paths_join_cleanly(fs: GuestFilesystem, work: Path) -> None:
+    request = WatchRequest.model_validate({"paths": [f"{work}/"], "debounce": "0", "max_events": "1"})
+    watch = await fs.watch(request)
+    (work / "x").touch()
+    items = [item async for item in watch.events()]
+    assert isinstance(items[0], WatchEvent) and items[0].path == f"{work}/x"

@@ -169,7 +169,7 @@ class WatchSession:
         self._credit = int(request.get("window") or INITIAL_WINDOW)
         uid = request.get("uid")
         uid = uid if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0 else None
-        paths = [resolve(path, uid) for path in _strings(request.get("paths"))]
+        paths = [resolve(path, uid).rstrip("/") or "/" for path in _strings(request.get("paths"))]
         if not paths:
             raise FsFailure("paths: at least one path is required", "EINVAL")
         kinds = _strings(request.get("events"))
@@ -261,7 +261,7 @@ class WatchSession:
                 continue
             if not raw_name and not watch.is_root:
                 continue  # a subdirectory's own events: its parent's watch reports them by name
-            path = f"{watch.path}/{os.fsdecode(raw_name)}" if raw_name else watch.path
+            path = _join(watch.path, os.fsdecode(raw_name)) if raw_name else watch.path
             is_dir = bool(mask & IN_ISDIR) or (not raw_name and watch.is_dir)
             kind = kind_of(mask)
             if self._recursive and is_dir and raw_name:
@@ -366,6 +366,10 @@ class WatchSession:
             self._inotify = None
         self._watches = {}
         self._buffer = bytearray()
+
+
+def _join(directory: str, name: str) -> str:
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
 
 def _size(path: str) -> int:

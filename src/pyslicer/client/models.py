@@ -2,7 +2,8 @@
 
 REST resources are pydantic models that keep unknown fields (``extra="allow"``), so newer servers don't break
 the client and ``model_dump()`` shows everything the server sent. Exec output is plain dataclasses of bytes
-(``ExecFrame``, ``ExecResult``), defined without pydantic so that a streaming exec never imports it.
+(``ExecFrame``, ``ExecResult``) and watch events (``WatchEvent``), defined without pydantic so that a
+streaming exec or watch never imports it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._exec_output import ExecFrame, ExecResult, FrameType
+from ._fs_watch import WatchEvent
 
 __all__ = [
     "AgentHealth",
@@ -26,6 +28,7 @@ __all__ = [
     "LogsResult",
     "Node",
     "ServerInfo",
+    "WatchEvent",
 ]
 
 

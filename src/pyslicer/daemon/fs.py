@@ -286,7 +286,8 @@ def guest_error(body: dict[str, Any], what: str) -> SlicerError:
 
 
 class _Lines:
-    """NDJSON split from DATA chunks, each chunk's credit returned once its lines are taken."""
+    """NDJSON lines split from DATA chunks (a line may span chunks); the caller returns each chunk's credit
+    once it has handed on the chunk's lines."""
 
     def __init__(self) -> None:
         self._partial = bytearray()
