@@ -49,6 +49,11 @@ SESSIONS: dict[str, tuple[str, str]] = {
     Op.SECRETS: ("pyslicer.agent.secrets", "SecretsSession"),
     Op.COPY_IN: ("pyslicer.agent.copies", "CopyInSession"),
     Op.COPY_OUT: ("pyslicer.agent.copies", "CopyOutSession"),
+    Op.FS_STAT: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_READDIR: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_MKDIR: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_REMOVE: ("pyslicer.agent.fs", "FsSession"),
+    Op.FS_WATCH: ("pyslicer.agent.watch", "WatchSession"),
 }
 
 

@@ -166,3 +166,34 @@ class SecretInfo(BaseModel):
     gid: int
     modified_at: str = Field(description="RFC 3339 (what the SDKs read)")
     mod_time: str = Field(description="the same time, under the name of Slicer's reference page")
+
+
+# -- the guest filesystem ----------------------------------------------------------------------------
+
+
+class FsEntryInfo(BaseModel):
+    """One entry, as lstat sees it (a symlink is not followed). Slicer's ``SlicerFSInfo``."""
+
+    name: str
+    type: Literal["file", "directory", "symlink"]
+    size: int
+    mtime: str = Field(description="RFC 3339 (Slicer's Go SDK decodes a time.Time)")
+    mode: str = Field(description='permission bits in octal, e.g. "0644"')
+
+
+class FsRemoved(BaseModel):
+    path: str = Field(description="the path removed, ~ expanded")
+    removed: Literal[True]
+
+
+class FsWatchEventData(BaseModel):
+    """The JSON ``data:`` of one ``event: watch``. Type ``overflow`` is no change but a note that events were
+    lost (``message`` says how many); it counts toward neither ``one_shot`` nor ``max_events``."""
+
+    id: int = Field(description="as on the event's id: line")
+    type: Literal["create", "write", "remove", "rename", "chmod", "overflow"]
+    path: str
+    timestamp: str = Field(description="RFC 3339 with nanoseconds")
+    size: int
+    isDir: bool  # Slicer's name
+    message: str | None = None

@@ -20,6 +20,7 @@ from pyslicer.errors import SlicerError
 from ._common import Api, CliState, api_command, data_dir_option
 from ._output import fields
 from .cp import vm_cp
+from .fs import fs
 from .secret import secret
 from .vm import vm
 
@@ -121,6 +122,7 @@ def info(api: Api) -> None:
 
 
 vm.add_command(vm_cp)
+vm.add_command(fs)
 cli.add_command(vm)
 cli.add_command(secret)
 

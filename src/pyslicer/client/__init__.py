@@ -16,6 +16,7 @@ Modules (all private but ``models`` and ``errors``)::
     _calls.py          every API call as a sans-IO Call: method, path, query, body, parser
     _responses.py      parsers and the error mapping: an answer -> a result or a SlicerAPIError
     _exec_output.py    ExecFrame, ExecResult and the NDJSON exec frame decoder (stdlib only)
+    _fs_watch.py       WatchEvent and the server-sent-events decoder of fs/watch (stdlib only)
     _readiness.py      wait_ready's clock and verdicts
     _stdin.py          what a blocking exec sends as stdin      (_stdin_async.py: its asyncio twin)
     _exchange.py       one full-duplex HTTP/1.1 exchange on a socket, with h11 and no httpx
@@ -39,9 +40,20 @@ if TYPE_CHECKING:
     from ._base_client import DEFAULT_TIMEOUT
     from ._config import DEFAULT_URL, is_unix_socket
     from ._exec_output import ExecFrame, ExecResult, FrameType
+    from ._fs_watch import WatchEvent
     from ._sync import SlicerClient
     from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
-    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, Secret, ServerInfo
+    from .models import (
+        AgentHealth,
+        CreatedNode,
+        DeleteResult,
+        FsEntry,
+        HostGroup,
+        LogsResult,
+        Node,
+        Secret,
+        ServerInfo,
+    )
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -53,6 +65,7 @@ __all__ = [
     "ExecFrame",
     "ExecResult",
     "FrameType",
+    "FsEntry",
     "HostGroup",
     "LogsResult",
     "Node",
@@ -63,6 +76,7 @@ __all__ = [
     "SlicerConnectionError",
     "SlicerResponseError",
     "SlicerTimeoutError",
+    "WatchEvent",
     "is_unix_socket",
 ]
 
@@ -75,6 +89,7 @@ _MODULES = {
     "ExecFrame": "._exec_output",
     "ExecResult": "._exec_output",
     "FrameType": "._exec_output",
+    "WatchEvent": "._fs_watch",
     "SlicerAPIError": ".errors",
     "SlicerConnectionError": ".errors",
     "SlicerResponseError": ".errors",
@@ -82,6 +97,7 @@ _MODULES = {
     "AgentHealth": ".models",
     "CreatedNode": ".models",
     "DeleteResult": ".models",
+    "FsEntry": ".models",
     "HostGroup": ".models",
     "LogsResult": ".models",
     "Node": ".models",

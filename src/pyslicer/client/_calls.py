@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import httpx
 
     from ._exec_output import ExecResult
-    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, Secret, ServerInfo
+    from .models import AgentHealth, CreatedNode, DeleteResult, FsEntry, HostGroup, LogsResult, Node, Secret, ServerInfo
 
 T = TypeVar("T")
 
@@ -335,3 +335,89 @@ def copy_out_params(path: str, mode: str, exclude: Sequence[str]) -> tuple[tuple
 def copy_call(method: str, hostname: str, params: tuple[tuple[str, str], ...]) -> Call[None]:
     """The request half of a copy; the clients send the body or read the answer themselves."""
     return Call(method, f"/vm/{seg(hostname)}/cp", responses.nothing, params=params, long_running=True)
+
+
+# -- the guest filesystem --------------------------------------------------------------------------
+
+
+def _path(path: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(path, str) or not path:
+        raise ValueError("path must be a non-empty string")
+    return (("path", path),)
+
+
+def readdir_call(hostname: str, path: str) -> Call[list[FsEntry]]:
+    return Call("GET", f"/vm/{seg(hostname)}/fs/readdir", responses.resource_list("FsEntry"), params=_path(path))
+
+
+def stat_call(hostname: str, path: str) -> Call[FsEntry]:
+    return Call("GET", f"/vm/{seg(hostname)}/fs/stat", responses.resource("FsEntry"), params=_path(path))
+
+
+def exists_call(hostname: str, path: str) -> Call[bool]:
+    return Call("GET", f"/vm/{seg(hostname)}/fs/stat", responses.exists, params=_path(path), check=False)
+
+
+def _mode_text(mode: str | int | None) -> str | None:
+    if mode is None or isinstance(mode, str):
+        return mode
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode must be permission bits (0o755) or octal text ('0755'), not {mode!r}")
+    return f"{mode:04o}"
+
+
+def mkdir_call(hostname: str, path: str, recursive: bool, mode: str | int | None) -> Call[FsEntry]:
+    _path(path)
+    body: dict[str, Any] = {"path": path, "recursive": bool(recursive)}
+    if (text := _mode_text(mode)) is not None:
+        body["mode"] = text
+    return Call("POST", f"/vm/{seg(hostname)}/fs/mkdir", responses.resource("FsEntry"), json=body, long_running=True)
+
+
+def remove_call(hostname: str, path: str, recursive: bool) -> Call[None]:
+    params = (*_path(path), ("recursive", "true" if recursive else "false"))
+    return Call("DELETE", f"/vm/{seg(hostname)}/fs/remove", responses.nothing, params=params, long_running=True)
+
+
+def _duration_text(value: str | float | None, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a Go duration or non-negative seconds, not {value!r}")
+    return format_go_duration(value)
+
+
+def watch_call(
+    hostname: str,
+    paths: Sequence[str],
+    *,
+    patterns: Sequence[str] | None,
+    events: Sequence[str] | None,
+    recursive: bool,
+    one_shot: bool,
+    debounce: str | float | None,
+    timeout: str | float | None,
+    max_events: int | None,
+    uid: int | None,
+    last_event_id: int | None,
+) -> Call[None]:
+    """The request half of a watch; the clients read the event stream themselves."""
+    chosen = _str_list(paths, "paths") or []
+    if not chosen or not all(isinstance(p, str) and p for p in chosen):
+        raise ValueError("paths must hold at least one non-empty path")
+    params: list[tuple[str, str]] = [("paths", p) for p in chosen]
+    params += [("patterns", p) for p in _str_list(patterns, "patterns") or ()]
+    params += [("events", e) for e in _str_list(events, "events") or ()]
+    if recursive:
+        params.append(("recursive", "true"))
+    if one_shot:
+        params.append(("one_shot", "true"))
+    for name, value in (("debounce", debounce), ("timeout", timeout)):
+        if (text := _duration_text(value, name)) is not None:
+            params.append((name, text))
+    for name, number in (("max_events", max_events), ("uid", uid), ("last_event_id", last_event_id)):
+        if number is not None:
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ValueError(f"{name} must be a non-negative int, not {number!r}")
+            params.append((name, str(number)))
+    return Call("GET", f"/vm/{seg(hostname)}/fs/watch", responses.nothing, params=tuple(params), long_running=True)

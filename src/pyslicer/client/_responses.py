@@ -25,7 +25,7 @@ T = TypeVar("T")
 Parser = Callable[["httpx.Response"], T]
 
 ResourceName = Literal[
-    "AgentHealth", "CreatedNode", "DeleteResult", "HostGroup", "LogsResult", "Node", "Secret", "ServerInfo"
+    "AgentHealth", "CreatedNode", "DeleteResult", "FsEntry", "HostGroup", "LogsResult", "Node", "Secret", "ServerInfo"
 ]
 """The classes of ``.models`` a response can be parsed into."""
 
@@ -214,3 +214,13 @@ def secret(response: httpx.Response) -> Any:
 def nothing(response: httpx.Response) -> None:
     """For calls whose body the client reads itself (a streaming exec)."""
     return None
+
+
+def exists(response: httpx.Response) -> bool:
+    """``fs/stat`` as a test: 2xx is True, a 404 for the path (not for the VM) False, anything else raises."""
+    if response.is_success:
+        return True
+    error = api_error(response)
+    if response.status_code == 404 and error.code == "path_not_found":
+        return False
+    raise error

@@ -33,6 +33,7 @@ from ._calls import (
     exec_buffered_call,
     exec_params,
     exec_stream_call,
+    exists_call,
     group_nodes_call,
     health_call,
     healthz_call,
@@ -41,12 +42,18 @@ from ._calls import (
     is_ready_call,
     logs_call,
     metrics_call,
+    mkdir_call,
     nodes_call,
+    readdir_call,
+    remove_call,
     secrets_call,
+    stat_call,
     update_secret_call,
+    watch_call,
 )
 from ._duplex import DuplexTransport
 from ._exec_output import ExecFrame, ExecResult, FrameDecoder
+from ._fs_watch import SseDecoder, WatchEvent
 from ._readiness import ReadyPoll
 from ._responses import api_error
 from ._stdin import Stdin, stdin_body
@@ -56,7 +63,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._copy import CopySource
-    from .models import AgentHealth, CreatedNode, DeleteResult, HostGroup, LogsResult, Node, Secret, ServerInfo
+    from .models import (
+        AgentHealth,
+        CreatedNode,
+        DeleteResult,
+        FsEntry,
+        HostGroup,
+        LogsResult,
+        Node,
+        Secret,
+        ServerInfo,
+    )
 
 T = TypeVar("T")
 
@@ -511,6 +528,96 @@ class SlicerClient(BaseClient):
             for chunk in response.iter_bytes():
                 if chunk:
                     yield chunk
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        finally:
+            response.close()
+
+    # -- the guest filesystem ----------------------------------------------------------------------
+    # Paths are absolute in the VM, or start with ~/ (root's home). A missing path is a SlicerAPIError with
+    # status 404 and code "path_not_found" (an unknown VM: "vm_not_found").
+
+    def readdir(self, hostname: str, path: str) -> list[FsEntry]:
+        """The entries of a directory, sorted by name (a symlink is listed as one, not followed)."""
+        return self._send(readdir_call(hostname, path))
+
+    def stat(self, hostname: str, path: str) -> FsEntry:
+        """One path's entry (a symlink itself, not its target)."""
+        return self._send(stat_call(hostname, path))
+
+    def exists(self, hostname: str, path: str) -> bool:
+        return self._send(exists_call(hostname, path))
+
+    def mkdir(
+        self,
+        hostname: str,
+        path: str,
+        *,
+        recursive: bool = False,
+        mode: str | int | None = None,
+    ) -> FsEntry:
+        """Create a directory (with ``recursive``, its parents too, and an existing one is fine); ``mode`` is
+        ``"0755"`` or ``0o755`` (the default 0755), given to every directory made. 409 when it exists."""
+        return self._send(mkdir_call(hostname, path, recursive, mode))
+
+    def remove(self, hostname: str, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, a symlink, an empty directory, or with ``recursive`` a whole tree."""
+        self._send(remove_call(hostname, path, recursive))
+
+    def watch(
+        self,
+        hostname: str,
+        paths: Sequence[str],
+        *,
+        patterns: Sequence[str] | None = None,
+        events: Sequence[str] | None = None,
+        recursive: bool = False,
+        one_shot: bool = False,
+        debounce: str | float | None = None,
+        timeout: str | float | None = None,
+        max_events: int | None = None,
+        uid: int | None = None,
+        last_event_id: int | None = None,
+    ) -> Generator[WatchEvent, None, None]:
+        """Stream filesystem changes under ``paths`` as they happen (inotify in the guest).
+
+        ``patterns`` are Go globs matched against the full path or the base name; ``events`` picks types
+        (create, write, remove, rename, chmod). ``debounce`` (default 200 ms) coalesces events of one type
+        and path; ``timeout`` (a Go duration or seconds), ``max_events`` or ``one_shot`` end the stream, as
+        does closing the iterator. ``uid`` says whose home ``~`` is; ``last_event_id`` makes the ids
+        continue after it. Arguments are checked now; the request is sent when iteration starts.
+        """
+        call = watch_call(
+            hostname,
+            paths,
+            patterns=patterns,
+            events=events,
+            recursive=recursive,
+            one_shot=one_shot,
+            debounce=debounce,
+            timeout=timeout,
+            max_events=max_events,
+            uid=uid,
+            last_event_id=last_event_id,
+        )
+        return self._watch_events(call)
+
+    def _watch_events(self, call: Call[None]) -> Generator[WatchEvent, None, None]:
+        request = self._build(self._http, call)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        try:
+            if response.is_error:
+                response.read()
+                raise api_error(response)
+            decoder = SseDecoder()
+            for line in response.iter_lines():
+                for event in decoder.feed(line):
+                    yield event
+            for event in decoder.finish():
+                yield event
         except httpx.TransportError as exc:
             raise self._connection_error(exc) from exc
         finally:

@@ -2,7 +2,8 @@
 
 REST resources are pydantic models that keep unknown fields (``extra="allow"``), so newer servers don't break
 the client and ``model_dump()`` shows everything the server sent. Exec output is plain dataclasses of bytes
-(``ExecFrame``, ``ExecResult``), defined without pydantic so that a streaming exec never imports it.
+(``ExecFrame``, ``ExecResult``) and watch events (``WatchEvent``), defined without pydantic so that a
+streaming exec or watch never imports it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ._exec_output import ExecFrame, ExecResult, FrameType
+from ._fs_watch import WatchEvent
 
 __all__ = [
     "AgentHealth",
@@ -21,11 +23,13 @@ __all__ = [
     "ExecFrame",
     "ExecResult",
     "FrameType",
+    "FsEntry",
     "HostGroup",
     "LogsResult",
     "Node",
     "Secret",
     "ServerInfo",
+    "WatchEvent",
 ]
 
 
@@ -131,3 +135,32 @@ class Secret(_Resource):
     uid: int = 0
     gid: int = 0
     modified_at: datetime | None = Field(default=None, validation_alias=AliasChoices("modified_at", "mod_time"))
+
+
+class FsEntry(_Resource):
+    """A file, directory or symlink in a VM (``fs/stat``, ``fs/readdir``, ``fs/mkdir``), as lstat sees it.
+
+    ``mtime`` is RFC 3339 text as the server sent it (with nanoseconds); ``modified`` is it as a datetime.
+    """
+
+    name: str = ""
+    type: str = Field(default="", description="file, directory or symlink")
+    size: int = 0
+    mtime: str = ""
+    mode: str = Field(default="", description='octal permission bits, e.g. "0644"')
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "directory"
+
+    @property
+    def modified(self) -> datetime | None:
+        text = self.mtime.replace("Z", "+00:00")
+        head, dot, rest = text.partition(".")
+        if dot:  # datetime takes at most microseconds
+            digits = "".join(ch for ch in rest if ch.isdigit())
+            text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            return None

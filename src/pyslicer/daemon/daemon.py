@@ -20,6 +20,7 @@ from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, Co
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.fleet import Fleet, LaunchOutcome
+from pyslicer.daemon.fs import GuestFilesystem
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
@@ -242,3 +243,8 @@ class Daemon:
         the path: code ``path_not_found``), InvalidArgument for a path the mode cannot send, Conflict when
         the VM is not running, AgentError when its agent is not reachable."""
         return await CopyDownload.open(self.node(hostname).agent().open(request.to_wire()))
+
+    def filesystem(self, hostname: str) -> GuestFilesystem:
+        """The filesystem of a running node, through its agent. Raises NotFound, Conflict when the VM is not
+        running, AgentError when its agent is not reachable."""
+        return GuestFilesystem(self.node(hostname).agent(), hostname)

@@ -35,6 +35,15 @@ if TYPE_CHECKING:
     from pyslicer.protocol.messages import ExecExit as ExecExit
     from pyslicer.protocol.messages import ExecRequest as ExecRequest
     from pyslicer.protocol.messages import ExecStarted as ExecStarted
+    from pyslicer.protocol.messages import FsDone as FsDone
+    from pyslicer.protocol.messages import FsEntry as FsEntry
+    from pyslicer.protocol.messages import FsError as FsError
+    from pyslicer.protocol.messages import FsMkdirRequest as FsMkdirRequest
+    from pyslicer.protocol.messages import FsPathRequest as FsPathRequest
+    from pyslicer.protocol.messages import FsWatchEnded as FsWatchEnded
+    from pyslicer.protocol.messages import FsWatchEvent as FsWatchEvent
+    from pyslicer.protocol.messages import FsWatchRequest as FsWatchRequest
+    from pyslicer.protocol.messages import FsWatchStarted as FsWatchStarted
     from pyslicer.protocol.messages import HealthAnswer as HealthAnswer
     from pyslicer.protocol.messages import HealthRequest as HealthRequest
     from pyslicer.protocol.messages import Hello as Hello

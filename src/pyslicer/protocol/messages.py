@@ -16,6 +16,8 @@ unknown op is answered by one ``RequestError`` and CLOSE.
 
 A secrets stream: OPEN ``SecretsRequest`` -> DATA on stdin (each file's bytes, in order) and EOF from the host
 -> MESSAGE ``SecretsDone`` (or ``RequestError``) -> CLOSE.
+unknown op is answered by one ``RequestError`` and CLOSE. The ``fs_*`` ops are described at their
+requests below.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class Op:
     SECRETS: Final = "secrets"
     COPY_IN: Final = "copy_in"
     COPY_OUT: Final = "copy_out"
+    FS_STAT: Final = "fs_stat"
+    FS_READDIR: Final = "fs_readdir"
+    FS_MKDIR: Final = "fs_mkdir"
+    FS_REMOVE: Final = "fs_remove"
+    FS_WATCH: Final = "fs_watch"
 
 
 class Event:
@@ -150,6 +157,7 @@ if TYPE_CHECKING:
         window: int
 
     Request = HealthRequest | UserdataRequest | ExecRequest | SecretsRequest | CopyInRequest | CopyOutRequest
+    # and the fs requests further down
 
     # -- events (MESSAGE) ----------------------------------------------------------------------------
 
@@ -225,3 +233,78 @@ if TYPE_CHECKING:
         code: CopyErrorCode
 
     CopyEvent = CopySource | CopyDone | CopyError
+    # -- the filesystem (agent/fs.py, agent/watch.py) --------------------------------------------------
+    # Paths are absolute, or "~" / "~/..." (the home of ``uid``, default root). The agent answers with os
+    # calls of its own, never by running a command. Every fs stream ends with CLOSE after its last MESSAGE.
+
+    class FsEntry(TypedDict):
+        """One entry as lstat sees it (a symlink is not followed)."""
+
+        name: str
+        type: Literal["file", "directory", "symlink", "other"]
+        size: int
+        mtime: str  # RFC 3339 UTC with nanoseconds
+        mode: str  # permission bits in octal, "0644" (with setuid/setgid/sticky: "4755")
+
+    class FsPathRequest(TypedDict):
+        """``fs_stat``: one ``FsDone`` with ``entry``. ``fs_readdir``: the entries as NDJSON (one ``FsEntry``
+        a line) in DATA on stdout under the host's credit, EOF, then ``FsDone``. ``fs_remove``: ``FsDone``."""
+
+        op: Literal["fs_stat", "fs_readdir", "fs_remove"]
+        path: str
+        recursive: NotRequired[bool]  # fs_remove: a directory with everything in it
+        window: NotRequired[int]  # added by the link
+
+    class FsMkdirRequest(TypedDict):
+        """``fs_mkdir``: ``FsDone`` with the new directory's ``entry``."""
+
+        op: Literal["fs_mkdir"]
+        path: str
+        recursive: bool  # create missing parents, and accept an existing directory (mkdir -p)
+        mode: int  # applied exactly (not masked by the umask) to every directory created
+        window: NotRequired[int]
+
+    class FsDone(TypedDict):
+        type: Literal["done"]
+        path: str  # the path as resolved (~ expanded)
+        entry: NotRequired[FsEntry]
+
+    class FsError(TypedDict):
+        """The op failed: ``errno`` is the symbolic name (``ENOENT``, ``EEXIST``, ``ENOTEMPTY``, ...)."""
+
+        type: Literal["error"]
+        error: str
+        errno: str
+
+    class FsWatchRequest(TypedDict):
+        """``fs_watch``: MESSAGE ``FsWatchStarted`` (or ``FsError``), then events as NDJSON (one
+        ``FsWatchEvent`` a line) in DATA on stdout under the host's credit, until the host cancels or nothing
+        is left to watch (EOF, then ``FsWatchEnded``)."""
+
+        op: Literal["fs_watch"]
+        paths: list[str]
+        patterns: list[str]  # Go path.Match globs, against the full path or the base name; none: all
+        events: list[str]  # create, write, remove, rename, chmod; none: all
+        recursive: bool  # watch subdirectories too, and those created later
+        debounce_ms: int  # coalesce events of one type and path over this window; 0: send at once
+        uid: int | None  # whose home "~" is
+        window: NotRequired[int]
+
+    class FsWatchStarted(TypedDict):
+        type: Literal["started"]
+        paths: list[str]  # resolved
+        watches: int  # inotify watches placed
+
+    class FsWatchEvent(TypedDict):
+        """One change. ``type`` "overflow" is no change but a note that events were lost (``message``)."""
+
+        type: Literal["create", "write", "remove", "rename", "chmod", "overflow"]
+        path: str
+        timestamp: str  # RFC 3339 UTC with nanoseconds, when the agent read it
+        size: int  # the path's size then (0 once removed)
+        isDir: bool
+        message: NotRequired[str]
+
+    class FsWatchEnded(TypedDict):
+        type: Literal["ended"]
+        reason: str

@@ -1,0 +1,312 @@
+"""The filesystem ops (``fs_stat``, ``fs_readdir``, ``fs_mkdir``, ``fs_remove``): os calls, never a command.
+
+A listing goes out as NDJSON in DATA frames under the host's credit, produced only as credit comes in, so a
+huge directory never piles up in the agent (only its sorted names are held). Everything else is one MESSAGE.
+Paths are absolute or start with ``~`` (root's home: these ops run as the agent, root); nothing is
+normalised, the kernel resolves ``..`` and symlinks in the parents as it would for any program.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import time
+
+from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameType, encode, encode_json
+from pyslicer.protocol.frames import dumps
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    from pyslicer.agent.loop import Loop
+    from pyslicer.protocol import FsDone, FsEntry, FsError
+
+
+class FsFailure(Exception):
+    """An op that failed, with the errno name the host maps to a status."""
+
+    def __init__(self, message: str, errno_name: str) -> None:
+        super().__init__(message)
+        self.errno_name = errno_name
+
+
+def failure_of(exc: OSError, what: str, path: str) -> FsFailure:
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    return FsFailure(f"{what} {path}: {exc.strerror or name}", name)
+
+
+def home_of(uid: int | None) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid or 0).pw_dir or "/"
+    except KeyError:
+        return "/"
+
+
+def resolve(path: object, uid: int | None = None) -> str:
+    """``path`` with ``~`` expanded to ``uid``'s home; FsFailure for anything but an absolute path."""
+    if not isinstance(path, str) or not path:
+        raise FsFailure("a path is required", "EINVAL")
+    if "\0" in path:
+        raise FsFailure("a path may not contain NUL", "EINVAL")
+    if path == "~" or path.startswith("~/"):
+        path = home_of(uid).rstrip("/") + path[1:] or "/"
+    if not path.startswith("/"):
+        raise FsFailure(f"path must be absolute or start with ~/: {path}", "EINVAL")
+    return path
+
+
+def rfc3339(time_ns: int) -> str:
+    """RFC 3339 in UTC with nanoseconds, trailing zeros dropped (Go's RFC3339Nano)."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    t = time.gmtime(seconds)
+    stamp = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{min(t.tm_sec, 59):02d}"
+    if nanos:
+        stamp += "." + f"{nanos:09d}".rstrip("0")
+    return stamp + "Z"
+
+
+def entry_of(name: str, st: os.stat_result) -> FsEntry:
+    mode = st.st_mode
+    kind = "directory" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "file"
+    return {
+        "name": name,
+        "type": kind,  # type: ignore[typeddict-item]  # one of the three
+        "size": st.st_size,
+        "mtime": rfc3339(st.st_mtime_ns),
+        "mode": f"{stat.S_IMODE(mode):04o}",
+    }
+
+
+def base_name(path: str) -> str:
+    trimmed = path.rstrip("/")
+    return trimmed.rsplit("/", 1)[-1] if trimmed else "/"
+
+
+def lstat_entry(path: str) -> FsEntry:
+    try:
+        return entry_of(base_name(path), os.lstat(path))
+    except OSError as exc:
+        raise failure_of(exc, "stat", path) from None
+
+
+def make_directory(path: str, recursive: bool, mode: int) -> None:
+    """mkdir, or with ``recursive`` mkdir -p; every directory made gets exactly ``mode``."""
+    if not recursive:
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as exc:
+            raise failure_of(exc, "mkdir", path) from None
+        _chmod(path, mode)
+        return
+    missing: list[str] = []
+    current = path.rstrip("/") or "/"
+    while True:
+        try:
+            st = os.stat(current)
+        except FileNotFoundError:
+            missing.append(current)
+            parent = current.rsplit("/", 1)[0] or "/"
+            if parent == current:
+                break
+            current = parent
+            continue
+        except OSError as exc:
+            raise failure_of(exc, "mkdir", current) from None
+        if not stat.S_ISDIR(st.st_mode):
+            code = "EEXIST" if current == (path.rstrip("/") or "/") else "ENOTDIR"
+            raise FsFailure(f"mkdir {current}: exists and is not a directory", code)
+        break
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: as mkdir -p, that is fine
+        except OSError as exc:
+            raise failure_of(exc, "mkdir", directory) from None
+        _chmod(directory, mode)
+
+
+def _chmod(path: str, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        raise failure_of(exc, "chmod", path) from None
+
+
+def remove_path(path: str, recursive: bool) -> None:
+    """rm (a symlink itself, never its target), rmdir, or with ``recursive`` rm -r."""
+    if path.rstrip("/") == "" or path.rstrip("/") in (".", "..") or base_name(path) in (".", ".."):
+        raise FsFailure(f"refusing to remove {path}", "EINVAL")
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise failure_of(exc, "remove", path) from None
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise failure_of(exc, "remove", path) from None
+        return
+    if recursive:
+        _remove_tree(path)
+        return
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FsFailure(f"remove {path}: directory not empty (use recursive)", "ENOTEMPTY") from None
+        raise failure_of(exc, "remove", path) from None
+
+
+def _remove_tree(root: str) -> None:
+    # Depth-first with a stack rather than recursion: a deep tree must not hit Python's recursion limit.
+    stack: list[tuple[str, bool]] = [(root, False)]
+    while stack:
+        directory, emptied = stack.pop()
+        try:
+            if emptied:
+                os.rmdir(directory)
+                continue
+            stack.append((directory, True))
+            with os.scandir(directory) as entries:
+                for item in entries:
+                    if item.is_dir(follow_symlinks=False):
+                        stack.append((item.path, False))
+                    else:
+                        try:
+                            os.unlink(item.path)
+                        except FileNotFoundError:
+                            continue
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise failure_of(exc, "remove", directory) from None
+
+
+class FsSession:
+    """One fs op for one stream. ``fs_readdir`` streams under credit; the rest answer at once."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        stream: int,
+        request: dict[str, Any],
+        send: Callable[[bytes], None],
+        on_finish: Callable[[FsSession], None],
+    ) -> None:
+        self._loop = loop
+        self.stream = stream
+        self._request = request
+        self._send_frame = send
+        self._on_finish = on_finish
+        self._credit = 0
+        self._names: Iterator[str] | None = None
+        self._directory = ""
+        self._buffer = bytearray()
+        self._cancelled = False
+        self._done = False
+
+    # -- from the host -------------------------------------------------------------------------
+    def start(self) -> None:
+        request = self._request
+        self._credit = int(request.get("window") or INITIAL_WINDOW)
+        op = request.get("op")
+        try:
+            path = resolve(request.get("path"))
+            if op == "fs_stat":
+                self._answer({"type": "done", "path": path, "entry": lstat_entry(path)})
+            elif op == "fs_mkdir":
+                mode = request.get("mode")
+                mode = mode if isinstance(mode, int) and 0 <= mode <= 0o7777 else 0o755
+                make_directory(path, request.get("recursive") is True, mode)
+                self._answer({"type": "done", "path": path, "entry": lstat_entry(path)})
+            elif op == "fs_remove":
+                remove_path(path, request.get("recursive") is True)
+                self._answer({"type": "done", "path": path})
+            elif op == "fs_readdir":
+                self._open_listing(path)
+            else:
+                raise FsFailure(f"unknown fs op {op!r}", "EINVAL")
+        except FsFailure as exc:
+            self._fail(str(exc), exc.errno_name)
+        except Exception as exc:  # the host must always see an end to the stream
+            self._fail(f"agent: {exc!r}", "EIO")
+
+    def on_data(self, channel: int, data: bytes) -> None:
+        pass  # nothing reads stdin
+
+    def on_eof(self, channel: int) -> None:
+        pass
+
+    def on_window(self, increment: int) -> None:
+        self._credit += increment
+        if self._names is not None:
+            self._guarded_pump()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._names = None
+        self._buffer = bytearray()
+
+    # -- answers -------------------------------------------------------------------------------
+    def _answer(self, body: FsDone | FsError) -> None:
+        if self._cancelled or self._done:
+            return
+        self._done = True
+        self._send_frame(encode_json(FrameType.MESSAGE, self.stream, body))
+        self._on_finish(self)
+
+    def _fail(self, message: str, errno_name: str) -> None:
+        self._names = None
+        self._answer({"type": "error", "error": message, "errno": errno_name})
+
+    # -- a listing -----------------------------------------------------------------------------
+    def _open_listing(self, path: str) -> None:
+        try:
+            names = sorted(os.listdir(path))  # sorted, as Go's os.ReadDir is
+        except OSError as exc:
+            raise failure_of(exc, "readdir", path) from None
+        self._directory = path.rstrip("/") + "/"
+        self._names = iter(names)
+        self._guarded_pump()
+
+    def _guarded_pump(self) -> None:
+        try:
+            self._pump()
+        except Exception as exc:
+            print(f"slicer-agent: stream {self.stream}: {exc!r}", file=sys.stderr)
+            self._fail(f"agent: readdir: {exc!r}", "EIO")
+
+    def _pump(self) -> None:
+        while not self._cancelled and self._names is not None:
+            while self._buffer and self._credit > 0:
+                size = min(len(self._buffer), self._credit, MAX_PAYLOAD)
+                self._send_frame(encode(FrameType.DATA, self.stream, bytes(self._buffer[:size]), Channel.STDOUT))
+                del self._buffer[:size]
+                self._credit -= size
+            if self._buffer:
+                return  # out of credit: on_window brings us back
+            for name in self._names:
+                try:
+                    st = os.lstat(self._directory + name)
+                except FileNotFoundError:
+                    continue  # gone since the listing
+                except OSError as exc:
+                    print(f"slicer-agent: readdir: {name!r}: {exc}", file=sys.stderr)
+                    continue
+                self._buffer += dumps(entry_of(name, st)).encode() + b"\n"
+                if len(self._buffer) >= MAX_PAYLOAD:
+                    break
+            else:
+                if self._buffer:
+                    continue  # the last lines, then the end
+                self._names = None
+                self._send_frame(encode(FrameType.EOF, self.stream, flags=Channel.STDOUT))
+                self._answer({"type": "done", "path": self._directory.rstrip("/") or "/"})
+                return

@@ -1,0 +1,383 @@
+"""``fs_watch``: inotify (through ctypes, on a non-blocking fd in the agent's epoll loop), never polling.
+
+Events are filtered here, wait in a bounded queue that coalesces them by type and path (``watch_events``),
+and go out as NDJSON in DATA frames under the host's credit. A host that stops reading therefore costs at
+most the queue's ``PENDING_LIMIT`` events and one frame: beyond that new events are dropped and counted, and
+one ``overflow`` event says so once there is room again. Cancelling the stream closes the inotify fd, which
+removes every watch with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import struct
+import sys
+import time
+
+from pyslicer.agent.fs import FsFailure, failure_of, resolve, rfc3339
+from pyslicer.agent.watch_events import (
+    IN_CREATE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    EventFilter,
+    Pending,
+    kind_of,
+    mask_for,
+)
+from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameType, encode, encode_json
+from pyslicer.protocol.frames import dumps
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from pyslicer.agent.loop import Loop, Timer
+    from pyslicer.protocol import FsError, FsWatchEnded, FsWatchEvent, FsWatchStarted
+
+PENDING_LIMIT = 4096
+MAX_WATCHES = 8192  # directories per watch stream; the kernel's own limit (max_user_watches) may be lower
+READ_SIZE = 64 * 1024
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len, then the name
+
+_libc: Any = None
+
+
+def libc() -> Any:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)  # the interpreter's own libc: no find_library (subprocess)
+        lib.inotify_init1.argtypes = [ctypes.c_int]
+        lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        _libc = lib
+    return _libc
+
+
+def _errno_error(path: str = "") -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
+
+
+class Inotify:
+    def __init__(self) -> None:
+        fd = libc().inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise _errno_error()
+        self.fd: int = fd
+
+    def add(self, path: str, mask: int) -> int:
+        wd: int = libc().inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            raise _errno_error(path)
+        return wd
+
+    def remove(self, wd: int) -> None:
+        libc().inotify_rm_watch(self.fd, wd)  # an error means it is gone already
+
+    def read(self) -> list[tuple[int, int, bytes]]:
+        """The events waiting: (wd, mask, name)."""
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return []
+        events = []
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            offset += _EVENT.size
+            name = data[offset : offset + length].rstrip(b"\0")
+            offset += length
+            events.append((wd, mask, name))
+        return events
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Watch:
+    __slots__ = ("is_dir", "is_root", "path")
+
+    def __init__(self, path: str, is_root: bool, is_dir: bool) -> None:
+        self.path = path
+        self.is_root = is_root
+        self.is_dir = is_dir
+
+
+class WatchSession:
+    """Watches ``request`` (an ``FsWatchRequest``, untrusted) for ``stream`` until cancelled."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        stream: int,
+        request: dict[str, Any],
+        send: Callable[[bytes], None],
+        on_finish: Callable[[WatchSession], None],
+    ) -> None:
+        self._loop = loop
+        self.stream = stream
+        self._request = request
+        self._send_frame = send
+        self._on_finish = on_finish
+        self._credit = 0
+        self._inotify: Inotify | None = None
+        self._watches: dict[int, Watch] = {}
+        self._filter = EventFilter()
+        self._pending = Pending(PENDING_LIMIT)
+        self._debounce = 0.0
+        self._recursive = False
+        self._mask = 0
+        self._buffer = bytearray()
+        self._timer: Timer | None = None
+        self._limit_noted = False
+        self._done = False
+
+    # -- from the host -------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except FsFailure as exc:
+            self._fail(str(exc), exc.errno_name)
+        except Exception as exc:
+            self._fail(f"agent: watch: {exc!r}", "EIO")
+
+    def on_data(self, channel: int, data: bytes) -> None:
+        pass
+
+    def on_eof(self, channel: int) -> None:
+        pass
+
+    def on_window(self, increment: int) -> None:
+        self._credit += increment
+        self._guard(self._flush)
+
+    def cancel(self) -> None:
+        self._done = True
+        self._close()
+
+    # -- setting up ----------------------------------------------------------------------------
+    def _start(self) -> None:
+        request = self._request
+        self._credit = int(request.get("window") or INITIAL_WINDOW)
+        uid = request.get("uid")
+        uid = uid if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0 else None
+        paths = [resolve(path, uid).rstrip("/") or "/" for path in _strings(request.get("paths"))]
+        if not paths:
+            raise FsFailure("paths: at least one path is required", "EINVAL")
+        kinds = _strings(request.get("events"))
+        self._filter = EventFilter(kinds, _strings(request.get("patterns")))
+        self._mask = mask_for(self._filter.kinds)
+        self._recursive = request.get("recursive") is True
+        debounce_ms = request.get("debounce_ms")
+        self._debounce = debounce_ms / 1000 if isinstance(debounce_ms, int) and debounce_ms > 0 else 0.0
+        self._inotify = Inotify()
+        for path in paths:
+            try:
+                is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+            except OSError as exc:
+                raise failure_of(exc, "watch", path) from None
+            self._add(path, is_root=True, is_dir=is_dir)
+            if self._recursive and is_dir:
+                self._watch_tree(path, report=False)
+        started: FsWatchStarted = {"type": "started", "paths": paths, "watches": len(self._watches)}
+        self._send_frame(encode_json(FrameType.MESSAGE, self.stream, started))
+        self._loop.add_reader(self._inotify.fd, self._on_readable)
+
+    def _add(self, path: str, *, is_root: bool, is_dir: bool) -> bool:
+        assert self._inotify is not None
+        if len(self._watches) >= MAX_WATCHES:
+            if is_root:
+                raise FsFailure(f"watch {path}: more than {MAX_WATCHES} directories", "ENOSPC")
+            self._note_limit(path)
+            return False
+        try:
+            wd = self._inotify.add(path, self._mask)
+        except OSError as exc:
+            if is_root:
+                raise failure_of(exc, "watch", path) from None
+            if exc.errno == 28:  # ENOSPC: the kernel's max_user_watches
+                self._note_limit(path)
+            return False  # a subdirectory gone already, or unreadable: nothing to watch there
+        self._watches[wd] = Watch(path, is_root, is_dir)
+        return True
+
+    def _watch_tree(self, top: str, *, report: bool) -> None:
+        """Watch every directory under ``top`` (``top`` itself is watched already, unless report: a directory
+        that just appeared, whose contents may have appeared before its watch and are reported as created)."""
+        if report and not self._add(top, is_root=False, is_dir=True):
+            return
+        stack = [top]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if report:
+                    self._emit("create", entry.path, is_dir)
+                if is_dir and self._add(entry.path, is_root=False, is_dir=True):
+                    stack.append(entry.path)
+
+    def _note_limit(self, path: str) -> None:
+        if self._limit_noted:
+            return
+        self._limit_noted = True
+        note: FsWatchEvent = {
+            "type": "overflow",
+            "path": path,
+            "timestamp": rfc3339(time.time_ns()),
+            "size": 0,
+            "isDir": True,
+            "message": "watch limit reached: some new directories are not watched",
+        }
+        self._buffer += dumps(note).encode() + b"\n"
+
+    # -- events --------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        self._guard(self._read)
+
+    def _read(self) -> None:
+        if self._inotify is None:
+            return
+        for wd, mask, raw_name in self._inotify.read():
+            if mask & IN_Q_OVERFLOW:
+                self._pending.dropped += 1  # at least one; the kernel does not say how many
+                continue
+            watch = self._watches.get(wd)
+            if watch is None:
+                continue
+            if mask & IN_IGNORED:
+                del self._watches[wd]
+                continue
+            if not raw_name and not watch.is_root:
+                continue  # a subdirectory's own events: its parent's watch reports them by name
+            path = _join(watch.path, os.fsdecode(raw_name)) if raw_name else watch.path
+            is_dir = bool(mask & IN_ISDIR) or (not raw_name and watch.is_dir)
+            kind = kind_of(mask)
+            if self._recursive and is_dir and raw_name:
+                if mask & IN_MOVED_FROM:
+                    self._unwatch_under(path)
+                elif mask & (IN_MOVED_TO | IN_CREATE):
+                    self._watch_tree(path, report=not mask & IN_MOVED_TO)
+            if kind is not None:
+                self._emit(kind, path, is_dir)
+            if not raw_name and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+                self._inotify.remove(wd)  # gone or moved away: the path means nothing now
+        if not self._watches:
+            self._end("nothing left to watch")
+            return
+        self._flush()
+
+    def _unwatch_under(self, path: str) -> None:
+        assert self._inotify is not None
+        prefix = path + "/"
+        for wd, watch in list(self._watches.items()):
+            if not watch.is_root and (watch.path == path or watch.path.startswith(prefix)):
+                del self._watches[wd]
+                self._inotify.remove(wd)
+
+    def _emit(self, kind: str, path: str, is_dir: bool) -> None:
+        if not self._filter.wants(kind) or not self._filter.matches(path):
+            return
+        size = _size(path) if kind != "remove" else 0
+        event: FsWatchEvent = {
+            "type": kind,  # type: ignore[typeddict-item]  # one of KINDS
+            "path": path,
+            "timestamp": rfc3339(time.time_ns()),
+            "size": size,
+            "isDir": is_dir,
+        }
+        self._pending.add(event, time.monotonic())
+
+    # -- sending -------------------------------------------------------------------------------
+    def _flush(self, *, everything: bool = False) -> None:
+        """Move what is due into the outgoing buffer while it has room, and send it as credit allows."""
+        if self._done:
+            return
+        now = time.monotonic()
+        debounce = 0.0 if everything else self._debounce
+        while len(self._buffer) < MAX_PAYLOAD:
+            note = self._pending.take_note(rfc3339(time.time_ns()))
+            event = note or self._pending.pop_ready(now, debounce)
+            if event is None:
+                break
+            self._buffer += dumps(event).encode() + b"\n"
+        while self._buffer and self._credit > 0:
+            size = min(len(self._buffer), self._credit, MAX_PAYLOAD)
+            self._send_frame(encode(FrameType.DATA, self.stream, bytes(self._buffer[:size]), Channel.STDOUT))
+            del self._buffer[:size]
+            self._credit -= size
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self._pending.next_due(self._debounce)
+        if due is not None and len(self._buffer) < MAX_PAYLOAD:  # (a full buffer waits for credit instead)
+            self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._guard(self._flush)
+
+    def _end(self, reason: str) -> None:
+        self._flush(everything=True)
+        self._done = True
+        self._close()
+        ended: FsWatchEnded = {"type": "ended", "reason": reason}
+        self._send_frame(encode(FrameType.EOF, self.stream, flags=Channel.STDOUT))
+        self._send_frame(encode_json(FrameType.MESSAGE, self.stream, ended))
+        self._on_finish(self)
+
+    def _fail(self, message: str, errno_name: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._close()
+        error: FsError = {"type": "error", "error": message, "errno": errno_name}
+        self._send_frame(encode_json(FrameType.MESSAGE, self.stream, error))
+        self._on_finish(self)
+
+    def _guard(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:  # the host must always see an end to the stream
+            print(f"slicer-agent: stream {self.stream}: {exc!r}", file=sys.stderr)
+            self._fail(f"agent: watch: {exc!r}", "EIO")
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._inotify is not None:
+            self._loop.forget(self._inotify.fd)
+            self._inotify.close()  # removes every watch with it
+            self._inotify = None
+        self._watches = {}
+        self._buffer = bytearray()
+
+
+def _join(directory: str, name: str) -> str:
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0  # gone already
+
+
+def _strings(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
