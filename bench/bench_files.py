@@ -440,6 +440,10 @@ def main() -> None:
     ok = bool(new["cp_digest_ok"])
     print(f"- cp upload / download: {new['cp_in'] / new['cp_out']:.2f} (target: within 20%); sha256 back: {ok}")
     print(
+        f"- cp against the raw port to and from the same place (a file on the guest's disk): upload "
+        f"{new['cp_in'] / new['raw_disk_in']:.0%}, download {new['cp_out'] / new['raw_disk_out']:.0%}"
+    )
+    print(
         f"- daemon peak RSS growth during a {args.rss_mib} MiB copy: upload {new['rss_upload'] / MIB:.1f} MiB, "
         f"download {new['rss_download'] / MIB:.1f} MiB (target <= 64 MiB)"
     )

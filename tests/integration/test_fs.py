@@ -200,6 +200,17 @@ def test_watch_create_write_remove(daemon: RunningDaemon, api: httpx.Client, san
     assert sse.comments[0].startswith("watching") and sse.comments[-1] == "end: max_events"
 
 
+def test_watch_sees_a_copy_land_under_its_own_name(
+    daemon: RunningDaemon, api: httpx.Client, sandbox: str, tree: str
+) -> None:
+    params = {"paths": tree, "max_events": "1", "timeout": "60s"}
+    with watching(daemon, sandbox, params) as sse:
+        response = api.post(f"/vm/{sandbox}/cp", params={"path": f"{tree}/copied.txt"}, content=b"landed\n")
+        assert response.status_code == 200, response.text
+    # the copy is written aside under a hidden name first; a watcher sees only where it lands
+    assert [(e["type"], e["path"]) for e in sse.events] == [("create", f"{tree}/copied.txt")]
+
+
 def test_watch_recursive_sees_new_subdirectories(
     daemon: RunningDaemon, api: httpx.Client, sandbox: str, tree: str
 ) -> None:

@@ -16,6 +16,7 @@ import struct
 import sys
 import time
 
+from pyslicer.agent.copy_rules import TEMP_PREFIX
 from pyslicer.agent.fs import FsFailure, failure_of, resolve, rfc3339
 from pyslicer.agent.watch_events import (
     IN_CREATE,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 PENDING_LIMIT = 4096
 MAX_WATCHES = 8192  # directories per watch stream; the kernel's own limit (max_user_watches) may be lower
 READ_SIZE = 64 * 1024
+_COPY_TEMP = TEMP_PREFIX.encode()
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len, then the name
 
 _libc: Any = None
@@ -250,6 +252,8 @@ class WatchSession:
         if self._inotify is None:
             return
         for wd, mask, raw_name in self._inotify.read():
+            if raw_name.startswith(_COPY_TEMP):
+                continue  # a copy being written aside: its rename into place is the event that shows
             if mask & IN_Q_OVERFLOW:
                 self._pending.dropped += 1  # at least one; the kernel does not say how many
                 continue
