@@ -262,6 +262,7 @@ def build_image(src: Path, cache: Path) -> GuestImage:
 
 class Daemon:
     def __init__(self, src: Path, cache: Path, work: Path) -> None:
+        self.src = src
         self.work = Path(tempfile.mkdtemp(prefix="daemon-", dir=work))
         data_dir = self.work / "data"
         data_dir.mkdir()
@@ -314,6 +315,20 @@ class Daemon:
         )
         elapsed = time.perf_counter() - started
         assert str(size) in response.text, response.text[-500:]
+        return elapsed
+
+    def cli_exec_stdin(self, size: int) -> float:
+        """`slicer vm exec HOST -- sh -c 'cat > /dev/null' < FILE`, as a user pipes a file in."""
+        source = self.work / "stdin.bin"
+        with source.open("wb") as file:
+            file.truncate(size)
+        command = [sys.executable, "-m", "pyslicer.cli.main", "vm", "exec", "--url", str(self.client.base_url)]
+        command += [self.hostname, "--", "sh", "-c", "cat > /dev/null"]
+        started = time.perf_counter()
+        with source.open("rb") as stdin:
+            subprocess.run(command, stdin=stdin, check=True, env={**os.environ, "PYTHONPATH": str(self.src)})
+        elapsed = time.perf_counter() - started
+        source.unlink()
         return elapsed
 
     def exec_stdout(self, size: int) -> float:
@@ -383,6 +398,7 @@ def measure(name: str, src: Path, cache: Path, work: Path, size: int, rss_size: 
     try:
         rates["api_exec_in"] = mib_per_s(size, daemon.exec_stdin(size))
         rates["api_exec_out"] = mib_per_s(size, daemon.exec_stdout(size))
+        rates["cli_exec_in"] = mib_per_s(size, daemon.cli_exec_stdin(size))
         if name == "new":
             rates["cp_in"] = mib_per_s(size, daemon.upload(size, "/root/bench.bin"))
             seconds, digest = daemon.download(size, "/root/bench.bin")
@@ -436,6 +452,9 @@ def main() -> None:
     if "old" in sides:
         row("API exec stdin / stdout, old daemon and agent", "api_exec_in", "api_exec_out", sides["old"])
     row("API cp upload / download (binary)", "cp_in", "cp_out", new)
+    print()
+    for name, rates in sides.items():
+        print(f"- `slicer vm exec` with a file on stdin ({name}): {rates['cli_exec_in']:.1f} MiB/s")
     print()
     ok = bool(new["cp_digest_ok"])
     print(f"- cp upload / download: {new['cp_in'] / new['cp_out']:.2f} (target: within 20%); sha256 back: {ok}")
