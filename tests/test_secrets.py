@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -16,8 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from pyslicer.agent.secrets import STAGING_PREFIX, SecretsSession
+from pyslicer.daemon import secrets as secrets_module
 from pyslicer.daemon.secrets import (
     MAX_SECRET_BYTES,
+    GuestSync,
     NewSecret,
     SecretChange,
     Secrets,
@@ -183,7 +186,7 @@ class AgentHarness:
         self.decoder = FrameDecoder()
         self.frames: list[Any] = []
         self.finished = False
-        session_class = type("Session", (SecretsSession,), {"directory": str(directory)})
+        session_class = type("Session", (SecretsSession,), {"directory": str(directory), "in_memory": False})
         self.session = session_class(None, stream, {"op": "secrets", **request}, self._send, self._finish)
 
     def _send(self, data: bytes) -> None:
@@ -424,3 +427,72 @@ def test_cli_vm_add_grants_secrets() -> None:
     assert json.loads(api.last.content)["secrets"] == ["a", "b"]
     assert api.run("vm", "add", "sbox").exit_code == 0
     assert "secrets" not in json.loads(api.last.content)  # without: every secret
+
+
+# -- keeping one guest in step --------------------------------------------------------------------------
+
+
+async def test_a_failed_sync_is_retried_while_the_agent_is_connected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secrets_module, "RETRY_FIRST", 0.01)
+    outcomes = [False, False, True]
+    attempts: list[bool] = []
+
+    async def attempt() -> bool:
+        attempts.append(outcomes[len(attempts)])
+        return attempts[-1]
+
+    guest = GuestSync(attempt, lambda: True)
+    await guest.request()  # returns after the first attempt, which failed
+    assert attempts == [False]
+    for _ in range(100):
+        if len(attempts) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert attempts == [False, False, True]
+
+
+async def test_a_failed_sync_is_not_retried_once_the_agent_is_gone() -> None:
+    attempts = 0
+
+    async def attempt() -> bool:
+        nonlocal attempts
+        attempts += 1
+        return False
+
+    guest = GuestSync(attempt, lambda: False)
+    await guest.request()
+    await asyncio.sleep(0.05)
+    assert attempts == 1
+
+
+async def test_changes_during_a_sync_fold_into_one_more() -> None:
+    release = asyncio.Event()
+    attempts = 0
+
+    async def attempt() -> bool:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await release.wait()
+        return True
+
+    guest = GuestSync(attempt, lambda: True)
+    first = asyncio.ensure_future(guest.request())
+    await asyncio.sleep(0.01)
+    later = [asyncio.ensure_future(guest.request()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert attempts == 2
+
+
+def test_the_guest_directory_must_be_roots_alone_and_in_memory(tmp_path: Path) -> None:
+    from pyslicer.agent.secrets import SecretsError, filesystem_of, prepare_directory
+
+    assert filesystem_of("/proc/self") == "proc"
+    assert filesystem_of("/proc") == "proc"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # anyone could swap the secrets directory for a link
+    with pytest.raises(SecretsError, match="only root can change"):
+        prepare_directory(str(shared / "secrets"))

@@ -89,9 +89,16 @@ def parse_files(request: dict[str, Any]) -> list[_File]:
     return files
 
 
-def prepare_directory(directory: str) -> None:
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+TMPFS_OPTIONS = b"mode=0711,size=32m"  # the store holds at most 16 MiB
+
+
+def prepare_directory(directory: str, *, in_memory: bool = True) -> None:
     """Make ``directory`` (and its parent) if need be, a real directory owned by root with DIR_MODE; staging
-    files an interrupted sync left behind are removed."""
+    files an interrupted sync left behind are removed. With ``in_memory``, every directory above it must be
+    root's alone (nobody else could swap one for a link), and it must be on a memory filesystem: when it is not
+    (an image whose /run is on its disk), a tmpfs is mounted on it, so a secret never reaches a disk."""
     parent = os.path.dirname(directory)
     os.makedirs(parent, mode=PARENT_MODE, exist_ok=True)
     if not os.path.lexists(directory):
@@ -99,12 +106,52 @@ def prepare_directory(directory: str) -> None:
     info = os.lstat(directory)
     if (info.st_mode & 0o170000) != 0o040000:  # S_ISDIR without importing stat
         raise SecretsError(f"{directory} is not a directory")
+    if in_memory:
+        _check_ancestors(parent)
+        if filesystem_of(directory) not in MEMORY_FILESYSTEMS:
+            _mount_tmpfs(directory)
     if os.geteuid() == 0:
         os.chown(directory, 0, 0)
     os.chmod(directory, DIR_MODE)
     for entry in os.listdir(directory):
         if entry.startswith(STAGING_PREFIX):
             _unlink(os.path.join(directory, entry))
+
+
+def _check_ancestors(path: str) -> None:
+    while True:
+        info = os.lstat(path)
+        if (info.st_mode & 0o170000) != 0o040000 or info.st_uid != 0 or info.st_mode & 0o022:
+            raise SecretsError(f"{path} must be a directory that only root can change")
+        if path == "/":
+            return
+        path = os.path.dirname(path)
+
+
+def filesystem_of(path: str) -> str:
+    """The type of the filesystem ``path`` is on: that of the deepest mount point over it."""
+    path = os.path.realpath(path)
+    deepest, kind = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            point = fields[1].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(deepest):
+                deepest, kind = point, fields[2]
+    return kind
+
+
+def _mount_tmpfs(directory: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    if libc.mount(b"tmpfs", os.fsencode(directory), b"tmpfs", flags, TMPFS_OPTIONS) != 0:
+        error = ctypes.get_errno()
+        raise SecretsError(f"{directory} is not on a tmpfs and one cannot be mounted there: {os.strerror(error)}")
 
 
 def _unlink(path: str) -> bool:
@@ -118,7 +165,8 @@ def _unlink(path: str) -> bool:
 class SecretsSession:
     """Writes one set of secrets for ``stream`` (see the module's docstring)."""
 
-    directory = SECRETS_DIR  # tests point it elsewhere
+    directory = SECRETS_DIR  # tests point it elsewhere, and turn in_memory off
+    in_memory = True
 
     def __init__(
         self,
@@ -143,7 +191,7 @@ class SecretsSession:
     def start(self) -> None:
         try:
             self._files = parse_files(self._request)
-            prepare_directory(self.directory)
+            prepare_directory(self.directory, in_memory=self.in_memory)
             self._next_file()
         except (SecretsError, OSError) as exc:
             self._fail(exc)

@@ -91,6 +91,7 @@ class Node:
         if self.state is NodeState.BOOTING:
             self.transition(NodeState.RUNNING)
         self._prepared.clear()
+        self._tasks = [task for task in self._tasks if not task.done()]  # a READY comes at every reconnect
         self._tasks.append(asyncio.get_running_loop().create_task(self._prepare_guest(), name=f"{self.hostname}-ready"))
 
     async def _prepare_guest(self) -> None:

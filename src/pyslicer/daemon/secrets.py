@@ -26,7 +26,7 @@ import os
 import re
 import secrets as tokens
 import weakref
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -57,6 +57,8 @@ MAX_HEADER_BYTES = 4096
 TEMP_PREFIX = ".tmp-"
 SYNC_TIMEOUT = 30.0  # one guest's sync, start to answer
 ANSWER_WAIT = 5.0  # how long a change waits for the guests before the API answers anyway
+RETRY_FIRST = 1.0  # a failed sync is tried again after this, then twice as long each time, up to RETRY_MAX
+RETRY_MAX = 30.0
 MODE_RE = re.compile(r"[0-7]{3,4}")
 
 
@@ -364,6 +366,55 @@ def granted(node: Node, name: str) -> bool:
     return grant is None or name in grant
 
 
+class GuestSync:
+    """One guest's copy of its secrets, kept in step with the store.
+
+    ``request`` asks for a sync with the store as it is then and returns once an attempt that began after the
+    call has ended, well or not. Requests that come while an attempt runs fold into one more attempt, so a burst
+    of changes to a slow guest costs two syncs, not one each. A failed attempt (the agent slow to answer, a guest
+    short of room) is retried with a growing pause for as long as the guest's agent is connected; once it is
+    not, the guest's next READY asks again.
+    """
+
+    def __init__(self, attempt: Callable[[], Awaitable[bool]], connected: Callable[[], bool]) -> None:
+        self._attempt = attempt
+        self._connected = connected
+        self._wanted = 0
+        self._tried = 0
+        self._progress = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def request(self) -> None:
+        self._wanted += 1
+        wanted = self._wanted
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="secrets-sync")
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._tried >= wanted)
+
+    async def _run(self) -> None:
+        pause = RETRY_FIRST
+        while True:
+            target = self._wanted
+            synced = await self._attempt()
+            async with self._progress:
+                self._tried = target
+                self._progress.notify_all()
+            if synced:
+                if self._tried >= self._wanted:
+                    return
+                pause = RETRY_FIRST
+                continue
+            if not self._connected():
+                return
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, RETRY_MAX)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class Secrets:
     """The store and the guests' copies: every change is stored, then synced to the running guests it
     concerns. ``nodes`` gives the nodes there are now."""
@@ -372,16 +423,18 @@ class Secrets:
         self.store = SecretStore(directory)
         self._nodes = nodes
         self._lock = asyncio.Lock()  # one change at a time, so a create's "exists" check holds
-        self._node_locks: weakref.WeakKeyDictionary[Node, asyncio.Lock] = weakref.WeakKeyDictionary()
-        self._background: set[asyncio.Task[None]] = set()
+        self._guests: weakref.WeakKeyDictionary[Node, GuestSync] = weakref.WeakKeyDictionary()
+        self._waiters: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         await asyncio.to_thread(self.store.open)
 
     async def close(self) -> None:
-        for task in list(self._background):
+        for guest in list(self._guests.values()):
+            guest.cancel()
+        for task in list(self._waiters):
             task.cancel()
-        for task in list(self._background):
+        for task in list(self._waiters):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -413,36 +466,52 @@ class Secrets:
 
     async def _sync_concerned(self, name: str) -> None:
         """Sync every running guest granted ``name``; answer once they all have it, or after ANSWER_WAIT
-        (the syncs go on; a failure is logged, and the guest catches up at its next READY)."""
-        tasks = [self._spawn(node) for node in self._nodes() if granted(node, name) and _running(node)]
+        (the syncs go on, and are retried while they fail; each failure is logged)."""
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(self.sync(node), name=f"{node.hostname}-secrets")
+            for node in self._nodes()
+            if granted(node, name) and _running(node)
+        ]
+        for task in tasks:
+            self._waiters.add(task)
+            task.add_done_callback(self._waiters.discard)
         if tasks:
             await asyncio.wait(tasks, timeout=ANSWER_WAIT)
 
-    def _spawn(self, node: Node) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self.sync(node), name=f"{node.hostname}-secrets")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
     # -- one guest ---------------------------------------------------------------------------------
     async def sync(self, node: Node) -> None:
-        """Give ``node``'s guest exactly the secrets it is granted. Raises nothing: a failure is logged."""
-        lock = self._node_locks.setdefault(node, asyncio.Lock())
-        async with lock:  # one at a time per guest, each with the store as it is when it starts
-            try:
-                link = node.agent()
-                secrets = await asyncio.to_thread(self.store.read, node.record.secrets)
-                written, removed = await _send(link, secrets)
-                log.info("%s: secrets synced: %d in place, %d removed", node.hostname, written, removed)
-            except SlicerError as exc:
-                log.warning("%s: secrets not synced: %s", node.hostname, exc.message)
-            except TimeoutError:
-                log.warning("%s: secrets not synced: the agent did not answer in %gs", node.hostname, SYNC_TIMEOUT)
-            except OSError as exc:
-                log.warning("%s: secrets not synced: cannot read the store: %s", node.hostname, exc.strerror)
+        """Give ``node``'s guest exactly the secrets it is granted; return once an attempt has ended (a failed
+        one is logged and retried in the background). Raises nothing."""
+        guest = self._guests.get(node)
+        if guest is None:
+            # By weak reference: the sync is the value of a weak mapping keyed by the node.
+            ref = weakref.ref(node)
+            guest = self._guests[node] = GuestSync(lambda: self._attempt(ref()), lambda: _running(ref()))
+        await guest.request()
+
+    async def _attempt(self, node: Node | None) -> bool:
+        if node is None:
+            return False
+        try:
+            link = node.agent()
+            secrets = await asyncio.to_thread(self.store.read, node.record.secrets)
+            written, removed = await _send(link, secrets)
+        except SlicerError as exc:
+            log.warning("%s: secrets not synced: %s", node.hostname, exc.message)
+        except TimeoutError:
+            log.warning("%s: secrets not synced: the agent did not answer in %gs", node.hostname, SYNC_TIMEOUT)
+        except OSError as exc:
+            log.warning("%s: secrets not synced: cannot read the store: %s", node.hostname, exc.strerror)
+        else:
+            log.info("%s: secrets synced: %d in place, %d removed", node.hostname, written, removed)
+            return True
+        return False
 
 
-def _running(node: Node) -> bool:
+def _running(node: Node | None) -> bool:
+    if node is None:
+        return False
     link = node.link
     return link is not None and link.ready.is_set()
 
