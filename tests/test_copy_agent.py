@@ -153,3 +153,26 @@ async def test_bad_tar_and_cancel_leave_nothing(link: AgentLink, space: Path) ->
         copy.cancel()
     await asyncio.sleep(0.5)
     assert list(space.iterdir()) == []
+
+
+async def test_a_temporary_directory_swapped_for_a_link_is_never_written_through(link: AgentLink, space: Path) -> None:
+    """A guest user owning the target's directory swaps the hidden directory for a link while the agent
+    (root) fills it: nothing may land, or be chowned, where the link points."""
+    home, outside = space / "home", space / "outside"
+    home.mkdir()
+    outside.mkdir(mode=0o700)
+    os.chown(home, 1000, 1000)
+    copy = CopyUpload(link.open(CopyInRequest(path=str(home / "t"), mode="tar", uid=1000, gid=1000).to_wire()))
+    for _ in range(100):
+        temps = [p for p in home.iterdir() if p.name.startswith(".slicer-cp-")]
+        if temps:
+            break
+        await asyncio.sleep(0.02)
+    (temp,) = temps
+    temp.rename(home / "moved")
+    temp.symlink_to(outside)
+    await copy.write(tar_of(("sub", None), ("sub/f", b"data"), ("g", b"more")))
+    await copy.finish()
+    assert list(outside.iterdir()) == []
+    assert (outside.stat().st_uid, outside.stat().st_mode & 0o777) == (0, 0o700)
+    assert (home / "moved/sub/f").read_bytes() == b"data"  # what was filled is where the fd pointed

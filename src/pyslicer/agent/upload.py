@@ -17,7 +17,6 @@ import sys
 
 from pyslicer.agent.accounts import resolve_owner
 from pyslicer.agent.copy_rules import (
-    TEMP_PREFIX,
     CopyFailure,
     check_space,
     expand_path,
@@ -214,56 +213,62 @@ class _ChunkReader:
 
 
 def assemble_file(manifest: dict[str, Any], session: str, owner: Owner, target: str) -> None:
-    from pyslicer.agent.copy_tar import failure_of, make_parents
+    from pyslicer.agent.copy_tar import Made, failure_of, inherited_mode, install_file, make_temp_file, open_directory
 
     parent = os.path.dirname(target)
-    made: list[str] = []
-    make_parents(parent, owner, made)
-    permissions = manifest.get("permissions") or ""
-    if permissions:
-        mode = int(permissions, 8)
-    else:
-        try:
-            mode = os.stat(target).st_mode & 0o7777
-        except OSError:
-            mode = 0o644
-    temp = os.path.join(parent, TEMP_PREFIX + os.urandom(8).hex())
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    made = Made()
+    dir_fd = open_directory(parent, owner, made)
+    temp = ""
     try:
+        mode = inherited_mode(dir_fd, os.path.basename(target), _permissions(manifest))
+        fd, temp = make_temp_file(dir_fd, parent)
         try:
             for piece in verified_chunks(session, manifest["chunks"]):
                 view = memoryview(piece)
                 while view:
                     view = view[os.write(fd, view) :]
-            os.fchown(fd, owner.uid, owner.gid)
-            os.fchmod(fd, mode)
-        finally:
+        except BaseException:
             os.close(fd)
-        os.rename(temp, target)
+            raise
+        install_file(fd, dir_fd, temp, os.path.basename(target), owner, mode)
+        temp = ""
+        made.keep()
     except OSError as exc:
-        os.unlink(temp)
         raise failure_of(exc, target) from None
-    except BaseException:
-        os.unlink(temp)
-        raise
+    finally:
+        if temp:
+            os.unlink(temp, dir_fd=dir_fd)
+        made.remove()
+        os.close(dir_fd)
+
+
+def _permissions(manifest: dict[str, Any]) -> int | None:
+    permissions = manifest.get("permissions") or ""
+    return int(permissions, 8) if permissions else None
 
 
 def assemble_tree(manifest: dict[str, Any], session: str, owner: Owner, target: str, merge: bool) -> None:
-    from pyslicer.agent.copy_tar import Extraction, install_tree, make_parents, make_temp_dir, remove_tree
+    from pyslicer.agent.copy_tar import Extraction, Made, install_tree, make_temp_dir, open_directory, remove_tree
 
-    made: list[str] = []
-    if merge:
-        temp = make_temp_dir(target)
-    else:
-        make_parents(os.path.dirname(target), owner, made)
-        temp = make_temp_dir(os.path.dirname(target))
+    made = Made()
+    where = target if merge else os.path.dirname(target)
+    dir_fd = open_directory(where, owner, made)
+    root_fd = -1
     try:
-        extraction = Extraction(temp, owner, normalise_excludes(manifest.get("exclude")))
-        extraction.run(_ChunkReader(verified_chunks(session, manifest["chunks"])))
-        install_tree(temp, target, merge)
-    except BaseException:
-        remove_tree(temp)
-        raise
+        root_fd, temp = make_temp_dir(dir_fd, where)
+        try:
+            extraction = Extraction(root_fd, owner, normalise_excludes(manifest.get("exclude")))
+            extraction.run(_ChunkReader(verified_chunks(session, manifest["chunks"])))
+            install_tree(extraction, dir_fd, temp, target, merge)
+        except BaseException:
+            remove_tree(dir_fd, temp)
+            raise
+        made.keep()
+    finally:
+        made.remove()
+        if root_fd >= 0:
+            os.close(root_fd)
+        os.close(dir_fd)
 
 
 def finalise(options: dict[str, str]) -> None:
