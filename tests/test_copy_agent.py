@@ -176,3 +176,33 @@ async def test_a_temporary_directory_swapped_for_a_link_is_never_written_through
     assert list(outside.iterdir()) == []
     assert (outside.stat().st_uid, outside.stat().st_mode & 0o777) == (0, 0o700)
     assert (home / "moved/sub/f").read_bytes() == b"data"  # what was filled is where the fd pointed
+
+
+def small_files_tar(count: int) -> bytes:
+    """A tar whose members are 1 KiB each (header and one block): cut at any 1 KiB boundary it still parses."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for index in range(count):
+            member = tarfile.TarInfo(f"f{index:05d}")
+            member.size = 512
+            archive.addfile(member, io.BytesIO(b"x" * 512))
+    return out.getvalue()
+
+
+async def test_a_cancel_after_eof_with_data_still_queued_installs_nothing(link: AgentLink, space: Path) -> None:
+    body = small_files_tar(6000)
+    copy = CopyUpload(link.open(CopyInRequest(path=str(space / "t"), mode="tar").to_wire()))
+    for start in range(0, len(body), 64 * 1024):
+        await copy.write(body[start : start + 64 * 1024])
+    copy._stream.close_input()
+    copy.cancel()
+    await asyncio.sleep(3)
+    assert list(space.iterdir()) == []
+
+
+async def test_a_tar_without_its_end_of_archive_blocks_is_invalid(link: AgentLink, space: Path) -> None:
+    body = small_files_tar(3)
+    with pytest.raises(InvalidArgument) as cut:
+        await upload(link, body[: 3 * 1024], path=str(space / "t"), mode="tar")
+    assert cut.value.code == "invalid_tar"
+    assert list(space.iterdir()) == []

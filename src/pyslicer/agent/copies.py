@@ -222,7 +222,8 @@ class CopyInSession(_Session):
         self._pipe_w = -1  # tar: our end of the worker's input
         self._queue: list[bytes] = []
         self._offset = 0
-        self._input_complete = False
+        self._input_complete = False  # EOF came from the host
+        self._input_delivered = False  # ... and every byte before it is in the pipe
         self._worker: Worker | None = None
 
     def _start(self) -> None:
@@ -269,7 +270,7 @@ class CopyInSession(_Session):
         self._tar = True
         pipe_r, self._pipe_w = _pipe()
         os.set_blocking(self._pipe_w, False)
-        reader = _PipeReader(pipe_r, lambda: self._input_complete)
+        reader = _PipeReader(pipe_r, lambda: self._input_delivered and not self._cancelled)
         extraction = Extraction(root_fd, owner, normalise_excludes(self._request.get("exclude")))
         target, merge = self._target, self._merge
 
@@ -277,6 +278,8 @@ class CopyInSession(_Session):
             try:
                 extraction.run(reader)
                 reader.drain()  # the end-of-archive padding, and anything after it
+                if self._cancelled:
+                    raise _Cancelled
                 install_tree(extraction, dir_fd, temp, target, merge)
             except BaseException:
                 remove_tree(dir_fd, temp)
@@ -315,6 +318,7 @@ class CopyInSession(_Session):
         self._input_complete = True
         if self._tar:
             if not self._queue:
+                self._input_delivered = True
                 self._close_pipe()
         else:
             self._guard(self._install_file)
@@ -360,6 +364,7 @@ class CopyInSession(_Session):
                 self._send(FrameType.WINDOW, window_payload(len(chunk)))
         self._loop.remove_writer(self._pipe_w)
         if self._input_complete:
+            self._input_delivered = True  # set before the close the worker sees as EOF
             self._close_pipe()
 
     def _on_writable(self) -> None:

@@ -190,10 +190,10 @@ class _EndAware(tarfile.TarInfo):
     """Notes on the archive that its end-of-archive block was read: a stream that just stops is cut short."""
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _EndAware:
         try:
             return super().fromtarfile(tarfile_)
-        except tarfile.EOFHeaderError:
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]  # not in the stubs
             tarfile_.saw_end = True  # type: ignore[attr-defined]
             raise
 
