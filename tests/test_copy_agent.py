@@ -206,3 +206,30 @@ async def test_a_tar_without_its_end_of_archive_blocks_is_invalid(link: AgentLin
         await upload(link, body[: 3 * 1024], path=str(space / "t"), mode="tar")
     assert cut.value.code == "invalid_tar"
     assert list(space.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, mode", [("../ESCAPED", "0644"), ("/abs", "0644"), ("..", "0644"), ("ok", "0999"), ("ok", "06\r\n44")]
+)
+async def test_a_bad_source_from_the_guest_is_an_error(name: str, mode: str) -> None:
+    """The guest is not trusted: a source name that would leave the host's target, or a mode that is not
+    octal (or would inject a header), is refused before any header is built."""
+    from pyslicer.daemon.agent_link import Message
+    from pyslicer.errors import AgentError
+
+    class Guest:
+        cancelled = False
+
+        def __aiter__(self) -> Guest:
+            return self
+
+        async def __anext__(self) -> Message:
+            return Message({"type": "source", "source_type": "file", "name": name, "file_mode": mode, "size": 1})
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    guest = Guest()
+    with pytest.raises(AgentError) as refused:
+        await CopyDownload.open(guest)  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_guest_answer" and guest.cancelled

@@ -52,3 +52,17 @@ def test_source_headers_and_remote_syntax() -> None:
     assert split_remote("sbox-1:/tmp/x") == ("sbox-1", "/tmp/x")
     assert split_remote("sbox-1:") == ("sbox-1", "~")
     assert split_remote("./a:b") is None and split_remote("plain") is None and split_remote("C:\\x") is None
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../ESCAPED", "/abs", "a\\b"])
+def test_source_names_that_leave_the_local_target_are_refused(name: str) -> None:
+    import base64
+
+    encoded = base64.urlsafe_b64encode(name.encode()).rstrip(b"=").decode()
+    with pytest.raises(ValueError, match="unsafe source name"):
+        source_of({"x-slicer-source-type": "file", "x-slicer-source-name-base64": encoded})
+
+
+def test_a_file_mode_that_is_not_octal_is_dropped() -> None:
+    assert source_of({"x-slicer-file-mode": "0999"}).file_mode == ""
+    assert source_of({"x-slicer-file-mode": "0640"}).file_mode == "0640"

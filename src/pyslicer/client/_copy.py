@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,8 +36,13 @@ def source_of(headers: object) -> CopySource:
         name = ""
     content_type = get("content-type") or ""
     kind = get("x-slicer-source-type") or ("directory" if content_type.startswith("application/x-tar") else "file")
+    if name and (name in (".", "..") or any(c in name for c in "/\\\0")):
+        raise ValueError(f"the server sent an unsafe source name {name!r}")
+    mode = get("x-slicer-file-mode") or ""
+    if not re.fullmatch(r"0?[0-7]{3,4}", mode):
+        mode = ""
     length = get("content-length")
-    return CopySource(kind, name, get("x-slicer-file-mode") or "", int(length) if length and length.isdigit() else None)
+    return CopySource(kind, name, mode, int(length) if length and length.isdigit() else None)
 
 
 def encode_name(name: str) -> str:
