@@ -66,3 +66,16 @@ def test_source_names_that_leave_the_local_target_are_refused(name: str) -> None
 def test_a_file_mode_that_is_not_octal_is_dropped() -> None:
     assert source_of({"x-slicer-file-mode": "0999"}).file_mode == ""
     assert source_of({"x-slicer-file-mode": "0640"}).file_mode == "0640"
+
+
+def test_the_daemon_names_a_bad_mode_in_its_message() -> None:
+    from pydantic import ValidationError
+
+    from pyslicer.daemon.copy import CopyInRequest
+
+    with pytest.raises(ValidationError) as bad:
+        CopyInRequest.model_validate({"path": "/x", "permissions": "0999"})
+    assert "0999 is not an octal mode" in str(bad.value) and "!r" not in str(bad.value)
+    with pytest.raises(ValidationError) as unknown:
+        CopyInRequest.model_validate({"path": "/x", "copy_semantics": "cp-v9"})
+    assert "unknown copy_semantics cp-v9" in str(unknown.value)

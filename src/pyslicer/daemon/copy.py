@@ -64,10 +64,10 @@ def _octal(value: Any) -> Any:
         mode = int(text, 8)
     except ValueError:
         raise PydanticCustomError(
-            "invalid_permissions", "{value!r} is not an octal mode like 0644", {"value": text}
+            "invalid_permissions", "{value} is not an octal mode like 0644", {"value": text}
         ) from None
     if not 0 <= mode <= 0o7777:
-        raise PydanticCustomError("invalid_permissions", "{value!r} is not an octal mode like 0644", {"value": text})
+        raise PydanticCustomError("invalid_permissions", "{value} is not an octal mode like 0644", {"value": text})
     return mode
 
 
@@ -102,7 +102,7 @@ class CopyInRequest(BaseModel):
     @classmethod
     def _known_semantics(cls, value: str | None) -> str | None:
         if value not in (None, "", "cp-v1"):
-            raise PydanticCustomError("invalid_semantics", "unknown copy_semantics {value!r}", {"value": value})
+            raise PydanticCustomError("invalid_semantics", "unknown copy_semantics {value}", {"value": value})
         return value
 
     @property
