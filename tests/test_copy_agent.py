@@ -233,3 +233,26 @@ async def test_a_bad_source_from_the_guest_is_an_error(name: str, mode: str) -> 
     with pytest.raises(AgentError) as refused:
         await CopyDownload.open(guest)  # type: ignore[arg-type]
     assert refused.value.code == "invalid_guest_answer" and guest.cancelled
+
+
+async def test_errors_that_are_the_requests_fault_are_invalid_arguments(link: AgentLink, space: Path) -> None:
+    long = "a" * 300
+    copy = CopyUpload(link.open(CopyInRequest(path=str(space / long)).to_wire()))
+    await asyncio.sleep(0.3)
+    assert copy.refused  # known before the body: none of it is taken
+    with pytest.raises(InvalidArgument) as too_long:
+        await copy.finish()
+    assert too_long.value.code == "invalid_path" and ".slicer-cp-" not in str(too_long.value)
+    member = tarfile.TarInfo(long)
+    member.size = 1
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(member, io.BytesIO(b"x"))
+    with pytest.raises(InvalidArgument) as entry:
+        await upload(link, out.getvalue(), path=str(space / "t"), mode="tar")
+    assert entry.value.code == "invalid_path"
+    os.symlink("loop", space / "loop")
+    with pytest.raises(InvalidArgument):
+        await upload(link, b"x", path=str(space / "loop/x"))
+    await asyncio.sleep(0.2)
+    assert leftovers(space) == [] and sorted(p.name for p in space.iterdir()) == ["loop"]

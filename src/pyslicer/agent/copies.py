@@ -165,11 +165,13 @@ class _Session:
         elif isinstance(exc, OSError):
             from pyslicer.agent.copy_tar import failure_of
 
-            failure = failure_of(exc, exc.filename or self._request.get("path") or "the copy")
+            failure = failure_of(exc, self._target or str(self._request.get("path") or "the copy"))
             self._finish({"type": Event.ERROR, "error": failure.message, "code": failure.code})
         else:
             print(f"slicer-agent: copy on stream {self.stream}: {exc!r}", file=sys.stderr)
             self._finish({"type": Event.ERROR, "error": f"agent: {exc}", "code": "failed"})
+
+    _target = ""  # where the copy goes (or comes from): what a failure names
 
     def _guard(self, step: Callable[[], None]) -> None:
         try:
@@ -247,10 +249,11 @@ class CopyInSession(_Session):
             raise CopyFailure("invalid_path", f"invalid mode: {mode}")
 
     def _open_file(self, owner: Owner) -> None:
-        from pyslicer.agent.copy_tar import inherited_mode, make_temp_file, open_directory
+        from pyslicer.agent.copy_tar import check_name, inherited_mode, make_temp_file, open_directory
 
         parent = os.path.dirname(self._target)
         self._dir_fd = open_directory(parent, owner, self._made)
+        check_name(self._dir_fd, os.path.basename(self._target), self._target)
         self._file_mode = inherited_mode(self._dir_fd, os.path.basename(self._target), self._request.get("permissions"))
         self._file_owner = owner
         self._fd, self._temp = make_temp_file(self._dir_fd, parent)

@@ -37,6 +37,13 @@ def failure_of(exc: OSError, what: str) -> CopyFailure:
         return CopyFailure("no_space", f"the guest is out of disk space writing {what}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return CopyFailure("permission_denied", f"{what}: {exc.strerror}")
+    # the request's fault: a name too long, a path through a link loop or a file, a file where a directory goes
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return CopyFailure("not_a_directory", f"{what}: {exc.strerror}")
+    if exc.errno == errno.EISDIR:
+        return CopyFailure("not_a_file", f"{what}: {exc.strerror}")
+    if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL):
+        return CopyFailure("invalid_path", f"{what}: {exc.strerror}")
     return CopyFailure("failed", f"{what}: {exc.strerror or exc}")
 
 
@@ -138,6 +145,16 @@ def make_temp_file(dir_fd: int, where: str) -> tuple[int, str]:
         except OSError as exc:
             raise failure_of(exc, where) from None
     raise CopyFailure("failed", f"cannot make a temporary file in {where}")
+
+
+def check_name(dir_fd: int, name: str, where: str) -> None:
+    """Refuse, before any byte is taken, a name the directory cannot hold."""
+    try:
+        longest = os.fpathconf(dir_fd, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    if len(os.fsencode(name)) > longest:
+        raise CopyFailure("invalid_path", f"{where}: the name is longer than {longest} bytes")
 
 
 def inherited_mode(dir_fd: int, name: str, permissions: object) -> int:
