@@ -256,3 +256,13 @@ async def test_errors_that_are_the_requests_fault_are_invalid_arguments(link: Ag
         await upload(link, b"x", path=str(space / "loop/x"))
     await asyncio.sleep(0.2)
     assert leftovers(space) == [] and sorted(p.name for p in space.iterdir()) == ["loop"]
+
+
+async def test_a_fifo_where_a_file_was_is_refused_not_waited_on(link: AgentLink, space: Path) -> None:
+    os.mkfifo(space / "pipe")
+    with pytest.raises(InvalidArgument) as refused:
+        await asyncio.wait_for(download(link, path=str(space / "pipe")), 10)
+    assert refused.value.code == "not_a_file"
+    # and the agent's loop is still free
+    (space / "f").write_bytes(b"ok")
+    assert (await download(link, path=str(space / "f")))[1] == b"ok"

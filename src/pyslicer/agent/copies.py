@@ -436,16 +436,24 @@ class CopyOutSession(_Session):
         if mode not in ("binary", "tar", "recursive"):
             raise CopyFailure("invalid_path", f"invalid mode: {mode}")
         try:
-            info = os.stat(path)
+            # O_NONBLOCK: a fifo put in the file's place must not hang the agent's one loop in open()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CopyFailure("path_not_found", f"{path}: no such file or directory") from None
         except NotADirectoryError:
             raise CopyFailure("path_not_found", f"{path}: a parent is not a directory") from None
         import stat
 
+        info = os.fstat(fd)
         is_dir = stat.S_ISDIR(info.st_mode)
-        if not is_dir and not stat.S_ISREG(info.st_mode):
-            raise CopyFailure("not_a_file", f"{path} is not a regular file or a directory")
+        if is_dir or not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            if not is_dir:
+                raise CopyFailure("not_a_file", f"{path} is not a regular file or a directory")
+            fd = -1
+        else:
+            os.set_blocking(fd, True)
+        self._fd = fd  # closed by _cleanup on any failure below
         name = "" if is_contents_path(raw, path) else source_name_of(path)
         if mode == "binary" and is_dir:
             raise CopyFailure("not_a_file", "must specify a file not a directory")
@@ -459,9 +467,11 @@ class CopyOutSession(_Session):
             "size": 0 if is_dir else info.st_size,
         }
         if is_dir or mode == "tar":
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
             self._start_tar(path, is_dir)
         else:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             self._remaining = info.st_size
         self._send_event(source)
         self._pump()

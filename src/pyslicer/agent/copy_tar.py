@@ -437,6 +437,17 @@ def install_tree(extraction: Extraction, dir_fd: int, temp: str, target: str, me
 # -- writing a tree ------------------------------------------------------------------------------------
 
 
+def open_regular(path: str) -> IO[bytes] | None:
+    """``path`` opened for reading if it is (still) a regular file, never through a link, never blocking on
+    a fifo swapped in after it was listed; else None."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return open(fd, "rb")  # the caller closes it
+
+
 def write_tree(out: IO[bytes], source: str, excludes: list[str], stopped: Callable[[], bool]) -> int:
     """A tar of the contents of directory ``source`` (names relative to it, no ``.`` entry), written to ``out``
     as it is read; returns the bytes of file data. Links are stored as links; what vanishes meanwhile is skipped."""
@@ -471,11 +482,16 @@ def write_tree(out: IO[bytes], source: str, excludes: list[str], stopped: Callab
                         member.linkname = os.readlink(entry.path)
                         archive.addfile(member)
                     elif stat.S_ISREG(info.st_mode):
-                        with open(entry.path, "rb") as file:
+                        file = open_regular(entry.path)
+                        if file is None:
+                            continue
+                        with file:
                             member.size = os.fstat(file.fileno()).st_size
                             archive.addfile(member, file)
                         size += member.size
-                except FileNotFoundError:
-                    continue
+                except (FileNotFoundError, OSError) as exc:
+                    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
+                        continue  # vanished, or became a link, while it was read
+                    raise
             pending.extend(reversed(subdirs))
     return size
