@@ -79,3 +79,19 @@ def test_the_daemon_names_a_bad_mode_in_its_message() -> None:
     with pytest.raises(ValidationError) as unknown:
         CopyInRequest.model_validate({"path": "/x", "copy_semantics": "cp-v9"})
     assert "unknown copy_semantics cp-v9" in str(unknown.value)
+
+
+def test_extract_refuses_a_link_through_a_link(tmp_path: Path) -> None:
+    """s -> . then a -> s/.. looks inside textually but resolves to dest's parent."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, target in (("s", "."), ("a", "s/..")):
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = tarfile.SYMTYPE, target
+            archive.addfile(member)
+        member = tarfile.TarInfo("a/ESCAPED/x")
+        member.size = 1
+        archive.addfile(member, io.BytesIO(b"x"))
+    with pytest.raises(ValueError):
+        extract_tar([out.getvalue()], str(tmp_path / "dest"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
