@@ -153,3 +153,116 @@ async def test_bad_tar_and_cancel_leave_nothing(link: AgentLink, space: Path) ->
         copy.cancel()
     await asyncio.sleep(0.5)
     assert list(space.iterdir()) == []
+
+
+async def test_a_temporary_directory_swapped_for_a_link_is_never_written_through(link: AgentLink, space: Path) -> None:
+    """A guest user owning the target's directory swaps the hidden directory for a link while the agent
+    (root) fills it: nothing may land, or be chowned, where the link points."""
+    home, outside = space / "home", space / "outside"
+    home.mkdir()
+    outside.mkdir(mode=0o700)
+    os.chown(home, 1000, 1000)
+    copy = CopyUpload(link.open(CopyInRequest(path=str(home / "t"), mode="tar", uid=1000, gid=1000).to_wire()))
+    for _ in range(100):
+        temps = [p for p in home.iterdir() if p.name.startswith(".slicer-cp-")]
+        if temps:
+            break
+        await asyncio.sleep(0.02)
+    (temp,) = temps
+    temp.rename(home / "moved")
+    temp.symlink_to(outside)
+    await copy.write(tar_of(("sub", None), ("sub/f", b"data"), ("g", b"more")))
+    await copy.finish()
+    assert list(outside.iterdir()) == []
+    assert (outside.stat().st_uid, outside.stat().st_mode & 0o777) == (0, 0o700)
+    assert (home / "moved/sub/f").read_bytes() == b"data"  # what was filled is where the fd pointed
+
+
+def small_files_tar(count: int) -> bytes:
+    """A tar whose members are 1 KiB each (header and one block): cut at any 1 KiB boundary it still parses."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for index in range(count):
+            member = tarfile.TarInfo(f"f{index:05d}")
+            member.size = 512
+            archive.addfile(member, io.BytesIO(b"x" * 512))
+    return out.getvalue()
+
+
+async def test_a_cancel_after_eof_with_data_still_queued_installs_nothing(link: AgentLink, space: Path) -> None:
+    body = small_files_tar(6000)
+    copy = CopyUpload(link.open(CopyInRequest(path=str(space / "t"), mode="tar").to_wire()))
+    for start in range(0, len(body), 64 * 1024):
+        await copy.write(body[start : start + 64 * 1024])
+    copy._stream.close_input()
+    copy.cancel()
+    await asyncio.sleep(3)
+    assert list(space.iterdir()) == []
+
+
+async def test_a_tar_without_its_end_of_archive_blocks_is_invalid(link: AgentLink, space: Path) -> None:
+    body = small_files_tar(3)
+    with pytest.raises(InvalidArgument) as cut:
+        await upload(link, body[: 3 * 1024], path=str(space / "t"), mode="tar")
+    assert cut.value.code == "invalid_tar"
+    assert list(space.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, mode", [("../ESCAPED", "0644"), ("/abs", "0644"), ("..", "0644"), ("ok", "0999"), ("ok", "06\r\n44")]
+)
+async def test_a_bad_source_from_the_guest_is_an_error(name: str, mode: str) -> None:
+    """The guest is not trusted: a source name that would leave the host's target, or a mode that is not
+    octal (or would inject a header), is refused before any header is built."""
+    from pyslicer.daemon.agent_link import Message
+    from pyslicer.errors import AgentError
+
+    class Guest:
+        cancelled = False
+
+        def __aiter__(self) -> Guest:
+            return self
+
+        async def __anext__(self) -> Message:
+            return Message({"type": "source", "source_type": "file", "name": name, "file_mode": mode, "size": 1})
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    guest = Guest()
+    with pytest.raises(AgentError) as refused:
+        await CopyDownload.open(guest)  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_guest_answer" and guest.cancelled
+
+
+async def test_errors_that_are_the_requests_fault_are_invalid_arguments(link: AgentLink, space: Path) -> None:
+    long = "a" * 300
+    copy = CopyUpload(link.open(CopyInRequest(path=str(space / long)).to_wire()))
+    await asyncio.sleep(0.3)
+    assert copy.refused  # known before the body: none of it is taken
+    with pytest.raises(InvalidArgument) as too_long:
+        await copy.finish()
+    assert too_long.value.code == "invalid_path" and ".slicer-cp-" not in str(too_long.value)
+    member = tarfile.TarInfo(long)
+    member.size = 1
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(member, io.BytesIO(b"x"))
+    with pytest.raises(InvalidArgument) as entry:
+        await upload(link, out.getvalue(), path=str(space / "t"), mode="tar")
+    assert entry.value.code == "invalid_path"
+    os.symlink("loop", space / "loop")
+    with pytest.raises(InvalidArgument):
+        await upload(link, b"x", path=str(space / "loop/x"))
+    await asyncio.sleep(0.2)
+    assert leftovers(space) == [] and sorted(p.name for p in space.iterdir()) == ["loop"]
+
+
+async def test_a_fifo_where_a_file_was_is_refused_not_waited_on(link: AgentLink, space: Path) -> None:
+    os.mkfifo(space / "pipe")
+    with pytest.raises(InvalidArgument) as refused:
+        await asyncio.wait_for(download(link, path=str(space / "pipe")), 10)
+    assert refused.value.code == "not_a_file"
+    # and the agent's loop is still free
+    (space / "f").write_bytes(b"ok")
+    assert (await download(link, path=str(space / "f")))[1] == b"ok"

@@ -52,3 +52,46 @@ def test_source_headers_and_remote_syntax() -> None:
     assert split_remote("sbox-1:/tmp/x") == ("sbox-1", "/tmp/x")
     assert split_remote("sbox-1:") == ("sbox-1", "~")
     assert split_remote("./a:b") is None and split_remote("plain") is None and split_remote("C:\\x") is None
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../ESCAPED", "/abs", "a\\b"])
+def test_source_names_that_leave_the_local_target_are_refused(name: str) -> None:
+    import base64
+
+    encoded = base64.urlsafe_b64encode(name.encode()).rstrip(b"=").decode()
+    with pytest.raises(ValueError, match="unsafe source name"):
+        source_of({"x-slicer-source-type": "file", "x-slicer-source-name-base64": encoded})
+
+
+def test_a_file_mode_that_is_not_octal_is_dropped() -> None:
+    assert source_of({"x-slicer-file-mode": "0999"}).file_mode == ""
+    assert source_of({"x-slicer-file-mode": "0640"}).file_mode == "0640"
+
+
+def test_the_daemon_names_a_bad_mode_in_its_message() -> None:
+    from pydantic import ValidationError
+
+    from pyslicer.daemon.copy import CopyInRequest
+
+    with pytest.raises(ValidationError) as bad:
+        CopyInRequest.model_validate({"path": "/x", "permissions": "0999"})
+    assert "0999 is not an octal mode" in str(bad.value) and "!r" not in str(bad.value)
+    with pytest.raises(ValidationError) as unknown:
+        CopyInRequest.model_validate({"path": "/x", "copy_semantics": "cp-v9"})
+    assert "unknown copy_semantics cp-v9" in str(unknown.value)
+
+
+def test_extract_refuses_a_link_through_a_link(tmp_path: Path) -> None:
+    """s -> . then a -> s/.. looks inside textually but resolves to dest's parent."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, target in (("s", "."), ("a", "s/..")):
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = tarfile.SYMTYPE, target
+            archive.addfile(member)
+        member = tarfile.TarInfo("a/ESCAPED/x")
+        member.size = 1
+        archive.addfile(member, io.BytesIO(b"x"))
+    with pytest.raises(ValueError):
+        extract_tar([out.getvalue()], str(tmp_path / "dest"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]

@@ -15,7 +15,6 @@ import sys
 
 from pyslicer.agent.accounts import resolve_owner
 from pyslicer.agent.copy_rules import (
-    TEMP_PREFIX,
     CopyFailure,
     check_space,
     expand_path,
@@ -166,11 +165,13 @@ class _Session:
         elif isinstance(exc, OSError):
             from pyslicer.agent.copy_tar import failure_of
 
-            failure = failure_of(exc, exc.filename or self._request.get("path") or "the copy")
+            failure = failure_of(exc, self._target or str(self._request.get("path") or "the copy"))
             self._finish({"type": Event.ERROR, "error": failure.message, "code": failure.code})
         else:
             print(f"slicer-agent: copy on stream {self.stream}: {exc!r}", file=sys.stderr)
             self._finish({"type": Event.ERROR, "error": f"agent: {exc}", "code": "failed"})
+
+    _target = ""  # where the copy goes (or comes from): what a failure names
 
     def _guard(self, step: Callable[[], None]) -> None:
         try:
@@ -210,8 +211,11 @@ class CopyInSession(_Session):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._made: list[str] = []  # parent directories this copy created, removed again on failure
-        self._temp = ""  # the hidden file or directory being filled
+        from pyslicer.agent.copy_tar import Made
+
+        self._made = Made()  # parent directories this copy created, removed again on failure
+        self._dir_fd = -1  # binary: the target's directory
+        self._temp = ""  # binary: the hidden file being filled, its name in that directory
         self._target = ""
         self._merge = False
         self._fd = -1  # binary: the temporary file
@@ -220,7 +224,8 @@ class CopyInSession(_Session):
         self._pipe_w = -1  # tar: our end of the worker's input
         self._queue: list[bytes] = []
         self._offset = 0
-        self._input_complete = False
+        self._input_complete = False  # EOF came from the host
+        self._input_delivered = False  # ... and every byte before it is in the pipe
         self._worker: Worker | None = None
 
     def _start(self) -> None:
@@ -244,62 +249,50 @@ class CopyInSession(_Session):
             raise CopyFailure("invalid_path", f"invalid mode: {mode}")
 
     def _open_file(self, owner: Owner) -> None:
-        from pyslicer.agent.copy_tar import make_parents
+        from pyslicer.agent.copy_tar import check_name, inherited_mode, make_temp_file, open_directory
 
         parent = os.path.dirname(self._target)
-        make_parents(parent, owner, self._made)
-        permissions = self._request.get("permissions")
-        if isinstance(permissions, int) and not isinstance(permissions, bool) and 0 <= permissions <= 0o7777:
-            self._file_mode = permissions
-        else:
-            try:
-                self._file_mode = os.stat(self._target).st_mode & 0o7777  # a replaced file keeps its mode
-            except OSError:
-                self._file_mode = 0o644
-        self._owner_ids = (owner.uid, owner.gid)
-        for _ in range(100):
-            temp = os.path.join(parent, TEMP_PREFIX + os.urandom(8).hex())
-            try:
-                self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            self._temp = temp
-            return
-        raise CopyFailure("failed", f"cannot make a temporary file in {parent}")
+        self._dir_fd = open_directory(parent, owner, self._made)
+        check_name(self._dir_fd, os.path.basename(self._target), self._target)
+        self._file_mode = inherited_mode(self._dir_fd, os.path.basename(self._target), self._request.get("permissions"))
+        self._file_owner = owner
+        self._fd, self._temp = make_temp_file(self._dir_fd, parent)
 
     def _start_extraction(self, owner: Owner) -> None:
-        from pyslicer.agent.copy_tar import (
-            Extraction,
-            install_tree,
-            make_parents,
-            make_temp_dir,
-            remove_made,
-            remove_tree,
-        )
+        from pyslicer.agent.copy_tar import Extraction, install_tree, make_temp_dir, open_directory, remove_tree
 
-        if self._merge:
-            self._temp = make_temp_dir(self._target)
-        else:
-            make_parents(os.path.dirname(self._target), owner, self._made)
-            self._temp = make_temp_dir(os.path.dirname(self._target))
+        # merged into an existing target: the temporary directory is inside it; else beside it
+        where = self._target if self._merge else os.path.dirname(self._target)
+        made = self._made
+        dir_fd = open_directory(where, owner, made)
+        try:
+            root_fd, temp = make_temp_dir(dir_fd, where)
+        except BaseException:
+            os.close(dir_fd)
+            raise
         self._tar = True
         pipe_r, self._pipe_w = _pipe()
         os.set_blocking(self._pipe_w, False)
-        reader = _PipeReader(pipe_r, lambda: self._input_complete)
-        extraction = Extraction(self._temp, owner, normalise_excludes(self._request.get("exclude")))
-        temp, target, merge, made = self._temp, self._target, self._merge, self._made
+        reader = _PipeReader(pipe_r, lambda: self._input_delivered and not self._cancelled)
+        extraction = Extraction(root_fd, owner, normalise_excludes(self._request.get("exclude")))
+        target, merge = self._target, self._merge
 
         def job() -> int:
             try:
                 extraction.run(reader)
                 reader.drain()  # the end-of-archive padding, and anything after it
-                install_tree(temp, target, merge)
+                if self._cancelled:
+                    raise _Cancelled
+                install_tree(extraction, dir_fd, temp, target, merge)
             except BaseException:
-                remove_tree(temp)
-                remove_made(made)
+                remove_tree(dir_fd, temp)
+                made.remove()
                 raise
             finally:
                 reader.close()
+                os.close(root_fd)
+                os.close(dir_fd)
+            made.keep()
             return extraction.size
 
         self._worker = Worker(self._loop, job, self._extracted)
@@ -310,7 +303,6 @@ class CopyInSession(_Session):
                 return
             self._fail(error)
             return
-        self._temp = ""  # moved into place
         self._finish({"type": Event.DONE, "path": self._target, "size": int(size)})
 
     # -- from the host -------------------------------------------------------------------------
@@ -329,6 +321,7 @@ class CopyInSession(_Session):
         self._input_complete = True
         if self._tar:
             if not self._queue:
+                self._input_delivered = True
                 self._close_pipe()
         else:
             self._guard(self._install_file)
@@ -345,14 +338,12 @@ class CopyInSession(_Session):
         self._send(FrameType.WINDOW, window_payload(len(data)))
 
     def _install_file(self) -> None:
+        from pyslicer.agent.copy_tar import install_file
+
         fd, self._fd = self._fd, -1
-        try:
-            os.fchown(fd, *self._owner_ids)
-            os.fchmod(fd, self._file_mode)
-        finally:
-            os.close(fd)
-        os.rename(self._temp, self._target)
+        install_file(fd, self._dir_fd, self._temp, os.path.basename(self._target), self._file_owner, self._file_mode)
         self._temp = ""
+        self._made.keep()
         self._finish({"type": Event.DONE, "path": self._target, "size": self._size})
 
     # -- tar ---------------------------------------------------------------------------------------
@@ -376,6 +367,7 @@ class CopyInSession(_Session):
                 self._send(FrameType.WINDOW, window_payload(len(chunk)))
         self._loop.remove_writer(self._pipe_w)
         if self._input_complete:
+            self._input_delivered = True  # set before the close the worker sees as EOF
             self._close_pipe()
 
     def _on_writable(self) -> None:
@@ -399,22 +391,16 @@ class CopyInSession(_Session):
             # removes its directory itself once it has let go of it.
             self._worker.forget()
             return
-        if not success:
-            self._remove_temp()
-
-    def _remove_temp(self) -> None:
-        from pyslicer.agent.copy_tar import remove_made
-
         if self._temp:
-            try:
-                if self._tar:
-                    os.rmdir(self._temp)
-                else:
-                    os.unlink(self._temp)
-            except OSError:
-                pass
+            import contextlib
+
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp, dir_fd=self._dir_fd)
             self._temp = ""
-        remove_made(self._made)
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        self._made.remove()  # nothing left to remove after a success
 
 
 # -- out of the guest ----------------------------------------------------------------------------------
@@ -450,16 +436,24 @@ class CopyOutSession(_Session):
         if mode not in ("binary", "tar", "recursive"):
             raise CopyFailure("invalid_path", f"invalid mode: {mode}")
         try:
-            info = os.stat(path)
+            # O_NONBLOCK: a fifo put in the file's place must not hang the agent's one loop in open()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CopyFailure("path_not_found", f"{path}: no such file or directory") from None
         except NotADirectoryError:
             raise CopyFailure("path_not_found", f"{path}: a parent is not a directory") from None
         import stat
 
+        info = os.fstat(fd)
         is_dir = stat.S_ISDIR(info.st_mode)
-        if not is_dir and not stat.S_ISREG(info.st_mode):
-            raise CopyFailure("not_a_file", f"{path} is not a regular file or a directory")
+        if is_dir or not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            if not is_dir:
+                raise CopyFailure("not_a_file", f"{path} is not a regular file or a directory")
+            fd = -1
+        else:
+            os.set_blocking(fd, True)
+        self._fd = fd  # closed by _cleanup on any failure below
         name = "" if is_contents_path(raw, path) else source_name_of(path)
         if mode == "binary" and is_dir:
             raise CopyFailure("not_a_file", "must specify a file not a directory")
@@ -473,9 +467,11 @@ class CopyOutSession(_Session):
             "size": 0 if is_dir else info.st_size,
         }
         if is_dir or mode == "tar":
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
             self._start_tar(path, is_dir)
         else:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             self._remaining = info.st_size
         self._send_event(source)
         self._pump()

@@ -17,7 +17,6 @@ import sys
 
 from pyslicer.agent.accounts import resolve_owner
 from pyslicer.agent.copy_rules import (
-    TEMP_PREFIX,
     CopyFailure,
     check_space,
     expand_path,
@@ -148,9 +147,28 @@ def validate_manifest(manifest: object) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(path: str) -> dict[str, Any]:
+def open_trusted(name: str, dir_fd: int | None, owner_uid: int, *, directory: bool = False) -> int:
+    """Open a part of the upload (never through a link) that root or the upload's own user owns: anything
+    else may have been written by someone the finaliser must not act for."""
+    import stat
+
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
     try:
-        with open(path, "rb") as file:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise UploadError(f"cannot open {name}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if info.st_uid not in (0, owner_uid) or not (stat.S_ISDIR if directory else stat.S_ISREG)(info.st_mode):
+        os.close(fd)
+        raise UploadError(f"{name} is not the upload's own (owned by uid {info.st_uid}, or not a plain file)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_manifest(session_fd: int, owner_uid: int) -> dict[str, Any]:
+    fd = open_trusted("manifest.json", session_fd, owner_uid)
+    try:
+        with open(fd, "rb") as file:
             data = file.read(MAX_MANIFEST + 1)
     except OSError as exc:
         raise UploadError(f"cannot read the manifest: {exc.strerror}") from None
@@ -166,32 +184,43 @@ def read_manifest(path: str) -> dict[str, Any]:
 # -- the chunks ------------------------------------------------------------------------------------
 
 
-def verified_chunks(session: str, chunks: list[dict[str, Any]]) -> Iterator[bytes]:
+def verified_chunks(session: Session, chunks: list[dict[str, Any]]) -> Iterator[bytes]:
     """Every chunk's bytes in order, each checked for its size and sha256 as it is read (before its last
     piece is handed on, so a bad chunk never completes the stream)."""
-    for chunk in chunks:
-        index = chunk["index"]
-        path = os.path.join(session, "chunks", f"{index:06d}.chunk")
-        try:
-            file = open(path, "rb")  # noqa: SIM115  # closed below
-        except OSError as exc:
-            raise UploadError(f"chunk {index}: {exc.strerror}") from None
-        with file:
-            if os.fstat(file.fileno()).st_size != chunk["size"]:
-                raise UploadError(
-                    f"chunk {index} has {os.fstat(file.fileno()).st_size} bytes, expected {chunk['size']}"
-                )
-            digest = hashlib.sha256()
-            held = b""
-            while piece := file.read(READ_SIZE):
-                digest.update(piece)
-                if held:
-                    yield held
-                held = piece
-            if digest.hexdigest() != chunk["sha256"].lower():
-                raise UploadError(f"chunk {index} does not match its SHA-256")
+    chunks_fd = open_trusted("chunks", session.fd, session.owner_uid, directory=True)
+    try:
+        for chunk in chunks:
+            yield from _verified_chunk(chunks_fd, session.owner_uid, chunk)
+    finally:
+        os.close(chunks_fd)
+
+
+class Session:
+    """The upload directory, opened once: its fd, its path, and the user it may belong to besides root."""
+
+    def __init__(self, path: str, owner_uid: int) -> None:
+        self.path = path
+        self.owner_uid = owner_uid
+        self.fd = open_trusted(path, None, owner_uid, directory=True)
+
+
+def _verified_chunk(chunks_fd: int, owner_uid: int, chunk: dict[str, Any]) -> Iterator[bytes]:
+    index = chunk["index"]
+    file = open(open_trusted(f"{index:06d}.chunk", chunks_fd, owner_uid), "rb")  # noqa: SIM115  # closed below
+    with file:
+        if os.fstat(file.fileno()).st_size != chunk["size"]:
+            raise UploadError(f"chunk {index} has {os.fstat(file.fileno()).st_size} bytes, expected {chunk['size']}")
+        digest = hashlib.sha256()
+        held = b""
+        while piece := file.read(READ_SIZE):
+            digest.update(piece)
             if held:
                 yield held
+            held = piece
+        if digest.hexdigest() != chunk["sha256"].lower():
+            raise UploadError(f"chunk {index} does not match its SHA-256")
+        if held:
+            yield held
 
 
 class _ChunkReader:
@@ -213,65 +242,82 @@ class _ChunkReader:
         return data
 
 
-def assemble_file(manifest: dict[str, Any], session: str, owner: Owner, target: str) -> None:
-    from pyslicer.agent.copy_tar import failure_of, make_parents
+def assemble_file(manifest: dict[str, Any], session: Session, owner: Owner, target: str) -> None:
+    from pyslicer.agent.copy_tar import Made, failure_of, inherited_mode, install_file, make_temp_file, open_directory
 
     parent = os.path.dirname(target)
-    made: list[str] = []
-    make_parents(parent, owner, made)
-    permissions = manifest.get("permissions") or ""
-    if permissions:
-        mode = int(permissions, 8)
-    else:
-        try:
-            mode = os.stat(target).st_mode & 0o7777
-        except OSError:
-            mode = 0o644
-    temp = os.path.join(parent, TEMP_PREFIX + os.urandom(8).hex())
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    made = Made()
+    dir_fd = open_directory(parent, owner, made)
+    temp = ""
     try:
+        mode = inherited_mode(dir_fd, os.path.basename(target), _permissions(manifest))
+        fd, temp = make_temp_file(dir_fd, parent)
         try:
             for piece in verified_chunks(session, manifest["chunks"]):
                 view = memoryview(piece)
                 while view:
                     view = view[os.write(fd, view) :]
-            os.fchown(fd, owner.uid, owner.gid)
-            os.fchmod(fd, mode)
-        finally:
+        except BaseException:
             os.close(fd)
-        os.rename(temp, target)
+            raise
+        install_file(fd, dir_fd, temp, os.path.basename(target), owner, mode)
+        temp = ""
+        made.keep()
     except OSError as exc:
-        os.unlink(temp)
         raise failure_of(exc, target) from None
-    except BaseException:
-        os.unlink(temp)
-        raise
+    finally:
+        if temp:
+            os.unlink(temp, dir_fd=dir_fd)
+        made.remove()
+        os.close(dir_fd)
 
 
-def assemble_tree(manifest: dict[str, Any], session: str, owner: Owner, target: str, merge: bool) -> None:
-    from pyslicer.agent.copy_tar import Extraction, install_tree, make_parents, make_temp_dir, remove_tree
+def _permissions(manifest: dict[str, Any]) -> int | None:
+    permissions = manifest.get("permissions") or ""
+    return int(permissions, 8) if permissions else None
 
-    made: list[str] = []
-    if merge:
-        temp = make_temp_dir(target)
-    else:
-        make_parents(os.path.dirname(target), owner, made)
-        temp = make_temp_dir(os.path.dirname(target))
+
+def assemble_tree(manifest: dict[str, Any], session: Session, owner: Owner, target: str, merge: bool) -> None:
+    from pyslicer.agent.copy_tar import Extraction, Made, install_tree, make_temp_dir, open_directory, remove_tree
+
+    made = Made()
+    where = target if merge else os.path.dirname(target)
+    dir_fd = open_directory(where, owner, made)
+    root_fd = -1
     try:
-        extraction = Extraction(temp, owner, normalise_excludes(manifest.get("exclude")))
-        extraction.run(_ChunkReader(verified_chunks(session, manifest["chunks"])))
-        install_tree(temp, target, merge)
-    except BaseException:
-        remove_tree(temp)
-        raise
+        root_fd, temp = make_temp_dir(dir_fd, where)
+        try:
+            extraction = Extraction(root_fd, owner, normalise_excludes(manifest.get("exclude")))
+            extraction.run(_ChunkReader(verified_chunks(session, manifest["chunks"])))
+            install_tree(extraction, dir_fd, temp, target, merge)
+        except BaseException:
+            remove_tree(dir_fd, temp)
+            raise
+        made.keep()
+    finally:
+        made.remove()
+        if root_fd >= 0:
+            os.close(root_fd)
+        os.close(dir_fd)
 
 
 def finalise(options: dict[str, str]) -> None:
     owner = resolve_owner(_id(options, "uid"), _id(options, "gid"))
-    session = session_dir(options["manifest"], owner.home)
-    manifest = read_manifest(os.path.join(session, "manifest.json"))
+    session = Session(session_dir(options["manifest"], owner.home), owner.uid)
+    try:
+        _finalise(options, owner, session)
+    finally:
+        os.close(session.fd)
+    abort(options)
+
+
+def _finalise(options: dict[str, str], owner: Owner, session: Session) -> None:
+    manifest = read_manifest(session.fd, owner.uid)
     cp_v1 = manifest["version"] == 2
     path, as_directory = expand_path(manifest["destination"], owner.home)
+    # where the Go SDK puts the upload: in the destination's directory (or the destination itself, for ~)
+    if os.path.dirname(session.path) not in (os.path.dirname(path), path):
+        raise UploadError(f"the destination {path} is not beside the upload directory {session.path}")
     if manifest["mode"] == "binary":
         target = place_file(path, as_directory, cp_v1, manifest.get("source_name"), manifest.get("source_type"))
         check_space(os.path.dirname(target), manifest["size"])
@@ -282,7 +328,6 @@ def finalise(options: dict[str, str]) -> None:
         )
         check_space(target, manifest.get("unpacked_size") or manifest["size"])
         assemble_tree(manifest, session, owner, target, merge)
-    abort(options)
 
 
 def abort(options: dict[str, str]) -> None:

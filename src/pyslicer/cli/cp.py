@@ -174,7 +174,10 @@ def _download(client: SlicerClient, hostname: str, path: str, local: str, recurs
         on_source=sources.append,
     )
     try:
-        first = next(chunks, b"")  # sends the request; the source is known once the answer has started
+        try:
+            first = next(chunks, b"")  # sends the request; the source is known once the answer has started
+        except ValueError as exc:  # an unsafe source name from the server
+            raise click.ClickException(str(exc)) from None
         source = sources[0]
         with _Bar(f"{hostname}:{path} -> {local}", source.size) as bar:
             stream = bar.count(_prepend(first, chunks))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import stat
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import IO
@@ -35,8 +36,13 @@ def source_of(headers: object) -> CopySource:
         name = ""
     content_type = get("content-type") or ""
     kind = get("x-slicer-source-type") or ("directory" if content_type.startswith("application/x-tar") else "file")
+    if name and (name in (".", "..") or any(c in name for c in "/\\\0")):
+        raise ValueError(f"the server sent an unsafe source name {name!r}")
+    mode = get("x-slicer-file-mode") or ""
+    if not re.fullmatch(r"0?[0-7]{3,4}", mode):
+        mode = ""
     length = get("content-length")
-    return CopySource(kind, name, get("x-slicer-file-mode") or "", int(length) if length and length.isdigit() else None)
+    return CopySource(kind, name, mode, int(length) if length and length.isdigit() else None)
 
 
 def encode_name(name: str) -> str:
@@ -150,37 +156,65 @@ class _ChunkReader:
         return data
 
 
+def _link_stays_inside(name: str, target: str, is_link: Callable[[str], bool]) -> bool:
+    """Whether link ``name`` -> ``target`` resolves inside the tree without passing through another link
+    (whose own target could lead anywhere); the same rule as the agent's ``link_stays_inside``."""
+    if not target or target.startswith("/") or "\0" in target:
+        return False
+    parts = name.split("/")[:-1]
+    steps = [part for part in target.split("/") if part not in ("", ".")]
+    for index, part in enumerate(steps):
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+            continue
+        parts.append(part)
+        if index < len(steps) - 1 and is_link("/".join(parts)):
+            return False
+    return True
+
+
 def extract_tar(chunks: Iterable[bytes], dest: str) -> int:
     """Extract a tar stream into directory ``dest`` (made if missing); returns the entries written. Refuses
-    (ValueError) absolute names, ``..``, links leading out of ``dest`` and writes through links."""
+    (ValueError) absolute names, ``..``, links leading out of ``dest``, links through links, and writes
+    through anything but a real directory; each entry is checked against the filesystem before anything is
+    made for it."""
     os.makedirs(dest, exist_ok=True)
     root = os.path.realpath(dest)
+    links: set[str] = set()  # the archive's links so far
+
+    def is_link(relative: str) -> bool:
+        return relative in links or os.path.islink(os.path.join(root, relative))
+
     count = 0
     with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as archive:  # type: ignore[call-overload]
         for member in archive:
             name = member.name.removeprefix("./").rstrip("/")
             if not name or name == ".":
                 continue
-            if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+            parts = name.split("/")
+            if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
                 raise ValueError(f"unsafe tar entry {member.name!r}")
+            for index in range(1, len(parts)):
+                above = os.path.join(root, *parts[:index])
+                if os.path.islink(above) or (os.path.lexists(above) and not os.path.isdir(above)):
+                    raise ValueError(f"tar entry {name!r} goes through a link or a file")
+            if member.issym() and not _link_stays_inside(name, member.linkname, is_link):
+                raise ValueError(f"tar entry {name!r} links outside {dest}")
             path = os.path.join(root, name)
-            parent = os.path.dirname(path)
-            os.makedirs(parent, exist_ok=True)
-            if os.path.realpath(parent) != parent:
-                raise ValueError(f"tar entry {name!r} goes through a link")
-            if member.issym():
-                target = os.path.normpath(os.path.join(parent, member.linkname))
-                if member.linkname.startswith("/") or not (target == root or target.startswith(root + "/")):
-                    raise ValueError(f"tar entry {name!r} links outside {dest}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)  # only real directories above, checked
             if os.path.lexists(path) and not (member.isdir() and os.path.isdir(path) and not os.path.islink(path)):
                 if os.path.isdir(path) and not os.path.islink(path):
                     raise ValueError(f"tar entry {name!r} would replace a directory")
                 os.unlink(path)
+                links.discard(name)
             if member.isdir():
                 os.makedirs(path, exist_ok=True)
                 os.chmod(path, (member.mode & 0o777) | 0o700)
             elif member.issym():
                 os.symlink(member.linkname, path)
+                links.add(name)
             elif member.isreg():
                 source = archive.extractfile(member)
                 assert source is not None

@@ -9,6 +9,7 @@ rebuilt from the fields we know.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -29,6 +30,19 @@ if TYPE_CHECKING:
 UPLOAD_MODES = ("binary", "tar", "cp-v1-binary", "cp-v1-tar")
 DOWNLOAD_MODES = ("binary", "tar", "cp-v1-binary", "cp-v1-tar", "cp-v1-recursive")
 SOURCE_TIMEOUT = 30.0  # the agent only stats the path before it answers
+FILE_MODE = re.compile(r"0?[0-7]{3,4}")
+
+
+def valid_source_name(name: str) -> bool:
+    """The Go SDK's validCopySourceName (or "" for a contents-only path): a name the host can put under a
+    local directory without leaving it."""
+    if name == "":
+        return True
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _mode_in(allowed: tuple[str, ...]) -> Any:
@@ -50,10 +64,10 @@ def _octal(value: Any) -> Any:
         mode = int(text, 8)
     except ValueError:
         raise PydanticCustomError(
-            "invalid_permissions", "{value!r} is not an octal mode like 0644", {"value": text}
+            "invalid_permissions", "{value} is not an octal mode like 0644", {"value": text}
         ) from None
     if not 0 <= mode <= 0o7777:
-        raise PydanticCustomError("invalid_permissions", "{value!r} is not an octal mode like 0644", {"value": text})
+        raise PydanticCustomError("invalid_permissions", "{value} is not an octal mode like 0644", {"value": text})
     return mode
 
 
@@ -88,7 +102,7 @@ class CopyInRequest(BaseModel):
     @classmethod
     def _known_semantics(cls, value: str | None) -> str | None:
         if value not in (None, "", "cp-v1"):
-            raise PydanticCustomError("invalid_semantics", "unknown copy_semantics {value!r}", {"value": value})
+            raise PydanticCustomError("invalid_semantics", "unknown copy_semantics {value}", {"value": value})
         return value
 
     @property
@@ -235,12 +249,19 @@ class CopyDownload:
                             kind: Literal["file", "directory"] = (
                                 "directory" if body.get("source_type") == "directory" else "file"
                             )
+                            name = str_or(body.get("name"), "")
+                            file_mode = str_or(body.get("file_mode"), "0644")
+                            if not valid_source_name(name) or not FILE_MODE.fullmatch(file_mode):
+                                raise AgentError(
+                                    f"the guest named its source {name!r} with mode {file_mode!r}",
+                                    code="invalid_guest_answer",
+                                )
                             return cls(
                                 stream,
                                 CopySource(
                                     source_type=kind,
-                                    name=str_or(body.get("name"), ""),
-                                    file_mode=str_or(body.get("file_mode"), "0644"),
+                                    name=name,
+                                    file_mode=file_mode,
                                     size=max(0, int_or(body.get("size"), 0)),
                                 ),
                             )
