@@ -200,3 +200,50 @@ async def test_watch_paths_join_cleanly(fs: GuestFilesystem, work: Path) -> None
     (work / "x").touch()
     items = [item async for item in watch.events()]
     assert isinstance(items[0], WatchEvent) and items[0].path == f"{work}/x"
+
+
+async def test_remove_of_a_symlink_with_a_trailing_slash_removes_the_link(fs: GuestFilesystem, work: Path) -> None:
+    target = work / "target"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    (work / "link").symlink_to(target)
+    await fs.remove(RemoveRequest(path=f"{work}/link/", recursive=True))
+    assert not (work / "link").is_symlink() and (target / "keep").read_text() == "x"
+
+
+def test_remove_refuses_the_root_however_it_is_reached(monkeypatch: pytest.MonkeyPatch, work: Path) -> None:
+    # In process, with the tree removal disarmed: a regression must fail this test, not wipe the host.
+    from pyslicer.agent import fs as agent_fs
+
+    def no_tree(*args: object) -> None:
+        raise AssertionError(f"would remove a tree: {args[0]}")
+
+    monkeypatch.setattr(agent_fs, "_remove_tree", no_tree)
+    for spelling in ("/proc/self/root/", "/proc/1/root/", "/proc/self/cwd/../../../../"):
+        with pytest.raises(agent_fs.FsFailure):
+            agent_fs.remove_path(spelling, True)
+    alias = work / "alias-of-root"  # stands for a bind mount of /: the same (st_dev, st_ino)
+    alias.mkdir()
+    st = alias.stat()
+    monkeypatch.setattr(agent_fs, "root_identity", lambda: (st.st_dev, st.st_ino))
+    with pytest.raises(agent_fs.FsFailure) as refused:
+        agent_fs.remove_path(str(alias), True)
+    assert refused.value.errno_name == "EINVAL" and "root directory" in str(refused.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+async def test_recursive_remove_does_not_cross_into_another_filesystem(fs: GuestFilesystem, work: Path) -> None:
+    import subprocess
+
+    mount = work / "tree" / "mnt"
+    mount.mkdir(parents=True)
+    (work / "tree" / "plain").write_text("x")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "pyslicer-test", str(mount)], check=True)
+    try:
+        (mount / "precious").write_text("x")
+        with pytest.raises(Conflict) as crossing:
+            await fs.remove(RemoveRequest(path=str(work / "tree"), recursive=True))
+        assert crossing.value.code == "other_filesystem"
+        assert (mount / "precious").read_text() == "x"
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

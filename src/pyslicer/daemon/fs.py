@@ -58,6 +58,7 @@ _ERRORS: dict[str, tuple[type[SlicerError], str]] = {
     "ENOTEMPTY": (Conflict, "directory_not_empty"),
     "EBUSY": (Conflict, "path_busy"),
     "EROFS": (Conflict, "read_only"),
+    "EXDEV": (Conflict, "other_filesystem"),
     "ENOTDIR": (InvalidArgument, "not_a_directory"),
     "EISDIR": (InvalidArgument, "is_a_directory"),
     "EINVAL": (InvalidArgument, "invalid_path"),
