@@ -4,7 +4,9 @@ the daemon's GuestFilesystem, on a temporary directory; the integration tests re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,64 @@ async def test_recursive_remove_does_not_cross_into_another_filesystem(fs: Guest
         assert (mount / "precious").read_text() == "x"
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+async def _watch_while(fs: GuestFilesystem, request: dict[str, object], *steps: Callable[[], object]) -> list[object]:
+    """The events of a watch while ``steps`` run (a pause after each), until it has been quiet a moment."""
+    watch = await fs.watch(WatchRequest.model_validate({"debounce": "0s", **request}))
+    items: list[object] = []
+
+    async def consume() -> None:
+        async for item in watch.events():
+            items.append(item)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    await asyncio.sleep(0.1)
+    for step in steps:
+        step()
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    return items
+
+
+def _changes(items: list[object]) -> list[tuple[str, str]]:
+    return [(item.type, item.path) for item in items if isinstance(item, WatchEvent)]
+
+
+async def test_a_directory_moved_into_a_recursive_watch_is_watched(fs: GuestFilesystem, work: Path) -> None:
+    outside = work.parent / "outside"
+    (outside / "deep").mkdir(parents=True)
+    watched = work / "w"
+    watched.mkdir()
+    moved = watched / "moved"
+    items = await _watch_while(
+        fs,
+        {"paths": [str(watched)], "recursive": "true", "events": "create"},
+        lambda: os.rename(outside, moved),  # as cp lands a tree: a rename from a hidden temporary name
+        lambda: (moved / "f.txt").write_text("x"),
+        lambda: (moved / "deep" / "g.txt").write_text("x"),
+    )
+    assert _changes(items) == [
+        ("create", str(moved)),
+        ("create", str(moved / "f.txt")),  # directly in the moved directory
+        ("create", str(moved / "deep" / "g.txt")),
+    ]
+
+
+async def test_a_directory_renamed_within_a_recursive_watch_stays_watched(fs: GuestFilesystem, work: Path) -> None:
+    (work / "old" / "sub").mkdir(parents=True)
+    items = await _watch_while(
+        fs,
+        {"paths": [str(work)], "recursive": "true", "events": "create"},
+        lambda: os.rename(work / "old", work / "new"),
+        lambda: (work / "new" / "f").write_text("x"),
+        lambda: (work / "new" / "sub" / "g").write_text("x"),
+    )
+    assert _changes(items) == [
+        ("create", str(work / "new")),
+        ("create", str(work / "new" / "f")),  # under the new name, not the old
+        ("create", str(work / "new" / "sub" / "g")),
+    ]

@@ -84,8 +84,8 @@ class Inotify:
     def remove(self, wd: int) -> None:
         libc().inotify_rm_watch(self.fd, wd)  # an error means it is gone already
 
-    def read(self) -> list[tuple[int, int, bytes]]:
-        """The events waiting: (wd, mask, name)."""
+    def read(self) -> list[tuple[int, int, int, bytes]]:
+        """The events waiting: (wd, mask, cookie, name)."""
         try:
             data = os.read(self.fd, READ_SIZE)
         except BlockingIOError:
@@ -93,11 +93,11 @@ class Inotify:
         events = []
         offset = 0
         while offset + _EVENT.size <= len(data):
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            wd, mask, cookie, length = _EVENT.unpack_from(data, offset)
             offset += _EVENT.size
             name = data[offset : offset + length].rstrip(b"\0")
             offset += length
-            events.append((wd, mask, name))
+            events.append((wd, mask, cookie, name))
         return events
 
     def close(self) -> None:
@@ -188,7 +188,7 @@ class WatchSession:
                 raise failure_of(exc, "watch", path) from None
             self._add(path, is_root=True, is_dir=is_dir)
             if self._recursive and is_dir:
-                self._watch_tree(path, report=False)
+                self._watch_tree(path, report=False)  # (the root is watched already)
         started: FsWatchStarted = {"type": "started", "paths": paths, "watches": len(self._watches)}
         self._send_frame(encode_json(FrameType.MESSAGE, self.stream, started))
         self._loop.add_reader(self._inotify.fd, self._on_readable)
@@ -211,11 +211,14 @@ class WatchSession:
         self._watches[wd] = Watch(path, is_root, is_dir)
         return True
 
+    def _watch_new_directory(self, path: str, *, report: bool) -> None:
+        """A directory that appeared in the tree, and everything under it. Made here (``report``), its contents
+        may have appeared before its watch: they are reported as created. Moved in, they are not (as fsnotify)."""
+        if self._add(path, is_root=False, is_dir=True):
+            self._watch_tree(path, report=report)
+
     def _watch_tree(self, top: str, *, report: bool) -> None:
-        """Watch every directory under ``top`` (``top`` itself is watched already, unless report: a directory
-        that just appeared, whose contents may have appeared before its watch and are reported as created)."""
-        if report and not self._add(top, is_root=False, is_dir=True):
-            return
+        """Watch every directory under ``top`` (``top`` itself is watched already)."""
         stack = [top]
         while stack:
             directory = stack.pop()
@@ -251,7 +254,8 @@ class WatchSession:
     def _read(self) -> None:
         if self._inotify is None:
             return
-        for wd, mask, raw_name in self._inotify.read():
+        moved_away: dict[int, str] = {}  # a move's cookie -> the directory that left its old name
+        for wd, mask, cookie, raw_name in self._inotify.read():
             if raw_name.startswith(_COPY_TEMP):
                 continue  # a copy being written aside: its rename into place is the event that shows
             if mask & IN_Q_OVERFLOW:
@@ -270,13 +274,17 @@ class WatchSession:
             kind = kind_of(mask)
             if self._recursive and is_dir and raw_name:
                 if mask & IN_MOVED_FROM:
-                    self._unwatch_under(path)
+                    moved_away[cookie] = path
+                elif mask & IN_MOVED_TO and cookie in moved_away:
+                    self._rename_watches(moved_away.pop(cookie), path)  # a move within the tree
                 elif mask & (IN_MOVED_TO | IN_CREATE):
-                    self._watch_tree(path, report=not mask & IN_MOVED_TO)
+                    self._watch_new_directory(path, report=not mask & IN_MOVED_TO)
             if kind is not None:
                 self._emit(kind, path, is_dir)
             if not raw_name and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 self._inotify.remove(wd)  # gone or moved away: the path means nothing now
+        for path in moved_away.values():
+            self._unwatch_under(path)  # moved out of the tree (or its other half is in the next read)
         if not self._watches:
             self._end("nothing left to watch")
             return
@@ -289,6 +297,12 @@ class WatchSession:
             if not watch.is_root and (watch.path == path or watch.path.startswith(prefix)):
                 del self._watches[wd]
                 self._inotify.remove(wd)
+
+    def _rename_watches(self, old: str, new: str) -> None:
+        prefix = old + "/"
+        for watch in self._watches.values():
+            if not watch.is_root and (watch.path == old or watch.path.startswith(prefix)):
+                watch.path = new + watch.path[len(old) :]
 
     def _emit(self, kind: str, path: str, is_dir: bool) -> None:
         if not self._filter.wants(kind) or not self._filter.matches(path):
