@@ -310,3 +310,16 @@ async def test_a_directory_renamed_within_a_recursive_watch_stays_watched(fs: Gu
         ("create", str(work / "new" / "f")),  # under the new name, not the old
         ("create", str(work / "new" / "sub" / "g")),
     ]
+
+
+async def test_a_new_directory_comes_before_its_contents(fs: GuestFilesystem, work: Path) -> None:
+    items = await _watch_while(
+        fs,
+        {"paths": [str(work)], "recursive": "true", "events": "create", "debounce": "300ms"},
+        lambda: os.makedirs(work / "a" / "b" / "c"),
+    )
+    assert _changes(items) == [
+        ("create", str(work / "a")),
+        ("create", str(work / "a" / "b")),
+        ("create", str(work / "a" / "b" / "c")),
+    ]

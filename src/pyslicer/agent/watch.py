@@ -208,6 +208,8 @@ class WatchSession:
             if exc.errno == 28:  # ENOSPC: the kernel's max_user_watches
                 self._note_limit(path)
             return False  # a subdirectory gone already, or unreadable: nothing to watch there
+        if wd in self._watches and not is_root:
+            return False  # watched (and listed) already: its create and our listing of its parent both saw it
         self._watches[wd] = Watch(path, is_root, is_dir)
         return True
 
@@ -272,6 +274,8 @@ class WatchSession:
             path = _join(watch.path, os.fsdecode(raw_name)) if raw_name else watch.path
             is_dir = bool(mask & IN_ISDIR) or (not raw_name and watch.is_dir)
             kind = kind_of(mask)
+            if kind is not None:
+                self._emit(kind, path, is_dir)  # first: a new directory comes before what is in it
             if self._recursive and is_dir and raw_name:
                 if mask & IN_MOVED_FROM:
                     moved_away[cookie] = path
@@ -279,8 +283,6 @@ class WatchSession:
                     self._rename_watches(moved_away.pop(cookie), path)  # a move within the tree
                 elif mask & (IN_MOVED_TO | IN_CREATE):
                     self._watch_new_directory(path, report=not mask & IN_MOVED_TO)
-            if kind is not None:
-                self._emit(kind, path, is_dir)
             if not raw_name and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 self._inotify.remove(wd)  # gone or moved away: the path means nothing now
         for path in moved_away.values():
