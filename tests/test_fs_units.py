@@ -92,6 +92,26 @@ def test_pending_coalesces_waits_and_bounds() -> None:
     assert pending.take_note("now") is None
 
 
+def test_pending_keeps_the_order_of_different_events_for_one_path() -> None:
+    pending = Pending(limit=10)
+    for when, kind in enumerate(["create", "write", "write", "remove", "create", "create"]):
+        pending.add(_event(kind, "/f", when), now=when / 100)
+    pending.add(_event("write", "/g"), now=0.1)
+    pending.add(_event("write", "/f", 9), now=0.2)  # the newest /f is a create: a new event, not an old write's
+    order = []
+    while (event := pending.pop_ready(now=1.0, debounce=0.2)) is not None:
+        order.append((event["type"], event["path"], event["size"]))
+    assert order == [
+        ("create", "/f", 0),
+        ("write", "/f", 2),  # two writes in a row: one event, the later size
+        ("remove", "/f", 3),
+        ("create", "/f", 5),
+        ("write", "/g", 0),
+        ("write", "/f", 9),
+    ]
+    assert len(pending) == 0
+
+
 def test_rfc3339_nanoseconds() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00Z"
     assert rfc3339(1_700_000_000_123_400_000) == "2023-11-14T22:13:20.1234Z"

@@ -1,6 +1,6 @@
 """``fs_watch``: inotify (through ctypes, on a non-blocking fd in the agent's epoll loop), never polling.
 
-Events are filtered here, wait in a bounded queue that coalesces them by type and path (``watch_events``),
+Events are filtered here, wait in a bounded queue that coalesces repeats of one type and path (``watch_events``),
 and go out as NDJSON in DATA frames under the host's credit. A host that stops reading therefore costs at
 most the queue's ``PENDING_LIMIT`` events and one frame: beyond that new events are dropped and counted, and
 one ``overflow`` event says so once there is room again. Cancelling the stream closes the inotify fd, which
