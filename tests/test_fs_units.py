@@ -135,9 +135,40 @@ def test_watch_request_validation() -> None:
         {"paths": ["/x"], "patterns": ["[x"]},
         {"paths": ["/x"], "events": ["delete"]},
         {"paths": ["/x"], "last_event_id": 2**64},
+        {"paths": ["/x"], "last_event_id": 2**53},  # past what the TS SDK's numbers hold exactly
     ):
         with pytest.raises(ValidationError):
             WatchRequest.model_validate(bad)
+
+
+async def test_last_event_id_header_is_bounded_and_named() -> None:
+    from starlette.requests import Request
+
+    from pyslicer.api.fs import watch_request
+    from pyslicer.errors import InvalidArgument
+
+    def with_header(value: str) -> Request:
+        return Request({"type": "http", "query_string": b"paths=/x", "headers": [(b"last-event-id", value.encode())]})
+
+    assert (await watch_request(with_header(str(2**53 - 1)))).last_event_id == 2**53 - 1
+    with pytest.raises(InvalidArgument) as too_big:
+        await watch_request(with_header("18446744073709551615"))
+    assert "Last-Event-ID" in too_big.value.message
+
+
+def test_event_ids_wrap_after_the_largest() -> None:
+    from pyslicer.daemon.fs import FsWatch
+
+    class NoStream:
+        def __aiter__(self) -> NoStream:
+            return self
+
+        async def __anext__(self) -> None:
+            raise StopAsyncIteration
+
+    watch = FsWatch(NoStream(), WatchRequest(paths=["/x"], last_event_id=2**53 - 2))  # type: ignore[arg-type]
+    body = {"type": "create", "path": "/x/a"}
+    assert [watch._event_from(body).id for _ in range(3)] == [2**53 - 1, 1, 2]
 
 
 def test_mkdir_modes() -> None:

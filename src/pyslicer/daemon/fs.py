@@ -49,7 +49,7 @@ MAX_WATCH_EVENTS = 1_000_000
 MAX_LINE = 1024 * 1024  # one NDJSON line from the guest (an entry or an event is a few hundred bytes)
 CALL_TIMEOUT = 30.0
 SLOW_CALL_TIMEOUT = 600.0  # a recursive remove of a big tree under TCG
-MAX_UINT64 = 2**64 - 1
+MAX_EVENT_ID = 2**53 - 1  # what every client parses exactly (a JavaScript number, Go's int); ids wrap to 1 after it
 
 # The agent's errno names, as the daemon's errors.
 _ERRORS: dict[str, tuple[type[SlicerError], str]] = {
@@ -203,7 +203,9 @@ class WatchRequest(BaseModel):
         default=0, ge=0, le=MAX_WATCH_EVENTS, description="end the stream after this many events (0: no limit)"
     )
     uid: UserId = None
-    last_event_id: int = Field(default=0, ge=0, le=MAX_UINT64, description="ids continue after this one")
+    last_event_id: int = Field(
+        default=0, ge=0, le=MAX_EVENT_ID, description="ids continue after this one (at most 2^53-1, then wrap to 1)"
+    )
 
     def to_wire(self) -> protocol.FsWatchRequest:
         return {
@@ -377,7 +379,7 @@ class FsWatch:
         self._events = aiter(stream)
         self.request = request
         self.paths: list[str] = []
-        self.next_id = request.last_event_id + 1
+        self.next_id = request.last_event_id % MAX_EVENT_ID + 1
 
     async def _open(self) -> None:
         async for event in self._events:
@@ -432,7 +434,7 @@ class FsWatch:
             self.cancel()
 
     def _event_from(self, body: dict[str, Any]) -> WatchEvent:
-        event_id, self.next_id = self.next_id, self.next_id + 1
+        event_id, self.next_id = self.next_id, self.next_id % MAX_EVENT_ID + 1
         message = body.get("message")
         return WatchEvent(
             id=event_id,
