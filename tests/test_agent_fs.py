@@ -323,3 +323,39 @@ async def test_a_new_directory_comes_before_its_contents(fs: GuestFilesystem, wo
         ("create", str(work / "a" / "b")),
         ("create", str(work / "a" / "b" / "c")),
     ]
+
+
+async def test_watch_streams_are_capped_per_agent(fs: GuestFilesystem, work: Path) -> None:
+    from pyslicer.agent.watch import MAX_STREAMS
+    from pyslicer.errors import Unavailable
+
+    watches = [await fs.watch(WatchRequest(paths=[str(work)])) for _ in range(MAX_STREAMS)]
+    with pytest.raises(Unavailable) as refused:
+        await fs.watch(WatchRequest(paths=[str(work)]))
+    assert refused.value.code == "too_many_watches"
+    watches.pop().cancel()
+    await asyncio.sleep(0.1)
+    watches.append(await fs.watch(WatchRequest(paths=[str(work)])))  # a slot is free again
+    for watch in watches:
+        watch.cancel()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+async def test_a_recursive_watch_does_not_enter_another_filesystem(fs: GuestFilesystem, work: Path) -> None:
+    import subprocess
+
+    mount = work / "mnt"
+    mount.mkdir()
+    (work / "plain").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "pyslicer-test", str(mount)], check=True)
+    try:
+        (mount / "sub").mkdir()
+        items = await _watch_while(
+            fs,
+            {"paths": [str(work)], "recursive": "true", "events": "create"},
+            lambda: (mount / "sub" / "f").write_text("x"),
+            lambda: (work / "plain" / "f").write_text("x"),
+        )
+        assert _changes(items) == [("create", str(work / "plain" / "f"))]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

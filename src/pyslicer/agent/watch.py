@@ -10,6 +10,7 @@ removes every watch with it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 import struct
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 
 PENDING_LIMIT = 4096
 MAX_WATCHES = 8192  # directories per watch stream; the kernel's own limit (max_user_watches) may be lower
+MAX_AGENT_WATCHES = 16384  # directories over all streams
+MAX_STREAMS = 16  # watch streams at once: each is an inotify instance, and the kernel allows root 128 in all
+SCAN_STEP = 64  # directories listed per turn of the loop while a tree is being watched: other streams go on
 READ_SIZE = 64 * 1024
 _COPY_TEMP = TEMP_PREFIX.encode()
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len, then the name
@@ -105,12 +109,23 @@ class Inotify:
 
 
 class Watch:
-    __slots__ = ("is_dir", "is_root", "path")
+    __slots__ = ("device", "is_dir", "is_root", "path")
 
-    def __init__(self, path: str, is_root: bool, is_dir: bool) -> None:
+    def __init__(self, path: str, is_root: bool, is_dir: bool, device: int) -> None:
         self.path = path
         self.is_root = is_root
         self.is_dir = is_dir
+        self.device = device  # the root's filesystem: a recursive watch never enters another
+
+
+class _Budget:
+    """What every watch stream of this agent holds together."""
+
+    streams = 0
+    watches = 0
+
+
+_budget = _Budget()
 
 
 class WatchSession:
@@ -141,6 +156,11 @@ class WatchSession:
         self._timer: Timer | None = None
         self._limit_noted = False
         self._done = False
+        self._counted = False
+        self._started = False
+        self._scans: list[tuple[str, int, bool]] = []  # directories to list: (path, device, report contents)
+        self._scan_timer: Timer | None = None
+        self._paths: list[str] = []
 
     # -- from the host -------------------------------------------------------------------------
     def start(self) -> None:
@@ -180,50 +200,84 @@ class WatchSession:
         self._recursive = request.get("recursive") is True
         debounce_ms = request.get("debounce_ms")
         self._debounce = debounce_ms / 1000 if isinstance(debounce_ms, int) and debounce_ms > 0 else 0.0
+        if _budget.streams >= MAX_STREAMS:
+            raise FsFailure(f"too many watches in this VM at once (at most {MAX_STREAMS}): end one first", "EMFILE")
         self._inotify = Inotify()
+        _budget.streams += 1
+        self._counted = True
         for path in paths:
             try:
-                is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+                st = os.stat(path)
             except OSError as exc:
                 raise failure_of(exc, "watch", path) from None
-            self._add(path, is_root=True, is_dir=is_dir)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            self._add(path, is_root=True, is_dir=is_dir, device=st.st_dev)
             if self._recursive and is_dir:
-                self._watch_tree(path, report=False)  # (the root is watched already)
-        started: FsWatchStarted = {"type": "started", "paths": paths, "watches": len(self._watches)}
+                self._watch_tree(path, st.st_dev, report=False)  # (the root is watched already)
+        self._paths = paths
+        if not self._scans:
+            self._begin()
+
+    def _begin(self) -> None:
+        """Every watch is in place: say so, and start reading (what happened meanwhile waits in the kernel)."""
+        assert self._inotify is not None
+        self._started = True
+        started: FsWatchStarted = {"type": "started", "paths": self._paths, "watches": len(self._watches)}
         self._send_frame(encode_json(FrameType.MESSAGE, self.stream, started))
         self._loop.add_reader(self._inotify.fd, self._on_readable)
 
-    def _add(self, path: str, *, is_root: bool, is_dir: bool) -> bool:
+    def _add(self, path: str, *, is_root: bool, is_dir: bool, device: int) -> bool:
         assert self._inotify is not None
-        if len(self._watches) >= MAX_WATCHES:
+        if len(self._watches) >= MAX_WATCHES or _budget.watches >= MAX_AGENT_WATCHES:
             if is_root:
-                raise FsFailure(f"watch {path}: more than {MAX_WATCHES} directories", "ENOSPC")
+                raise FsFailure(f"watch {path}: too many directories watched in this VM", "EMFILE")
             self._note_limit(path)
             return False
         try:
             wd = self._inotify.add(path, self._mask)
         except OSError as exc:
+            if is_root and exc.errno == errno.ENOSPC:  # the kernel's max_user_watches
+                raise FsFailure(f"watch {path}: the kernel's limit of watches is reached", "EMFILE") from None
             if is_root:
                 raise failure_of(exc, "watch", path) from None
-            if exc.errno == 28:  # ENOSPC: the kernel's max_user_watches
+            if exc.errno == errno.ENOSPC:
                 self._note_limit(path)
             return False  # a subdirectory gone already, or unreadable: nothing to watch there
         if wd in self._watches and not is_root:
             return False  # watched (and listed) already: its create and our listing of its parent both saw it
-        self._watches[wd] = Watch(path, is_root, is_dir)
+        if wd not in self._watches:
+            _budget.watches += 1
+        self._watches[wd] = Watch(path, is_root, is_dir, device)
         return True
 
-    def _watch_new_directory(self, path: str, *, report: bool) -> None:
+    def _drop(self, wd: int) -> None:
+        if self._watches.pop(wd, None) is not None:
+            _budget.watches -= 1
+
+    def _watch_new_directory(self, path: str, device: int, *, report: bool) -> None:
         """A directory that appeared in the tree, and everything under it. Made here (``report``), its contents
         may have appeared before its watch: they are reported as created. Moved in, they are not (as fsnotify)."""
-        if self._add(path, is_root=False, is_dir=True):
-            self._watch_tree(path, report=report)
+        if self._add(path, is_root=False, is_dir=True, device=device):
+            self._watch_tree(path, device, report=report)
 
-    def _watch_tree(self, top: str, *, report: bool) -> None:
-        """Watch every directory under ``top`` (``top`` itself is watched already)."""
-        stack = [top]
-        while stack:
-            directory = stack.pop()
+    def _watch_tree(self, top: str, device: int, *, report: bool) -> None:
+        """Watch every directory under ``top`` (``top`` itself is watched already) on ``device``, listing
+        ``SCAN_STEP`` directories a turn of the loop."""
+        self._scans.append((top, device, report))
+        if self._scan_timer is None:
+            self._scan_timer = self._loop.call_later(0, self._on_scan)
+
+    def _on_scan(self) -> None:
+        self._scan_timer = None
+        self._guard(self._scan_step)
+
+    def _scan_step(self) -> None:
+        if self._done or self._inotify is None:
+            return
+        for _ in range(SCAN_STEP):
+            if not self._scans:
+                break
+            directory, device, report = self._scans.pop()
             try:
                 entries = list(os.scandir(directory))
             except OSError:
@@ -232,8 +286,21 @@ class WatchSession:
                 is_dir = entry.is_dir(follow_symlinks=False)
                 if report:
                     self._emit("create", entry.path, is_dir)
-                if is_dir and self._add(entry.path, is_root=False, is_dir=True):
-                    stack.append(entry.path)
+                if not is_dir:
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_dev != device:
+                        continue  # a mount point: another filesystem (/proc, /sys, ...) is not entered
+                except OSError:
+                    continue
+                if self._add(entry.path, is_root=False, is_dir=True, device=device):
+                    self._scans.append((entry.path, device, report))
+        if self._scans:
+            self._scan_timer = self._loop.call_later(0, self._on_scan)
+        elif not self._started:
+            self._begin()
+        if self._started:
+            self._flush()
 
     def _note_limit(self, path: str) -> None:
         if self._limit_noted:
@@ -267,7 +334,7 @@ class WatchSession:
             if watch is None:
                 continue
             if mask & IN_IGNORED:
-                del self._watches[wd]
+                self._drop(wd)
                 continue
             if not raw_name and not watch.is_root:
                 continue  # a subdirectory's own events: its parent's watch reports them by name
@@ -282,7 +349,7 @@ class WatchSession:
                 elif mask & IN_MOVED_TO and cookie in moved_away:
                     self._rename_watches(moved_away.pop(cookie), path)  # a move within the tree
                 elif mask & (IN_MOVED_TO | IN_CREATE):
-                    self._watch_new_directory(path, report=not mask & IN_MOVED_TO)
+                    self._watch_new_directory(path, watch.device, report=not mask & IN_MOVED_TO)
             if not raw_name and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 self._inotify.remove(wd)  # gone or moved away: the path means nothing now
         for path in moved_away.values():
@@ -297,7 +364,7 @@ class WatchSession:
         prefix = path + "/"
         for wd, watch in list(self._watches.items()):
             if not watch.is_root and (watch.path == path or watch.path.startswith(prefix)):
-                del self._watches[wd]
+                self._drop(wd)
                 self._inotify.remove(wd)
 
     def _rename_watches(self, old: str, new: str) -> None:
@@ -377,13 +444,19 @@ class WatchSession:
             self._fail(f"agent: watch: {exc!r}", "EIO")
 
     def _close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._scan_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._scan_timer = None
+        self._scans = []
         if self._inotify is not None:
             self._loop.forget(self._inotify.fd)
             self._inotify.close()  # removes every watch with it
             self._inotify = None
+        if self._counted:
+            self._counted = False
+            _budget.streams -= 1
+        _budget.watches -= len(self._watches)
         self._watches = {}
         self._buffer = bytearray()
 

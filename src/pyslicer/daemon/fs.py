@@ -67,6 +67,7 @@ _ERRORS: dict[str, tuple[type[SlicerError], str]] = {
     "EACCES": (PermissionDenied, "permission_denied"),
     "EPERM": (PermissionDenied, "permission_denied"),
     "ENOSPC": (Unavailable, "no_space"),
+    "EMFILE": (Unavailable, "too_many_watches"),  # only a watch says it: its limits, or the kernel's
 }
 
 
