@@ -359,3 +359,20 @@ async def test_a_recursive_watch_does_not_enter_another_filesystem(fs: GuestFile
         assert _changes(items) == [("create", str(work / "plain" / "f"))]
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+async def test_a_watch_that_ends_still_sends_what_it_held(fs: GuestFilesystem, work: Path) -> None:
+    # 2500 events are more than a window of credit (~1500): the rest waits in the agent when the watched
+    # directory goes away, and must still arrive once the reader is back.
+    watched = work / "w"
+    watched.mkdir()
+    watch = await fs.watch(WatchRequest.model_validate({"paths": [str(watched)], "events": "create", "debounce": "0"}))
+    for i in range(2500):
+        (watched / f"f{i}").touch()
+    await asyncio.sleep(0.5)
+    os.rename(watched, work / "gone")
+    await asyncio.sleep(0.5)
+    items = [item async for item in watch.events()]
+    creates = [i for i in items if isinstance(i, WatchEvent) and i.type == "create"]
+    assert len(creates) == 2500
+    assert items[-1] == WatchEnded("nothing left to watch")

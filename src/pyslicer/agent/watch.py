@@ -48,6 +48,7 @@ PENDING_LIMIT = 4096
 MAX_WATCHES = 8192  # directories per watch stream; the kernel's own limit (max_user_watches) may be lower
 MAX_AGENT_WATCHES = 16384  # directories over all streams
 MAX_STREAMS = 16  # watch streams at once: each is an inotify instance, and the kernel allows root 128 in all
+END_GRACE = 10.0  # seconds a watch that ended waits for credit to send what it still holds
 SCAN_STEP = 64  # directories listed per turn of the loop while a tree is being watched: other streams go on
 READ_SIZE = 64 * 1024
 _COPY_TEMP = TEMP_PREFIX.encode()
@@ -161,6 +162,8 @@ class WatchSession:
         self._scans: list[tuple[str, int, bool]] = []  # directories to list: (path, device, report contents)
         self._scan_timer: Timer | None = None
         self._paths: list[str] = []
+        self._ending: str | None = None  # why the watch ended, while what it holds still goes out
+        self._end_timer: Timer | None = None
 
     # -- from the host -------------------------------------------------------------------------
     def start(self) -> None:
@@ -392,7 +395,7 @@ class WatchSession:
         if self._done:
             return
         now = time.monotonic()
-        debounce = 0.0 if everything else self._debounce
+        debounce = 0.0 if everything or self._ending is not None else self._debounce
         while len(self._buffer) < MAX_PAYLOAD:
             note = self._pending.take_note(rfc3339(time.time_ns()))
             event = note or self._pending.pop_ready(now, debounce)
@@ -404,6 +407,10 @@ class WatchSession:
             self._send_frame(encode(FrameType.DATA, self.stream, bytes(self._buffer[:size]), Channel.STDOUT))
             del self._buffer[:size]
             self._credit -= size
+        if self._ending is not None:
+            if not self._buffer and not len(self._pending) and not self._pending.dropped:
+                self._finish(dropped=0)
+            return
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -419,10 +426,26 @@ class WatchSession:
         self._guard(self._flush)
 
     def _end(self, reason: str) -> None:
-        self._flush(everything=True)
+        """Nothing is left to watch: send what is held as credit comes (for ``END_GRACE`` at most), then end."""
+        self._stop_watching()
+        self._ending = reason
+        self._flush()
+        if not self._done:
+            self._end_timer = self._loop.call_later(END_GRACE, self._on_end_timer)
+
+    def _on_end_timer(self) -> None:
+        self._end_timer = None
+        # What could not go out: every whole line still held (a line half sent counts), and what waits.
+        self._finish(dropped=self._buffer.count(b"\n") + len(self._pending) + self._pending.dropped)
+
+    def _finish(self, *, dropped: int) -> None:
+        if self._done or self._ending is None:
+            return
         self._done = True
+        ended: FsWatchEnded = {"type": "ended", "reason": self._ending}
+        if dropped:
+            ended["dropped"] = dropped
         self._close()
-        ended: FsWatchEnded = {"type": "ended", "reason": reason}
         self._send_frame(encode(FrameType.EOF, self.stream, flags=Channel.STDOUT))
         self._send_frame(encode_json(FrameType.MESSAGE, self.stream, ended))
         self._on_finish(self)
@@ -444,10 +467,17 @@ class WatchSession:
             self._fail(f"agent: watch: {exc!r}", "EIO")
 
     def _close(self) -> None:
-        for timer in (self._timer, self._scan_timer):
+        self._stop_watching()
+        for timer in (self._timer, self._end_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._scan_timer = None
+        self._timer = self._end_timer = None
+        self._buffer = bytearray()
+
+    def _stop_watching(self) -> None:
+        if self._scan_timer is not None:
+            self._scan_timer.cancel()
+            self._scan_timer = None
         self._scans = []
         if self._inotify is not None:
             self._loop.forget(self._inotify.fd)
@@ -458,7 +488,6 @@ class WatchSession:
             _budget.streams -= 1
         _budget.watches -= len(self._watches)
         self._watches = {}
-        self._buffer = bytearray()
 
 
 def _join(directory: str, name: str) -> str:

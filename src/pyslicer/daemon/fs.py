@@ -417,6 +417,11 @@ class FsWatch:
                     if kind == Event.ERROR:
                         raise guest_error(event.body, "watch")
                     if kind == "ended":
+                        dropped = max(0, int_or(event.body.get("dropped"), 0))
+                        if dropped:  # the guest ended with events it had no credit to send
+                            yield self._event_from(
+                                {"type": "overflow", "message": f"{dropped} events dropped: the watch ended first"}
+                            )
                         yield WatchEnded(clean_text(event.body.get("reason"), "ended"))
                         return
                     continue

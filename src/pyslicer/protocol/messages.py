@@ -308,3 +308,4 @@ if TYPE_CHECKING:
     class FsWatchEnded(TypedDict):
         type: Literal["ended"]
         reason: str
+        dropped: NotRequired[int]  # events the host gave no credit for within the agent's grace (none: absent)
