@@ -171,6 +171,17 @@ def test_event_ids_wrap_after_the_largest() -> None:
     assert [watch._event_from(body).id for _ in range(3)] == [2**53 - 1, 1, 2]
 
 
+def test_watch_kinds_agree_across_the_layers() -> None:
+    from typing import get_args
+
+    from pyslicer.agent.watch_events import KINDS
+    from pyslicer.client._fs_watch import WATCH_EVENT_TYPES
+    from pyslicer.daemon.fs import WatchKind
+    from pyslicer.protocol import WATCH_KINDS
+
+    assert KINDS == WATCH_KINDS == get_args(WatchKind) == WATCH_EVENT_TYPES
+
+
 def test_mkdir_modes() -> None:
     assert MkdirRequest.model_validate({"path": "/x"}).mode == 0o755
     assert MkdirRequest.model_validate({"path": "/x", "mode": "0o700"}).mode == 0o700

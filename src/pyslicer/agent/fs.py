@@ -39,6 +39,17 @@ def failure_of(exc: OSError, what: str, path: str) -> FsFailure:
     return FsFailure(f"{what} {path}: {exc.strerror or name}", name)
 
 
+def send_under_credit(send: Callable[[bytes], None], stream: int, buffer: bytearray, credit: int) -> int:
+    """Send the front of ``buffer`` as stdout DATA frames while ``credit`` lasts (what is sent leaves the
+    buffer); returns the credit left."""
+    while buffer and credit > 0:
+        size = min(len(buffer), credit, MAX_PAYLOAD)
+        send(encode(FrameType.DATA, stream, bytes(buffer[:size]), Channel.STDOUT))
+        del buffer[:size]
+        credit -= size
+    return credit
+
+
 def home_of(uid: int | None) -> str:
     import pwd
 
@@ -325,11 +336,7 @@ class FsSession:
 
     def _pump(self) -> None:
         while not self._cancelled and self._names is not None:
-            while self._buffer and self._credit > 0:
-                size = min(len(self._buffer), self._credit, MAX_PAYLOAD)
-                self._send_frame(encode(FrameType.DATA, self.stream, bytes(self._buffer[:size]), Channel.STDOUT))
-                del self._buffer[:size]
-                self._credit -= size
+            self._credit = send_under_credit(self._send_frame, self.stream, self._buffer, self._credit)
             if self._buffer:
                 return  # out of credit: on_window brings us back
             for name in self._names:

@@ -18,7 +18,7 @@ import sys
 import time
 
 from pyslicer.agent.copy_rules import TEMP_PREFIX
-from pyslicer.agent.fs import FsFailure, failure_of, resolve, rfc3339
+from pyslicer.agent.fs import FsFailure, failure_of, resolve, rfc3339, send_under_credit
 from pyslicer.agent.watch_events import (
     IN_CREATE,
     IN_DELETE_SELF,
@@ -402,11 +402,7 @@ class WatchSession:
             if event is None:
                 break
             self._buffer += dumps(event).encode() + b"\n"
-        while self._buffer and self._credit > 0:
-            size = min(len(self._buffer), self._credit, MAX_PAYLOAD)
-            self._send_frame(encode(FrameType.DATA, self.stream, bytes(self._buffer[:size]), Channel.STDOUT))
-            del self._buffer[:size]
-            self._credit -= size
+        self._credit = send_under_credit(self._send_frame, self.stream, self._buffer, self._credit)
         if self._ending is not None:
             if not self._buffer and not len(self._pending) and not self._pending.dropped:
                 self._finish(dropped=0)

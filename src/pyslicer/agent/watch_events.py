@@ -7,6 +7,7 @@ a write ``write``, an unlink ``remove``, a move away ``rename``, a change of mod
 
 from __future__ import annotations
 
+from pyslicer.protocol import WATCH_KINDS
 from pyslicer.protocol.globs import match
 
 TYPE_CHECKING = False
@@ -28,7 +29,7 @@ IN_IGNORED = 0x8000
 IN_EXCL_UNLINK = 0x04000000
 IN_ISDIR = 0x40000000
 
-KINDS = ("create", "write", "remove", "rename", "chmod")
+KINDS = WATCH_KINDS
 _KIND_BITS = (
     (IN_CREATE | IN_MOVED_TO, "create"),
     (IN_MODIFY, "write"),

@@ -33,15 +33,14 @@ from pyslicer.errors import (
     SlicerError,
     Unavailable,
 )
-from pyslicer.protocol import Event, Op
+from pyslicer.protocol import WATCH_KINDS, Event, Op
 from pyslicer.protocol.globs import BadPattern, check
 
 if TYPE_CHECKING:
     from pyslicer import protocol
 
 EntryType = Literal["file", "directory", "symlink"]
-WatchKind = Literal["create", "write", "remove", "rename", "chmod"]
-WATCH_KINDS: tuple[str, ...] = ("create", "write", "remove", "rename", "chmod")
+WatchKind = Literal["create", "write", "remove", "rename", "chmod"]  # protocol.WATCH_KINDS, for validation
 DEFAULT_DEBOUNCE_NS = 200_000_000  # Slicer's default
 MAX_DEBOUNCE_NS = 10_000_000_000
 MAX_TIMEOUT_NS = 24 * 3600 * 1_000_000_000
@@ -184,7 +183,7 @@ class WatchRequest(BaseModel):
         Field(default_factory=list, description="Go path.Match globs against the full path or the base name"),
     ]
     events: Annotated[
-        list[Literal["create", "write", "remove", "rename", "chmod", "all"]],
+        list[WatchKind | Literal["all"]],
         BeforeValidator(_split_commas),
         Field(default_factory=list, description="the event types to deliver (none, or all: every type)"),
     ]
