@@ -4,7 +4,9 @@ the daemon's GuestFilesystem, on a temporary directory; the integration tests re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,177 @@ async def test_watch_paths_join_cleanly(fs: GuestFilesystem, work: Path) -> None
     (work / "x").touch()
     items = [item async for item in watch.events()]
     assert isinstance(items[0], WatchEvent) and items[0].path == f"{work}/x"
+
+
+async def test_remove_of_a_symlink_with_a_trailing_slash_removes_the_link(fs: GuestFilesystem, work: Path) -> None:
+    target = work / "target"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    (work / "link").symlink_to(target)
+    await fs.remove(RemoveRequest(path=f"{work}/link/", recursive=True))
+    assert not (work / "link").is_symlink() and (target / "keep").read_text() == "x"
+
+
+def test_remove_refuses_the_root_however_it_is_reached(monkeypatch: pytest.MonkeyPatch, work: Path) -> None:
+    # In process, with the tree removal disarmed: a regression must fail this test, not wipe the host.
+    from pyslicer.agent import fs as agent_fs
+
+    def no_tree(*args: object) -> None:
+        raise AssertionError(f"would remove a tree: {args[0]}")
+
+    monkeypatch.setattr(agent_fs, "_remove_tree", no_tree)
+    for spelling in ("/proc/self/root/", "/proc/1/root/", "/proc/self/cwd/../../../../"):
+        with pytest.raises(agent_fs.FsFailure):
+            agent_fs.remove_path(spelling, True)
+    alias = work / "alias-of-root"  # stands for a bind mount of /: the same (st_dev, st_ino)
+    alias.mkdir()
+    st = alias.stat()
+    monkeypatch.setattr(agent_fs, "root_identity", lambda: (st.st_dev, st.st_ino))
+    with pytest.raises(agent_fs.FsFailure) as refused:
+        agent_fs.remove_path(str(alias), True)
+    assert refused.value.errno_name == "EINVAL" and "root directory" in str(refused.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+async def test_recursive_remove_does_not_cross_into_another_filesystem(fs: GuestFilesystem, work: Path) -> None:
+    import subprocess
+
+    mount = work / "tree" / "mnt"
+    mount.mkdir(parents=True)
+    (work / "tree" / "plain").write_text("x")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "pyslicer-test", str(mount)], check=True)
+    try:
+        (mount / "precious").write_text("x")
+        with pytest.raises(Conflict) as crossing:
+            await fs.remove(RemoveRequest(path=str(work / "tree"), recursive=True))
+        assert crossing.value.code == "other_filesystem"
+        assert (mount / "precious").read_text() == "x"
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+async def _watch_while(fs: GuestFilesystem, request: dict[str, object], *steps: Callable[[], object]) -> list[object]:
+    """The events of a watch while ``steps`` run (a pause after each), until it has been quiet a moment."""
+    watch = await fs.watch(WatchRequest.model_validate({"debounce": "0s", **request}))
+    items: list[object] = []
+
+    async def consume() -> None:
+        async for item in watch.events():
+            items.append(item)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    await asyncio.sleep(0.1)
+    for step in steps:
+        step()
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    return items
+
+
+def _changes(items: list[object]) -> list[tuple[str, str]]:
+    return [(item.type, item.path) for item in items if isinstance(item, WatchEvent)]
+
+
+async def test_a_directory_moved_into_a_recursive_watch_is_watched(fs: GuestFilesystem, work: Path) -> None:
+    outside = work.parent / "outside"
+    (outside / "deep").mkdir(parents=True)
+    watched = work / "w"
+    watched.mkdir()
+    moved = watched / "moved"
+    items = await _watch_while(
+        fs,
+        {"paths": [str(watched)], "recursive": "true", "events": "create"},
+        lambda: os.rename(outside, moved),  # as cp lands a tree: a rename from a hidden temporary name
+        lambda: (moved / "f.txt").write_text("x"),
+        lambda: (moved / "deep" / "g.txt").write_text("x"),
+    )
+    assert _changes(items) == [
+        ("create", str(moved)),
+        ("create", str(moved / "f.txt")),  # directly in the moved directory
+        ("create", str(moved / "deep" / "g.txt")),
+    ]
+
+
+async def test_a_directory_renamed_within_a_recursive_watch_stays_watched(fs: GuestFilesystem, work: Path) -> None:
+    (work / "old" / "sub").mkdir(parents=True)
+    items = await _watch_while(
+        fs,
+        {"paths": [str(work)], "recursive": "true", "events": "create"},
+        lambda: os.rename(work / "old", work / "new"),
+        lambda: (work / "new" / "f").write_text("x"),
+        lambda: (work / "new" / "sub" / "g").write_text("x"),
+    )
+    assert _changes(items) == [
+        ("create", str(work / "new")),
+        ("create", str(work / "new" / "f")),  # under the new name, not the old
+        ("create", str(work / "new" / "sub" / "g")),
+    ]
+
+
+async def test_a_new_directory_comes_before_its_contents(fs: GuestFilesystem, work: Path) -> None:
+    items = await _watch_while(
+        fs,
+        {"paths": [str(work)], "recursive": "true", "events": "create", "debounce": "300ms"},
+        lambda: os.makedirs(work / "a" / "b" / "c"),
+    )
+    assert _changes(items) == [
+        ("create", str(work / "a")),
+        ("create", str(work / "a" / "b")),
+        ("create", str(work / "a" / "b" / "c")),
+    ]
+
+
+async def test_watch_streams_are_capped_per_agent(fs: GuestFilesystem, work: Path) -> None:
+    from pyslicer.agent.watch import MAX_STREAMS
+    from pyslicer.errors import Unavailable
+
+    watches = [await fs.watch(WatchRequest(paths=[str(work)])) for _ in range(MAX_STREAMS)]
+    with pytest.raises(Unavailable) as refused:
+        await fs.watch(WatchRequest(paths=[str(work)]))
+    assert refused.value.code == "too_many_watches"
+    watches.pop().cancel()
+    await asyncio.sleep(0.1)
+    watches.append(await fs.watch(WatchRequest(paths=[str(work)])))  # a slot is free again
+    for watch in watches:
+        watch.cancel()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+async def test_a_recursive_watch_does_not_enter_another_filesystem(fs: GuestFilesystem, work: Path) -> None:
+    import subprocess
+
+    mount = work / "mnt"
+    mount.mkdir()
+    (work / "plain").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "pyslicer-test", str(mount)], check=True)
+    try:
+        (mount / "sub").mkdir()
+        items = await _watch_while(
+            fs,
+            {"paths": [str(work)], "recursive": "true", "events": "create"},
+            lambda: (mount / "sub" / "f").write_text("x"),
+            lambda: (work / "plain" / "f").write_text("x"),
+        )
+        assert _changes(items) == [("create", str(work / "plain" / "f"))]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+async def test_a_watch_that_ends_still_sends_what_it_held(fs: GuestFilesystem, work: Path) -> None:
+    # 2500 events are more than a window of credit (~1500): the rest waits in the agent when the watched
+    # directory goes away, and must still arrive once the reader is back.
+    watched = work / "w"
+    watched.mkdir()
+    watch = await fs.watch(WatchRequest.model_validate({"paths": [str(watched)], "events": "create", "debounce": "0"}))
+    for i in range(2500):
+        (watched / f"f{i}").touch()
+    await asyncio.sleep(0.5)
+    os.rename(watched, work / "gone")
+    await asyncio.sleep(0.5)
+    items = [item async for item in watch.events()]
+    creates = [i for i in items if isinstance(i, WatchEvent) and i.type == "create"]
+    assert len(creates) == 2500
+    assert items[-1] == WatchEnded("nothing left to watch")

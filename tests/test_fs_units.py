@@ -92,6 +92,26 @@ def test_pending_coalesces_waits_and_bounds() -> None:
     assert pending.take_note("now") is None
 
 
+def test_pending_keeps_the_order_of_different_events_for_one_path() -> None:
+    pending = Pending(limit=10)
+    for when, kind in enumerate(["create", "write", "write", "remove", "create", "create"]):
+        pending.add(_event(kind, "/f", when), now=when / 100)
+    pending.add(_event("write", "/g"), now=0.1)
+    pending.add(_event("write", "/f", 9), now=0.2)  # the newest /f is a create: a new event, not an old write's
+    order = []
+    while (event := pending.pop_ready(now=1.0, debounce=0.2)) is not None:
+        order.append((event["type"], event["path"], event["size"]))
+    assert order == [
+        ("create", "/f", 0),
+        ("write", "/f", 2),  # two writes in a row: one event, the later size
+        ("remove", "/f", 3),
+        ("create", "/f", 5),
+        ("write", "/g", 0),
+        ("write", "/f", 9),
+    ]
+    assert len(pending) == 0
+
+
 def test_rfc3339_nanoseconds() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00Z"
     assert rfc3339(1_700_000_000_123_400_000) == "2023-11-14T22:13:20.1234Z"
@@ -115,9 +135,51 @@ def test_watch_request_validation() -> None:
         {"paths": ["/x"], "patterns": ["[x"]},
         {"paths": ["/x"], "events": ["delete"]},
         {"paths": ["/x"], "last_event_id": 2**64},
+        {"paths": ["/x"], "last_event_id": 2**53},  # past what the TS SDK's numbers hold exactly
     ):
         with pytest.raises(ValidationError):
             WatchRequest.model_validate(bad)
+
+
+async def test_last_event_id_header_is_bounded_and_named() -> None:
+    from starlette.requests import Request
+
+    from pyslicer.api.fs import watch_request
+    from pyslicer.errors import InvalidArgument
+
+    def with_header(value: str) -> Request:
+        return Request({"type": "http", "query_string": b"paths=/x", "headers": [(b"last-event-id", value.encode())]})
+
+    assert (await watch_request(with_header(str(2**53 - 1)))).last_event_id == 2**53 - 1
+    with pytest.raises(InvalidArgument) as too_big:
+        await watch_request(with_header("18446744073709551615"))
+    assert "Last-Event-ID" in too_big.value.message
+
+
+def test_event_ids_wrap_after_the_largest() -> None:
+    from pyslicer.daemon.fs import FsWatch
+
+    class NoStream:
+        def __aiter__(self) -> NoStream:
+            return self
+
+        async def __anext__(self) -> None:
+            raise StopAsyncIteration
+
+    watch = FsWatch(NoStream(), WatchRequest(paths=["/x"], last_event_id=2**53 - 2))  # type: ignore[arg-type]
+    body = {"type": "create", "path": "/x/a"}
+    assert [watch._event_from(body).id for _ in range(3)] == [2**53 - 1, 1, 2]
+
+
+def test_watch_kinds_agree_across_the_layers() -> None:
+    from typing import get_args
+
+    from pyslicer.agent.watch_events import KINDS
+    from pyslicer.client._fs_watch import WATCH_EVENT_TYPES
+    from pyslicer.daemon.fs import WatchKind
+    from pyslicer.protocol import WATCH_KINDS
+
+    assert KINDS == WATCH_KINDS == get_args(WatchKind) == WATCH_EVENT_TYPES
 
 
 def test_mkdir_modes() -> None:

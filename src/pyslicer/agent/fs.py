@@ -39,6 +39,17 @@ def failure_of(exc: OSError, what: str, path: str) -> FsFailure:
     return FsFailure(f"{what} {path}: {exc.strerror or name}", name)
 
 
+def send_under_credit(send: Callable[[bytes], None], stream: int, buffer: bytearray, credit: int) -> int:
+    """Send the front of ``buffer`` as stdout DATA frames while ``credit`` lasts (what is sent leaves the
+    buffer); returns the credit left."""
+    while buffer and credit > 0:
+        size = min(len(buffer), credit, MAX_PAYLOAD)
+        send(encode(FrameType.DATA, stream, bytes(buffer[:size]), Channel.STDOUT))
+        del buffer[:size]
+        credit -= size
+    return credit
+
+
 def home_of(uid: int | None) -> str:
     import pwd
 
@@ -139,50 +150,90 @@ def _chmod(path: str, mode: int) -> None:
         raise failure_of(exc, "chmod", path) from None
 
 
+def root_identity() -> tuple[int, int]:
+    st = os.stat("/")
+    return st.st_dev, st.st_ino
+
+
 def remove_path(path: str, recursive: bool) -> None:
-    """rm (a symlink itself, never its target), rmdir, or with ``recursive`` rm -r."""
+    """rm (a symlink itself, never its target), rmdir, or with ``recursive`` rm -r --one-file-system.
+
+    As rm's --preserve-root, ``/`` is refused by what it is, not how it is spelt: a bind mount of it or
+    ``/proc/1/root`` are ``/`` too. A trailing slash on a symlink is ignored, so ``link/`` removes the link."""
     if path.rstrip("/") == "" or path.rstrip("/") in (".", "..") or base_name(path) in (".", ".."):
         raise FsFailure(f"refusing to remove {path}", "EINVAL")
+    target = path.rstrip("/")
     try:
-        st = os.lstat(path)
+        st = os.lstat(target)
+        root = root_identity()
     except OSError as exc:
         raise failure_of(exc, "remove", path) from None
+    if (st.st_dev, st.st_ino) == root:
+        raise FsFailure(f"refusing to remove {path}: it is the root directory", "EINVAL")
     if not stat.S_ISDIR(st.st_mode):
         try:
-            os.unlink(path)
+            os.unlink(target)
         except OSError as exc:
             raise failure_of(exc, "remove", path) from None
         return
     if recursive:
-        _remove_tree(path)
+        _remove_tree(target, st)
         return
     try:
-        os.rmdir(path)
+        os.rmdir(target)
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise FsFailure(f"remove {path}: directory not empty (use recursive)", "ENOTEMPTY") from None
         raise failure_of(exc, "remove", path) from None
 
 
-def _remove_tree(root: str) -> None:
-    # Depth-first with a stack rather than recursion: a deep tree must not hit Python's recursion limit.
-    stack: list[tuple[str, bool]] = [(root, False)]
+def _open_directory(path: str, expected: os.stat_result) -> int:
+    """An fd on the directory ``path`` provided it is still the one ``expected`` describes (no symlink, no
+    swap since it was seen: a guest process cannot redirect the removal elsewhere)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+        os.close(fd)
+        raise FsFailure(f"remove {path}: changed while it was being removed", "EBUSY")
+    return fd
+
+
+def _remove_tree(top: str, top_st: os.stat_result) -> None:
+    # Depth-first with a stack rather than recursion (a deep tree must not hit Python's recursion limit), one
+    # fd open at a time (nor the fd limit). Each directory is opened without following symlinks and checked
+    # against what its parent listed; one on another filesystem (a mount point) is not entered.
+    stack: list[tuple[str, os.stat_result, os.stat_result | None, bool]] = [(top, top_st, None, False)]
     while stack:
-        directory, emptied = stack.pop()
+        directory, st, parent_st, emptied = stack.pop()
         try:
             if emptied:
-                os.rmdir(directory)
+                if parent_st is None:
+                    os.rmdir(directory)
+                    continue
+                fd = _open_directory(directory.rsplit("/", 1)[0] or "/", parent_st)
+                try:
+                    os.rmdir(base_name(directory), dir_fd=fd)
+                finally:
+                    os.close(fd)
                 continue
-            stack.append((directory, True))
-            with os.scandir(directory) as entries:
-                for item in entries:
-                    if item.is_dir(follow_symlinks=False):
-                        stack.append((item.path, False))
-                    else:
-                        try:
-                            os.unlink(item.path)
-                        except FileNotFoundError:
+            stack.append((directory, st, parent_st, True))
+            fd = _open_directory(directory, st)
+            try:
+                with os.scandir(fd) as entries:
+                    for item in entries:
+                        if not item.is_dir(follow_symlinks=False):
+                            try:
+                                os.unlink(item.name, dir_fd=fd)
+                            except FileNotFoundError:
+                                continue  # gone meanwhile
                             continue
+                        child = os.stat(item.name, dir_fd=fd, follow_symlinks=False)
+                        path = f"{directory}/{item.name}"
+                        if child.st_dev != top_st.st_dev:
+                            raise FsFailure(f"remove {top}: {path} is another filesystem (not crossed)", "EXDEV")
+                        stack.append((path, child, st, False))
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -285,11 +336,7 @@ class FsSession:
 
     def _pump(self) -> None:
         while not self._cancelled and self._names is not None:
-            while self._buffer and self._credit > 0:
-                size = min(len(self._buffer), self._credit, MAX_PAYLOAD)
-                self._send_frame(encode(FrameType.DATA, self.stream, bytes(self._buffer[:size]), Channel.STDOUT))
-                del self._buffer[:size]
-                self._credit -= size
+            self._credit = send_under_credit(self._send_frame, self.stream, self._buffer, self._credit)
             if self._buffer:
                 return  # out of credit: on_window brings us back
             for name in self._names:

@@ -7,6 +7,7 @@ a write ``write``, an unlink ``remove``, a move away ``rename``, a change of mod
 
 from __future__ import annotations
 
+from pyslicer.protocol import WATCH_KINDS
 from pyslicer.protocol.globs import match
 
 TYPE_CHECKING = False
@@ -28,7 +29,7 @@ IN_IGNORED = 0x8000
 IN_EXCL_UNLINK = 0x04000000
 IN_ISDIR = 0x40000000
 
-KINDS = ("create", "write", "remove", "rename", "chmod")
+KINDS = WATCH_KINDS
 _KIND_BITS = (
     (IN_CREATE | IN_MOVED_TO, "create"),
     (IN_MODIFY, "write"),
@@ -84,31 +85,37 @@ class EventFilter:
 
 
 class Pending:
-    """Events waiting to go out, at most ``limit`` of them, coalesced by (type, path).
+    """Events waiting to go out, at most ``limit`` of them, in the order they happened.
 
-    A second event of the same type and path while the first waits updates it (its size, time) in place, so a
-    burst of writes to one file is one event. Past ``limit`` new events are dropped and counted; ``take_note``
-    turns the count into one ``overflow`` event. Events leave in the order they were first seen, each once
-    ``debounce`` seconds have passed since then.
+    An event whose path's newest waiting event has the same type updates that one (its size, time) in place, so
+    a burst of writes to one file is one event; any other event queues anew, so create, remove, create of one
+    path stays three events in that order. Past ``limit`` new events are dropped and counted; ``take_note``
+    turns the count into one ``overflow`` event. Each event leaves once ``debounce`` seconds have passed since
+    it was first queued.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.dropped = 0
-        self._events: dict[tuple[str, str], tuple[float, FsWatchEvent]] = {}
+        self._events: dict[int, tuple[float, FsWatchEvent]] = {}  # by sequence number: insertion order
+        self._newest: dict[str, int] = {}  # path -> the sequence number of its newest waiting event
+        self._sequence = 0
 
     def __len__(self) -> int:
         return len(self._events)
 
     def add(self, event: FsWatchEvent, now: float) -> None:
-        key = (event["type"], event["path"])
-        waiting = self._events.get(key)
-        if waiting is not None:
-            self._events[key] = (waiting[0], event)
+        path = event["path"]
+        newest = self._newest.get(path)
+        waiting = self._events.get(newest) if newest is not None else None
+        if newest is not None and waiting is not None and waiting[1]["type"] == event["type"]:
+            self._events[newest] = (waiting[0], event)
         elif len(self._events) >= self.limit:
             self.dropped += 1
         else:
-            self._events[key] = (now, event)
+            self._sequence += 1
+            self._events[self._sequence] = (now, event)
+            self._newest[path] = self._sequence
 
     def next_due(self, debounce: float) -> float | None:
         """When the oldest event may leave (None: nothing waits)."""
@@ -117,10 +124,12 @@ class Pending:
         return None
 
     def pop_ready(self, now: float, debounce: float) -> FsWatchEvent | None:
-        for key, (first_seen, event) in self._events.items():
+        for sequence, (first_seen, event) in self._events.items():
             if first_seen + debounce > now:
                 return None
-            del self._events[key]
+            del self._events[sequence]
+            if self._newest.get(event["path"]) == sequence:
+                del self._newest[event["path"]]
             return event
         return None
 

@@ -2,9 +2,10 @@
 
 A listing streams as one JSON array while the guest lists; a watch streams ``id:``/``event: watch``/``data:``
 blocks, with a comment right away (so clients see the stream is open) and every ``HEARTBEAT_SECONDS`` while
-idle. ``Last-Event-ID`` (or ``last_event_id``) is a uint64: the new stream's ids continue after it, so ids
-never go back for a client that resumes; events from between the two connections are not replayed. Both
-streams drive ASGI themselves, so a client that leaves stops the guest's work at once.
+idle. ``Last-Event-ID`` (or ``last_event_id``) is 0..2^53-1: the new stream's ids continue after it, so ids
+never go back for a client that resumes (they wrap to 1 after 2^53-1, the most every SDK parses exactly);
+events from between the two connections are not replayed. Both streams drive ASGI themselves, so a client
+that leaves stops the guest's work at once.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ WATCH_PARAMETERS = [
         "name": "Last-Event-ID",
         "in": "header",
         "required": False,
-        "description": "a uint64: the stream's ids continue after it (nothing is replayed)",
+        "description": "0..2^53-1: the stream's ids continue after it (nothing is replayed)",
         "schema": {"type": "string"},
     },
 ]

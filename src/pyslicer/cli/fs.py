@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pyslicer.client._fs_watch import WATCH_EVENT_TYPES as CHANGE_TYPES
+
 from ._common import Api, Duration, api_command
 from ._output import fields, table
 
 if TYPE_CHECKING:
     from pyslicer.client import FsEntry, WatchEvent
 
-WATCH_EVENT_TYPES = ("create", "write", "remove", "rename", "chmod", "all")
+WATCH_EVENT_TYPES = (*CHANGE_TYPES, "all")
 
 
 def _mtime(entry: FsEntry) -> str:

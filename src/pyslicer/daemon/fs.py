@@ -33,15 +33,14 @@ from pyslicer.errors import (
     SlicerError,
     Unavailable,
 )
-from pyslicer.protocol import Event, Op
+from pyslicer.protocol import WATCH_KINDS, Event, Op
 from pyslicer.protocol.globs import BadPattern, check
 
 if TYPE_CHECKING:
     from pyslicer import protocol
 
 EntryType = Literal["file", "directory", "symlink"]
-WatchKind = Literal["create", "write", "remove", "rename", "chmod"]
-WATCH_KINDS: tuple[str, ...] = ("create", "write", "remove", "rename", "chmod")
+WatchKind = Literal["create", "write", "remove", "rename", "chmod"]  # protocol.WATCH_KINDS, for validation
 DEFAULT_DEBOUNCE_NS = 200_000_000  # Slicer's default
 MAX_DEBOUNCE_NS = 10_000_000_000
 MAX_TIMEOUT_NS = 24 * 3600 * 1_000_000_000
@@ -49,7 +48,7 @@ MAX_WATCH_EVENTS = 1_000_000
 MAX_LINE = 1024 * 1024  # one NDJSON line from the guest (an entry or an event is a few hundred bytes)
 CALL_TIMEOUT = 30.0
 SLOW_CALL_TIMEOUT = 600.0  # a recursive remove of a big tree under TCG
-MAX_UINT64 = 2**64 - 1
+MAX_EVENT_ID = 2**53 - 1  # what every client parses exactly (a JavaScript number, Go's int); ids wrap to 1 after it
 
 # The agent's errno names, as the daemon's errors.
 _ERRORS: dict[str, tuple[type[SlicerError], str]] = {
@@ -58,6 +57,7 @@ _ERRORS: dict[str, tuple[type[SlicerError], str]] = {
     "ENOTEMPTY": (Conflict, "directory_not_empty"),
     "EBUSY": (Conflict, "path_busy"),
     "EROFS": (Conflict, "read_only"),
+    "EXDEV": (Conflict, "other_filesystem"),
     "ENOTDIR": (InvalidArgument, "not_a_directory"),
     "EISDIR": (InvalidArgument, "is_a_directory"),
     "EINVAL": (InvalidArgument, "invalid_path"),
@@ -66,6 +66,7 @@ _ERRORS: dict[str, tuple[type[SlicerError], str]] = {
     "EACCES": (PermissionDenied, "permission_denied"),
     "EPERM": (PermissionDenied, "permission_denied"),
     "ENOSPC": (Unavailable, "no_space"),
+    "EMFILE": (Unavailable, "too_many_watches"),  # only a watch says it: its limits, or the kernel's
 }
 
 
@@ -182,7 +183,7 @@ class WatchRequest(BaseModel):
         Field(default_factory=list, description="Go path.Match globs against the full path or the base name"),
     ]
     events: Annotated[
-        list[Literal["create", "write", "remove", "rename", "chmod", "all"]],
+        list[WatchKind | Literal["all"]],
         BeforeValidator(_split_commas),
         Field(default_factory=list, description="the event types to deliver (none, or all: every type)"),
     ]
@@ -202,7 +203,9 @@ class WatchRequest(BaseModel):
         default=0, ge=0, le=MAX_WATCH_EVENTS, description="end the stream after this many events (0: no limit)"
     )
     uid: UserId = None
-    last_event_id: int = Field(default=0, ge=0, le=MAX_UINT64, description="ids continue after this one")
+    last_event_id: int = Field(
+        default=0, ge=0, le=MAX_EVENT_ID, description="ids continue after this one (at most 2^53-1, then wrap to 1)"
+    )
 
     def to_wire(self) -> protocol.FsWatchRequest:
         return {
@@ -376,7 +379,7 @@ class FsWatch:
         self._events = aiter(stream)
         self.request = request
         self.paths: list[str] = []
-        self.next_id = request.last_event_id + 1
+        self.next_id = request.last_event_id % MAX_EVENT_ID + 1
 
     async def _open(self) -> None:
         async for event in self._events:
@@ -413,6 +416,11 @@ class FsWatch:
                     if kind == Event.ERROR:
                         raise guest_error(event.body, "watch")
                     if kind == "ended":
+                        dropped = max(0, int_or(event.body.get("dropped"), 0))
+                        if dropped:  # the guest ended with events it had no credit to send
+                            yield self._event_from(
+                                {"type": "overflow", "message": f"{dropped} events dropped: the watch ended first"}
+                            )
                         yield WatchEnded(clean_text(event.body.get("reason"), "ended"))
                         return
                     continue
@@ -431,7 +439,7 @@ class FsWatch:
             self.cancel()
 
     def _event_from(self, body: dict[str, Any]) -> WatchEvent:
-        event_id, self.next_id = self.next_id, self.next_id + 1
+        event_id, self.next_id = self.next_id, self.next_id % MAX_EVENT_ID + 1
         message = body.get("message")
         return WatchEvent(
             id=event_id,

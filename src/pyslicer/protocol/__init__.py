@@ -26,6 +26,7 @@ from pyslicer.protocol.frames import (
     window_increment,
     window_payload,
 )
+from pyslicer.protocol.messages import WATCH_KINDS as WATCH_KINDS
 from pyslicer.protocol.messages import Event, Op
 
 TYPE_CHECKING = False

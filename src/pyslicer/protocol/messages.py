@@ -43,6 +43,10 @@ class Op:
     FS_WATCH: Final = "fs_watch"
 
 
+# A watch's event types (fsnotify's), in the agent's events and the daemon's checks alike.
+WATCH_KINDS: Final = ("create", "write", "remove", "rename", "chmod")
+
+
 class Event:
     """The ``type`` of a MESSAGE on an exec stream (and of a ``RequestError``)."""
 
@@ -308,3 +312,4 @@ if TYPE_CHECKING:
     class FsWatchEnded(TypedDict):
         type: Literal["ended"]
         reason: str
+        dropped: NotRequired[int]  # events the host gave no credit for within the agent's grace (none: absent)
