@@ -21,7 +21,7 @@ import pytest
 from tests.integration.conftest import RunningDaemon
 from tests.integration.helpers import assert_error, exec_buffered, sh
 
-BIG = 96 * 1024 * 1024  # under TCG a few hundred MiB takes minutes; this is still far past every window and buffer
+BIG = 256 * 1024 * 1024  # a few hundred MiB, far past every window and buffer (about 15 s each way under TCG)
 
 
 @pytest.fixture
