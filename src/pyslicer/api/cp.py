@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from pyslicer.api.dependencies import DaemonDep, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, error_response
 from pyslicer.api.schemas import ErrorBody
+from pyslicer.api.streaming import call_on_disconnect
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.errors import InvalidArgument, SlicerError
 
@@ -192,7 +193,7 @@ class CopyDownloadResponse(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        listener = asyncio.get_running_loop().create_task(self._watch(receive))
+        listener = asyncio.get_running_loop().create_task(call_on_disconnect(receive, self.download.cancel))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             try:
@@ -208,8 +209,3 @@ class CopyDownloadResponse(Response):
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             self.download.cancel()
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.download.cancel()

@@ -8,7 +8,6 @@ drive ASGI receive and send themselves.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import codecs
 import contextlib
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from pyslicer.api.dependencies import DaemonDep, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, error_response
 from pyslicer.api.schemas import ExecFrame, ExecResult
+from pyslicer.api.streaming import alongside, call_on_disconnect
 from pyslicer.daemon import ExecExited, ExecFailed, ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStarted
 from pyslicer.daemon.exec import Flag, OutputStream
 from pyslicer.daemon.timestamps import utc_now
@@ -184,13 +184,10 @@ class _ExecResponse(Response):
     @contextlib.asynccontextmanager
     async def _reading(self, listener: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
         """Run ``listener`` while the body of the block runs; the command stops with the block."""
-        task = asyncio.get_running_loop().create_task(listener)
         try:
-            yield
+            async with alongside(listener):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             self.process.cancel()
 
 
@@ -202,7 +199,7 @@ class ExecBufferedResponse(_ExecResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with self._reading(self._watch(receive)):
+            async with self._reading(call_on_disconnect(receive, self.process.cancel)):
                 outcome = await self.process.collect()
         except SlicerError as exc:
             await error_response(exc)(scope, receive, send)
@@ -212,11 +209,6 @@ class ExecBufferedResponse(_ExecResponse):
         for piece in json_pieces(chunks, result_tail(outcome, self.use_base64), self.use_base64):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.process.cancel()
 
 
 class ExecStreamResponse(_ExecResponse):

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from pyslicer.api.dependencies import DaemonDep, json_body_of, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, describe_validation
 from pyslicer.api.schemas import ErrorBody, FsEntryInfo, FsRemoved, FsWatchEventData
+from pyslicer.api.streaming import until_disconnect
 from pyslicer.daemon.fs import (
     DirectoryListing,
     FsEntry,
@@ -218,14 +219,10 @@ class _StreamedResponse(Response):
             async with lock:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
 
-        async def client_gone() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         loop = asyncio.get_running_loop()
         producing = loop.create_task(self.produce(emit))
-        listening = loop.create_task(client_gone())
+        listening = loop.create_task(until_disconnect(receive))
         client_left = False
         try:
             done, _ = await asyncio.wait((producing, listening), return_when=asyncio.FIRST_COMPLETED)
