@@ -25,14 +25,13 @@ from pyslicer.agent.copy_rules import (
     place_tree,
     source_name_of,
 )
+from pyslicer.agent.session import StreamSession
 from pyslicer.protocol import (
     INITIAL_WINDOW,
     MAX_PAYLOAD,
     Channel,
     Event,
     FrameType,
-    encode,
-    encode_json,
     window_payload,
 )
 
@@ -124,32 +123,8 @@ class _PipeReader:
         self._file.close()
 
 
-class _Session:
+class _Session(StreamSession):
     """What both directions share: sending, finishing once, reporting failures."""
-
-    def __init__(
-        self,
-        loop: Loop,
-        stream: int,
-        request: dict[str, Any],
-        send: Callable[[bytes], None],
-        on_finish: Callable[[Any], None],
-    ) -> None:
-        self._loop = loop
-        self.stream = stream
-        self._request = request
-        self._send_frame = send
-        self._on_finish = on_finish
-        self._cancelled = False
-        self._done = False
-
-    def _send(self, frame_type: int, payload: bytes = b"", flags: int = 0) -> None:
-        if not self._cancelled:
-            self._send_frame(encode(frame_type, self.stream, payload, flags))
-
-    def _send_event(self, body: CopySource | CopyDone | CopyError) -> None:
-        if not self._cancelled:
-            self._send_frame(encode_json(FrameType.MESSAGE, self.stream, body))
 
     def _finish(self, body: CopyDone | CopyError) -> None:
         if self._done or self._cancelled:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from pyslicer.agent.session import StreamSession
 from pyslicer.agent.spawn import SIGKILL, LaunchError, build_launch, now, signal_name, spawn, watch_exit
 from pyslicer.protocol import (
     INITIAL_WINDOW,
@@ -18,8 +19,6 @@ from pyslicer.protocol import (
     Channel,
     Event,
     FrameType,
-    encode,
-    encode_json,
     window_payload,
 )
 
@@ -28,33 +27,21 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from pyslicer.agent.loop import Loop
-    from pyslicer.protocol import ExecEvent, ExecExit
+    from pyslicer.protocol import ExecExit
 
 
-class ExecSession:
+class ExecSession(StreamSession):
     """Runs ``request`` (an ``ExecRequest``, untrusted) for ``stream``.
 
     ``send`` takes encoded frames for the host; ``on_finish`` is called once the stream is done (the
     exit or error message sent), not after ``cancel``; it is where the stream's CLOSE goes out.
     """
 
-    def __init__(
-        self,
-        loop: Loop,
-        stream: int,
-        request: dict[str, Any],
-        send: Callable[[bytes], None],
-        on_finish: Callable[[ExecSession], None],
-    ) -> None:
-        self._loop = loop
-        self.stream = stream
-        self._send_frame = send
-        self._on_finish = on_finish
-        self._request = request
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self._credit = 0  # set by _start from the request's window
         self._read_threshold = MAX_PAYLOAD  # read output only with credit for a whole frame (docs/protocol.md)
-        self._wants_stdin = bool(request.get("stdin"))
+        self._wants_stdin = bool(self._request.get("stdin"))
         self._pid = 0
         self._returncode: int | None = None
         self._stdout = -1  # our ends of the pipes; -1 once closed
@@ -64,8 +51,6 @@ class ExecSession:
         self._stdin_offset = 0  # bytes of _stdin_queue[0] already written
         self._stdin_eof = False
         self._stdin_broken = False
-        self._cancelled = False
-        self._done = False
 
     # -- from the host -------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,14 +81,6 @@ class ExecSession:
         self._close_all()
 
     # -- sending -------------------------------------------------------------------------------
-    def _send(self, frame_type: int, payload: bytes = b"", flags: int = 0) -> None:
-        if not self._cancelled:
-            self._send_frame(encode(frame_type, self.stream, payload, flags))
-
-    def _send_event(self, body: ExecEvent) -> None:
-        if not self._cancelled:
-            self._send_frame(encode_json(FrameType.MESSAGE, self.stream, body))
-
     def _finish(self) -> None:
         self._done = True
         self._close_all()

@@ -14,6 +14,7 @@ import stat
 import sys
 import time
 
+from pyslicer.agent.session import StreamSession
 from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameType, encode, encode_json
 from pyslicer.protocol.frames import dumps
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
-    from pyslicer.agent.loop import Loop
     from pyslicer.protocol import FsDone, FsEntry, FsError
 
 
@@ -240,28 +240,15 @@ def _remove_tree(top: str, top_st: os.stat_result) -> None:
             raise failure_of(exc, "remove", directory) from None
 
 
-class FsSession:
+class FsSession(StreamSession):
     """One fs op for one stream. ``fs_readdir`` streams under credit; the rest answer at once."""
 
-    def __init__(
-        self,
-        loop: Loop,
-        stream: int,
-        request: dict[str, Any],
-        send: Callable[[bytes], None],
-        on_finish: Callable[[FsSession], None],
-    ) -> None:
-        self._loop = loop
-        self.stream = stream
-        self._request = request
-        self._send_frame = send
-        self._on_finish = on_finish
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self._credit = 0
         self._names: Iterator[str] | None = None
         self._directory = ""
         self._buffer = bytearray()
-        self._cancelled = False
-        self._done = False
 
     # -- from the host -------------------------------------------------------------------------
     def start(self) -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 
+from pyslicer.agent.session import StreamSession
 from pyslicer.protocol import Channel, Event, FrameType, encode, encode_json, window_payload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
-    from pyslicer.agent.loop import Loop
     from pyslicer.protocol import SecretsAnswer
 
 SECRETS_DIR = "/run/slicer/secrets"
@@ -162,30 +161,19 @@ def _unlink(path: str) -> bool:
     return True
 
 
-class SecretsSession:
+class SecretsSession(StreamSession):
     """Writes one set of secrets for ``stream`` (see the module's docstring)."""
 
     directory = SECRETS_DIR  # tests point it elsewhere, and turn in_memory off
     in_memory = True
 
-    def __init__(
-        self,
-        loop: Loop,
-        stream: int,
-        request: dict[str, Any],
-        send: Callable[[bytes], None],
-        on_finish: Callable[[SecretsSession], None],
-    ) -> None:
-        self.stream = stream
-        self._request = request
-        self._send_frame = send
-        self._on_finish = on_finish
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self._files: list[_File] = []
         self._index = 0  # the file whose bytes arrive now
         self._remaining = 0  # of its bytes still to come
         self._fd = -1
         self._staged: list[tuple[str, str]] = []  # (staging path, final name) of the files written
-        self._done = False
 
     # -- from the host -------------------------------------------------------------------------
     def start(self) -> None:

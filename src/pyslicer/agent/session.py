@@ -11,9 +11,11 @@ clean up, send nothing more. A session answered by one message sends it and call
 
 from __future__ import annotations
 
+from pyslicer.protocol import FrameType, encode, encode_json
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from typing import Any, Protocol
 
     from pyslicer.agent.loop import Loop
@@ -28,3 +30,31 @@ if TYPE_CHECKING:
         def cancel(self) -> None: ...
 
     SessionFactory = Callable[[Loop, int, dict[str, Any], Callable[[bytes], None], Callable[[Session], None]], Session]
+
+
+class StreamSession:
+    """What every session keeps and how it sends: frames for its stream, and nothing once cancelled."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        stream: int,
+        request: dict[str, Any],
+        send: Callable[[bytes], None],
+        on_finish: Callable[[Any], None],
+    ) -> None:
+        self._loop = loop
+        self.stream = stream
+        self._request = request
+        self._send_frame = send
+        self._on_finish = on_finish
+        self._cancelled = False
+        self._done = False
+
+    def _send(self, frame_type: int, payload: bytes = b"", flags: int = 0) -> None:
+        if not self._cancelled:
+            self._send_frame(encode(frame_type, self.stream, payload, flags))
+
+    def _send_event(self, body: Mapping[str, Any]) -> None:
+        if not self._cancelled:
+            self._send_frame(encode_json(FrameType.MESSAGE, self.stream, body))

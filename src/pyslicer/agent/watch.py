@@ -19,6 +19,7 @@ import time
 
 from pyslicer.agent.copy_rules import TEMP_PREFIX
 from pyslicer.agent.fs import FsFailure, failure_of, resolve, rfc3339, send_under_credit
+from pyslicer.agent.session import StreamSession
 from pyslicer.agent.watch_events import (
     IN_CREATE,
     IN_DELETE_SELF,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from pyslicer.agent.loop import Loop, Timer
+    from pyslicer.agent.loop import Timer
     from pyslicer.protocol import FsError, FsWatchEnded, FsWatchEvent, FsWatchStarted
 
 PENDING_LIMIT = 4096
@@ -129,22 +130,11 @@ class _Budget:
 _budget = _Budget()
 
 
-class WatchSession:
+class WatchSession(StreamSession):
     """Watches ``request`` (an ``FsWatchRequest``, untrusted) for ``stream`` until cancelled."""
 
-    def __init__(
-        self,
-        loop: Loop,
-        stream: int,
-        request: dict[str, Any],
-        send: Callable[[bytes], None],
-        on_finish: Callable[[WatchSession], None],
-    ) -> None:
-        self._loop = loop
-        self.stream = stream
-        self._request = request
-        self._send_frame = send
-        self._on_finish = on_finish
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self._credit = 0
         self._inotify: Inotify | None = None
         self._watches: dict[int, Watch] = {}
@@ -156,7 +146,6 @@ class WatchSession:
         self._buffer = bytearray()
         self._timer: Timer | None = None
         self._limit_noted = False
-        self._done = False
         self._counted = False
         self._started = False
         self._scans: list[tuple[str, int, bool]] = []  # directories to list: (path, device, report contents)
