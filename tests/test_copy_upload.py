@@ -66,3 +66,18 @@ def test_finalise_refuses_an_upload_someone_else_owns(tmp_path: Path, capsys: py
     link = tmp_path / f".slicer-upload-{os.urandom(16).hex()}"
     link.symlink_to(session)
     assert finalise(link, uid=1000) == 1
+
+
+def test_the_chunk_reader_gives_back_every_byte_in_any_read_sizes() -> None:
+    from pyslicer.agent.upload import _ChunkReader
+
+    data = os.urandom(100_000)
+    pieces = [data[start : start + 7777] for start in range(0, len(data), 7777)]
+    reader = _ChunkReader(iter(pieces))
+    out = bytearray()
+    sizes = [1, 512, 10240, 3, 7777, 20000]
+    while chunk := reader.read(sizes[len(out) % len(sizes)]):
+        out += chunk
+    assert bytes(out) == data
+    reader = _ChunkReader(iter(pieces))
+    assert reader.read(10) == data[:10] and reader.read() == data[10:] and reader.read(5) == b""

@@ -224,21 +224,26 @@ def _verified_chunk(chunks_fd: int, owner_uid: int, chunk: dict[str, Any]) -> It
 
 
 class _ChunkReader:
-    """The verified chunks as a file, for tarfile."""
+    """The verified chunks as a file, for tarfile: what is read is dropped from the front only when a chunk is
+    added, so reading a chunk in tarfile's small pieces copies it a bounded number of times, not once a piece."""
 
     def __init__(self, pieces: Iterator[bytes]) -> None:
         self._pieces = pieces
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._offset = 0  # bytes of _buffer already read
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
+        while size < 0 or len(self._buffer) - self._offset < size:
             piece = next(self._pieces, None)
             if piece is None:
                 break
+            del self._buffer[: self._offset]
+            self._offset = 0
             self._buffer += piece
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        end = len(self._buffer) if size < 0 else min(len(self._buffer), self._offset + size)
+        with memoryview(self._buffer) as view:
+            data = bytes(view[self._offset : end])
+        self._offset = end
         return data
 
 
