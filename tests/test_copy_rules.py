@@ -156,3 +156,13 @@ def test_upload_finalise_refuses_a_bad_chunk(tmp_path: Path, capsys: pytest.Capt
     assert list(tmp_path.iterdir()) == []
     assert upload.main(["abort", "--manifest", str(tmp_path / "elsewhere/manifest.json")]) == 1
     assert upload.main(["nonsense"]) == 2
+
+
+def test_excludes_match_as_gos_path_match_does() -> None:
+    from pyslicer.agent.copy_rules import is_excluded, normalise_excludes
+
+    patterns = normalise_excludes([r"\*.log", "[^a]?.txt", "bad[", "node_modules/**"])
+    assert is_excluded("*.log", patterns) and not is_excluded("x.log", patterns)  # \ escapes, as in Go
+    assert is_excluded("b1.txt", patterns) and not is_excluded("a1.txt", patterns)  # Go's [^...] negation
+    assert not is_excluded("bad[", patterns)  # a malformed pattern matches nothing
+    assert is_excluded("node_modules/x/y.js", patterns)

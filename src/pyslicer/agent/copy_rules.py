@@ -177,7 +177,7 @@ def normalise_excludes(patterns: object) -> list[str]:
     for pattern in patterns:
         if not isinstance(pattern, str):
             continue
-        pattern = pattern.strip().replace("\\", "/")
+        pattern = pattern.strip()  # a \ is an escape, as in Go's path.Match (the SDK's ToSlash is a no-op here)
         if pattern.startswith("./"):
             pattern = pattern[2:]
         pattern = pattern.lstrip("/").rstrip("/")
@@ -186,14 +186,22 @@ def normalise_excludes(patterns: object) -> list[str]:
     return normal
 
 
-def _segments_match(patterns: list[str], parts: list[str]) -> bool:
-    from fnmatch import fnmatchcase
+def _glob(pattern: str, name: str) -> bool:
+    """Go's ``path.Match``, a malformed pattern matching nothing (as the Go SDK treats it)."""
+    from pyslicer.protocol.globs import BadPattern, match
 
+    try:
+        return match(pattern, name)
+    except BadPattern:
+        return False
+
+
+def _segments_match(patterns: list[str], parts: list[str]) -> bool:
     if not patterns:
         return not parts
     if patterns[0] == "**":
         return any(_segments_match(patterns[1:], parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatchcase(parts[0], patterns[0]) and _segments_match(patterns[1:], parts[1:])
+    return bool(parts) and _glob(patterns[0], parts[0]) and _segments_match(patterns[1:], parts[1:])
 
 
 def is_excluded(relative: str, patterns: list[str]) -> bool:
@@ -201,13 +209,11 @@ def is_excluded(relative: str, patterns: list[str]) -> bool:
     its last segment for a pattern without ``/``."""
     if not patterns or not relative:
         return False
-    from fnmatch import fnmatchcase
-
     parts = relative.strip("/").split("/")
     for pattern in patterns:
         if _segments_match(pattern.strip("/").split("/"), parts):
             return True
-        if "/" not in pattern and fnmatchcase(parts[-1], pattern):
+        if "/" not in pattern and _glob(pattern, parts[-1]):
             return True
     return False
 
