@@ -21,7 +21,7 @@ import pytest
 
 from pyslicer.agent.loop import Loop
 from pyslicer.agent.server import Agent, Clock
-from pyslicer.daemon.agent_link import AgentLink, AgentStream, Message, Output
+from pyslicer.daemon.agent_link import MAX_CLOCK_RETRIES, AgentLink, AgentStream, Message, Output
 from pyslicer.protocol import (
     INITIAL_WINDOW,
     MAX_PAYLOAD,
@@ -503,9 +503,10 @@ class ScriptedAgent:
     clock ``ahead_ns`` ahead of the host's) and records, in order, every frame the host sends, with the host's
     time when it arrived."""
 
-    def __init__(self, version: int = PROTOCOL_VERSION, ahead_ns: int = 0) -> None:
+    def __init__(self, version: int = PROTOCOL_VERSION, ahead_ns: int = 0, slow_clocks: int = 0) -> None:
         self.version = version
         self.ahead_ns = ahead_ns
+        self.slow_clocks = slow_clocks  # how many CLOCKs it reads late (as a guest whose vCPU waited for a core)
         self.received: list[tuple[int, Frame]] = []
         self.changed = asyncio.Event()
 
@@ -522,6 +523,9 @@ class ScriptedAgent:
                 if frame.type == FrameType.HELLO:
                     writer.write(self.ready())
                 elif frame.type == FrameType.CLOCK and self.version >= 3:
+                    if self.slow_clocks:
+                        self.slow_clocks -= 1
+                        await asyncio.sleep(0.1)
                     writer.write(encode(FrameType.TIME, 0, clock_payload(time.time_ns() + self.ahead_ns)))
                 elif frame.type == FrameType.OPEN:
                     writer.write(encode_json(FrameType.MESSAGE, frame.stream, {"ok": True}))
@@ -592,6 +596,21 @@ async def test_the_host_sends_its_time_again_while_connected(tmp_path: Path) -> 
     assert times == sorted(times)
     # two follow the two READYs; the rest are paced by the interval, not a flood
     assert len(times) <= 2 + (times[-1] - times[0]) / 50_000_000 + 1
+
+
+async def test_a_clock_answered_late_is_sent_again_before_the_link_is_ready(tmp_path: Path) -> None:
+    agent = ScriptedAgent(slow_clocks=2)  # both first CLOCKs (one a READY) are read late
+    async with scripted_link(tmp_path, agent) as link:
+        assert await link.call({"op": "health"}) == {"ok": True}
+    types = agent.types()
+    assert types.count("CLOCK") == 3 and types.index("OPEN") > max(i for i, t in enumerate(types) if t == "CLOCK")
+
+
+async def test_a_link_whose_clocks_are_always_late_gets_ready_all_the_same(tmp_path: Path) -> None:
+    agent = ScriptedAgent(slow_clocks=100)
+    async with scripted_link(tmp_path, agent) as link:
+        assert await link.call({"op": "health"}) == {"ok": True}
+    assert agent.types().count("CLOCK") == 2 + MAX_CLOCK_RETRIES
 
 
 async def test_an_agent_ahead_of_the_host_is_stepped_back(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -49,6 +50,11 @@ CLOCK_INTERVAL = 5.0
 CLOCK_VERSION = 3
 # An agent's clock found ahead of the host's by more than this is stepped back by the host (ADJUST).
 MAX_AHEAD_NS = 1_000_000
+# A CLOCK answered later than this may have been read late (a busy host left the guest's vCPU unscheduled), and a
+# late CLOCK steps a guest that was behind to a time already past: the host sends another, up to
+# MAX_CLOCK_RETRIES times in a row, and counts the link ready only once one came back in time (or retries ran out).
+PROMPT_CLOCK_NS = 50_000_000  # a booting guest answers in 10-30 ms under TCG (measured): no retry then
+MAX_CLOCK_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +182,8 @@ class AgentLink:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._clocks_unanswered = 0
+        self._clocks_sent: collections.deque[int] = collections.deque()  # when each unanswered CLOCK left
+        self._clock_retries = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"agent-link-{self.name}")
@@ -287,8 +294,9 @@ class AgentLink:
 
     def _send_clock(self) -> None:
         """The host's time now, for the agent to set its clock by; it answers with TIME."""
-        self._clocks_unanswered += 1
-        self.send(encode(FrameType.CLOCK, 0, clock_payload(time.time_ns())))
+        now = time.time_ns()
+        self._clocks_sent.append(now)
+        self.send(encode(FrameType.CLOCK, 0, clock_payload(now)))
 
     def _set_ready(self) -> None:
         if not self.ready.is_set():
@@ -310,13 +318,19 @@ class AgentLink:
             return
         if frame.type == FrameType.TIME:
             arrived = time.time_ns()
-            if not self._clocks_unanswered:
+            if not self._clocks_sent:
                 raise ProtocolError("TIME frame without a CLOCK")
-            self._clocks_unanswered -= 1
+            sent = self._clocks_sent.popleft()
             # The agent read its clock before we got the frame: it is ahead by at least this much.
             ahead = clock_time(frame) - arrived
             if ahead > MAX_AHEAD_NS:
                 self.send(encode(FrameType.ADJUST, 0, adjust_payload(-ahead)))
+            if arrived - sent > PROMPT_CLOCK_NS and self._clock_retries < MAX_CLOCK_RETRIES:
+                if not self._clocks_sent:  # (else the next answer may be prompt)
+                    self._clock_retries += 1
+                    self._send_clock()
+                return
+            self._clock_retries = 0
             self._set_ready()
             return
         stream = self._streams.get(frame.stream)
@@ -344,7 +358,8 @@ class AgentLink:
 
     def _drop_connection(self, reason: str) -> None:
         self.ready.clear()
-        self._clocks_unanswered = 0
+        self._clocks_sent.clear()
+        self._clock_retries = 0
         self._writer = None
         self.agent_info = {}
         self._fail_streams(reason)
