@@ -166,3 +166,20 @@ def test_excludes_match_as_gos_path_match_does() -> None:
     assert is_excluded("b1.txt", patterns) and not is_excluded("a1.txt", patterns)  # Go's [^...] negation
     assert not is_excluded("bad[", patterns)  # a malformed pattern matches nothing
     assert is_excluded("node_modules/x/y.js", patterns)
+
+
+def test_a_user_without_an_account_has_no_home_to_copy_into() -> None:
+    from pyslicer.agent.accounts import resolve_owner
+    from pyslicer.agent.copy_rules import CopyFailure, expand_path
+    from pyslicer.agent.fs import FsFailure, resolve
+
+    nobody = 4_000_000  # no account on this host nor in the guest
+    owner = resolve_owner(nobody)
+    assert owner.home == ""
+    for path in ("~", "~/x", "relative/x"):
+        with pytest.raises(CopyFailure, match="no account"):
+            expand_path(path, owner.home)
+    assert expand_path("/tmp/x", owner.home) == ("/tmp/x", False)
+    with pytest.raises(FsFailure, match="no account"):
+        resolve("~/x", nobody)
+    assert resolve("~/x", 0) == (resolve_owner(0).home.rstrip("/") + "/x")

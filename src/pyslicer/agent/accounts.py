@@ -11,7 +11,7 @@ DEFAULT_UID = 0
 
 
 class Owner:
-    """The ids files are given and the home ``~`` means."""
+    """The ids files are given and the home ``~`` means ("" when the guest has no account for the uid)."""
 
     __slots__ = ("gid", "home", "uid")
 
@@ -34,5 +34,13 @@ def resolve_owner(uid: object = None, gid: object = None) -> Owner:
     except KeyError:
         account = None
     group = gid if isinstance(gid, int) else (account.pw_gid if account else user)
-    home = account.pw_dir if account and account.pw_dir else "/"
+    home = account.pw_dir if account and account.pw_dir else ""
     return Owner(user, group, home)
+
+
+def home_of(uid: int | None) -> str:
+    """The home of ``uid`` (None: the default user), or "" when the guest has no account for it."""
+    try:
+        return pwd.getpwuid(DEFAULT_UID if uid is None else uid).pw_dir or ""
+    except KeyError:
+        return ""

@@ -34,6 +34,10 @@ def expand_path(path: object, home: str) -> tuple[str, bool]:
     (a trailing ``/`` or ``/.``). ``~`` and ``~/...`` are the user's home; a relative path is taken from it."""
     if not isinstance(path, str) or not path or "\0" in path:
         raise CopyFailure("invalid_path", "path must be a non-empty string")
+    if not home and not path.startswith("/"):
+        raise CopyFailure(
+            "invalid_path", f"{path}: the user has no account in the guest, so no home: give an absolute path"
+        )
     if path == "~":
         path = home
     elif path.startswith("~/"):

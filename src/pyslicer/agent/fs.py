@@ -14,6 +14,7 @@ import stat
 import sys
 import time
 
+from pyslicer.agent.accounts import home_of
 from pyslicer.agent.session import StreamSession
 from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, FrameType, encode, encode_json
 from pyslicer.protocol.frames import dumps
@@ -50,15 +51,6 @@ def send_under_credit(send: Callable[[bytes], None], stream: int, buffer: bytear
     return credit
 
 
-def home_of(uid: int | None) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid or 0).pw_dir or "/"
-    except KeyError:
-        return "/"
-
-
 def resolve(path: object, uid: int | None = None) -> str:
     """``path`` with ``~`` expanded to ``uid``'s home; FsFailure for anything but an absolute path."""
     if not isinstance(path, str) or not path:
@@ -66,7 +58,12 @@ def resolve(path: object, uid: int | None = None) -> str:
     if "\0" in path:
         raise FsFailure("a path may not contain NUL", "EINVAL")
     if path == "~" or path.startswith("~/"):
-        path = home_of(uid).rstrip("/") + path[1:] or "/"
+        home = home_of(uid)
+        if not home:
+            raise FsFailure(
+                f"{path}: the user has no account in the guest, so no home: give an absolute path", "EINVAL"
+            )
+        path = home.rstrip("/") + path[1:] or "/"
     if not path.startswith("/"):
         raise FsFailure(f"path must be absolute or start with ~/: {path}", "EINVAL")
     return path
