@@ -92,7 +92,7 @@ class Daemon:
             image,
             self._registry,
             kernel=self.config.kernel_file,
-            on_agent_ready=self.secrets.sync,
+            on_agent_ready=self.secrets.sync_at_ready,
         )
         await self._fleet.recover()
         await self._fleet.launch_services()

@@ -240,6 +240,11 @@ class SecretStore:
                 secrets.append(secret)
         return secrets
 
+    def holds_any(self, names: Collection[str] | None = None) -> bool:
+        """Whether any of ``names`` (any at all for None) is stored."""
+        stored = self._names()
+        return bool(stored if names is None else stored.intersection(names))
+
     def info(self, name: str) -> SecretInfo:
         """Raises NotFound."""
         secret = self._load(self._path(name), with_data=False)
@@ -483,12 +488,30 @@ class Secrets:
     async def sync(self, node: Node) -> None:
         """Give ``node``'s guest exactly the secrets it is granted; return once an attempt has ended (a failed
         one is logged and retried in the background). Raises nothing."""
+        await self._guest(node).request()
+
+    async def sync_at_ready(self, node: Node) -> None:
+        """``sync`` for an agent that has just said READY (wait=agent waits for this). A guest granted nothing
+        stored is not waited for: its sync can only clear what an earlier agent left, so it goes on in the
+        background rather than add a round trip to every create. Raises nothing."""
+        try:
+            granted_any = await asyncio.to_thread(self.store.holds_any, node.record.secrets)
+        except OSError:
+            granted_any = True  # the attempt reports it
+        if granted_any:
+            await self.sync(node)
+            return
+        task = asyncio.get_running_loop().create_task(self.sync(node), name=f"{node.hostname}-secrets")
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+
+    def _guest(self, node: Node) -> GuestSync:
         guest = self._guests.get(node)
         if guest is None:
             # By weak reference: the sync is the value of a weak mapping keyed by the node.
             ref = weakref.ref(node)
             guest = self._guests[node] = GuestSync(lambda: self._attempt(ref()), lambda: _running(ref()))
-        await guest.request()
+        return guest
 
     async def _attempt(self, node: Node | None) -> bool:
         if node is None:
