@@ -622,6 +622,8 @@ async def test_an_agent_ahead_of_the_host_is_stepped_back(tmp_path: Path) -> Non
     # back by at least what the TIME frame proves, never by more than the agent is ahead
     assert adjusts and all(-300_000_000 <= delta < -290_000_000 for delta in adjusts)
     assert agent.types().index("ADJUST") < agent.types().index("OPEN")  # before the first request
+    # the two CLOCKs of the two READYs were both answered before the agent saw the ADJUST: one step, not two
+    assert agent.types()[: agent.types().index("OPEN")].count("ADJUST") == 1
 
 
 async def test_an_agent_on_time_or_behind_is_not_adjusted(tmp_path: Path) -> None:

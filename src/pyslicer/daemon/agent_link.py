@@ -184,6 +184,7 @@ class AgentLink:
         self._closed = False
         self._clocks_sent: collections.deque[int] = collections.deque()  # when each unanswered CLOCK left
         self._clock_retries = 0
+        self._adjusted_at = 0  # when the last ADJUST left
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"agent-link-{self.name}")
@@ -323,8 +324,11 @@ class AgentLink:
             sent = self._clocks_sent.popleft()
             # The agent read its clock before we got the frame: it is ahead by at least this much.
             ahead = clock_time(frame) - arrived
-            if ahead > MAX_AHEAD_NS:
+            # A TIME answering a CLOCK sent before our last ADJUST was read before that ADJUST was applied: it
+            # shows the same lead again (two READYs, two CLOCKs), and stepping back twice left guests behind.
+            if ahead > MAX_AHEAD_NS and sent > self._adjusted_at:
                 self.send(encode(FrameType.ADJUST, 0, adjust_payload(-ahead)))
+                self._adjusted_at = time.time_ns()
             if arrived - sent > PROMPT_CLOCK_NS and self._clock_retries < MAX_CLOCK_RETRIES:
                 if not self._clocks_sent:  # (else the next answer may be prompt)
                     self._clock_retries += 1
@@ -360,6 +364,7 @@ class AgentLink:
         self.ready.clear()
         self._clocks_sent.clear()
         self._clock_retries = 0
+        self._adjusted_at = 0
         self._writer = None
         self.agent_info = {}
         self._fail_streams(reason)
