@@ -51,7 +51,7 @@ from ._calls import (
     watch_call,
 )
 from ._duplex_async import AsyncDuplexTransport
-from ._exec_output import ExecFrame, ExecResult, FrameDecoder
+from ._exec_output import ExecFrame, ExecResult, FrameDecoder, LineDecoder
 from ._fs_watch import SseDecoder, WatchEvent
 from ._readiness import ReadyPoll
 from ._responses import api_error
@@ -293,15 +293,17 @@ class AsyncSlicerClient(BaseClient):
         )
         call = exec_stream_call(hostname, params)
         if stdin is None:
-            return self._frames(self._http, call, None)
-        return self._frames(self._stdin_http(), call, async_stdin_body(stdin))
+            return self._decoded(self._http, call, None, FrameDecoder())
+        return self._decoded(self._stdin_http(), call, async_stdin_body(stdin), FrameDecoder())
 
-    async def _frames(
+    async def _decoded(
         self,
         http: httpx.AsyncClient,
         call: Call[None],
         content: bytes | AsyncIterable[bytes] | None,
-    ) -> AsyncGenerator[ExecFrame, None]:
+        decoder: LineDecoder[T],
+    ) -> AsyncGenerator[T, None]:
+        """A streamed answer, line by line through ``decoder`` (NDJSON exec frames, server-sent events)."""
         request = self._build(http, call, content)
         try:
             response = await http.send(request, stream=True)
@@ -311,12 +313,11 @@ class AsyncSlicerClient(BaseClient):
             if response.is_error:
                 await response.aread()
                 raise api_error(response)
-            decoder = FrameDecoder()
             async for line in response.aiter_lines():
-                for frame in decoder.feed(line):
-                    yield frame
-            for frame in decoder.finish():
-                yield frame
+                for item in decoder.feed(line):
+                    yield item
+            for item in decoder.finish():
+                yield item
         except httpx.TransportError as exc:
             raise self._connection_error(exc) from exc
         finally:
@@ -599,25 +600,4 @@ class AsyncSlicerClient(BaseClient):
             uid=uid,
             last_event_id=last_event_id,
         )
-        return self._watch_events(call)
-
-    async def _watch_events(self, call: Call[None]) -> AsyncGenerator[WatchEvent, None]:
-        request = self._build(self._http, call)
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise self._connection_error(exc) from exc
-        try:
-            if response.is_error:
-                await response.aread()
-                raise api_error(response)
-            decoder = SseDecoder()
-            async for line in response.aiter_lines():
-                for event in decoder.feed(line):
-                    yield event
-            for event in decoder.finish():
-                yield event
-        except httpx.TransportError as exc:
-            raise self._connection_error(exc) from exc
-        finally:
-            await response.aclose()
+        return self._decoded(self._http, call, None, SseDecoder())

@@ -10,13 +10,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from .errors import SlicerResponseError
 
 FrameType = Literal["started", "stdout", "stderr", "exit", "error"]
+T_co = TypeVar("T_co", covariant=True)
+
+
+class LineDecoder(Protocol[T_co]):
+    """What turns a streamed answer's lines into items: ``FrameDecoder`` here, ``SseDecoder`` for a watch."""
+
+    def feed(self, line: str) -> Iterable[T_co]: ...
+    def finish(self) -> Iterable[T_co]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from ._calls import (
     watch_call,
 )
 from ._duplex import DuplexTransport
-from ._exec_output import ExecFrame, ExecResult, FrameDecoder
+from ._exec_output import ExecFrame, ExecResult, FrameDecoder, LineDecoder
 from ._fs_watch import SseDecoder, WatchEvent
 from ._readiness import ReadyPoll
 from ._responses import api_error
@@ -294,15 +294,17 @@ class SlicerClient(BaseClient):
         )
         call = exec_stream_call(hostname, params)
         if stdin is None:
-            return self._frames(self._http, call, None)
-        return self._frames(self._stdin_http(), call, stdin_body(stdin))
+            return self._decoded(self._http, call, None, FrameDecoder())
+        return self._decoded(self._stdin_http(), call, stdin_body(stdin), FrameDecoder())
 
-    def _frames(
+    def _decoded(
         self,
         http: httpx.Client,
         call: Call[None],
         content: bytes | Iterable[bytes] | None,
-    ) -> Generator[ExecFrame, None, None]:
+        decoder: LineDecoder[T],
+    ) -> Generator[T, None, None]:
+        """A streamed answer, line by line through ``decoder`` (NDJSON exec frames, server-sent events)."""
         request = self._build(http, call, content)
         try:
             response = http.send(request, stream=True)
@@ -312,12 +314,11 @@ class SlicerClient(BaseClient):
             if response.is_error:
                 response.read()
                 raise api_error(response)
-            decoder = FrameDecoder()
             for line in response.iter_lines():
-                for frame in decoder.feed(line):
-                    yield frame
-            for frame in decoder.finish():
-                yield frame
+                for item in decoder.feed(line):
+                    yield item
+            for item in decoder.finish():
+                yield item
         except httpx.TransportError as exc:
             raise self._connection_error(exc) from exc
         finally:
@@ -600,25 +601,4 @@ class SlicerClient(BaseClient):
             uid=uid,
             last_event_id=last_event_id,
         )
-        return self._watch_events(call)
-
-    def _watch_events(self, call: Call[None]) -> Generator[WatchEvent, None, None]:
-        request = self._build(self._http, call)
-        try:
-            response = self._http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise self._connection_error(exc) from exc
-        try:
-            if response.is_error:
-                response.read()
-                raise api_error(response)
-            decoder = SseDecoder()
-            for line in response.iter_lines():
-                for event in decoder.feed(line):
-                    yield event
-            for event in decoder.finish():
-                yield event
-        except httpx.TransportError as exc:
-            raise self._connection_error(exc) from exc
-        finally:
-            response.close()
+        return self._decoded(self._http, call, None, SseDecoder())
