@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -456,6 +456,9 @@ class FsWatch:
         self._stream.cancel()
 
 
+_Streamed = TypeVar("_Streamed", DirectoryListing, FsWatch)
+
+
 class GuestFilesystem:
     """The filesystem of one running guest, through its agent. Every method raises NotFound (code
     ``path_not_found``) for a missing path, Conflict, InvalidArgument or PermissionDenied as the guest's
@@ -491,28 +494,21 @@ class GuestFilesystem:
 
     async def readdir(self, path: str) -> DirectoryListing:
         request: protocol.FsPathRequest = {"op": Op.FS_READDIR, "path": path}
-        listing = DirectoryListing(self._link.open(request), path)
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT):
-                await listing._open()
-        except TimeoutError:
-            listing.cancel()
-            raise AgentError(f"agent on {self.hostname} did not answer readdir") from None
-        except BaseException:
-            listing.cancel()
-            raise
-        return listing
+        return await self._started(DirectoryListing(self._link.open(request), path), "answer readdir")
 
     async def watch(self, request: WatchRequest) -> FsWatch:
         """Start watching; returns once the guest's watches are in place (NotFound for a missing path)."""
-        watch = FsWatch(self._link.open(request.to_wire()), request)
+        return await self._started(FsWatch(self._link.open(request.to_wire()), request), "start the watch")
+
+    async def _started(self, stream: _Streamed, what: str) -> _Streamed:
+        """``stream`` once the guest has begun it; cancelled on any failure, AgentError when it takes too long."""
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
-                await watch._open()
+                await stream._open()
         except TimeoutError:
-            watch.cancel()
-            raise AgentError(f"agent on {self.hostname} did not start the watch") from None
+            stream.cancel()
+            raise AgentError(f"agent on {self.hostname} did not {what}") from None
         except BaseException:
-            watch.cancel()
+            stream.cancel()
             raise
-        return watch
+        return stream
