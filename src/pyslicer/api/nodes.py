@@ -113,7 +113,10 @@ async def create_node(
 ) -> CreatedNode:
     daemon.group(name)
     seconds = wait_timeout(timeout)
-    node = await daemon.create_node(name, node_request(body), wait=wait or None, timeout=seconds)
+    return created_node(await daemon.create_node(name, node_request(body), wait=wait or None, timeout=seconds))
+
+
+def created_node(node: Node) -> CreatedNode:
     record = node.record
     return CreatedNode(
         hostname=record.hostname,

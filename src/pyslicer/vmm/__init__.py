@@ -2,12 +2,14 @@
 
 from pyslicer.vmm.accel import choose_accel, hardware_kvm_available
 from pyslicer.vmm.base import Accel, Hypervisor, Nic, VMProcess, VMSpec
+from pyslicer.vmm.process import ProcessIdentity
 from pyslicer.vmm.qemu import QemuHypervisor, QemuVM, qemu_hypervisor
 
 __all__ = [
     "Accel",
     "Hypervisor",
     "Nic",
+    "ProcessIdentity",
     "QemuHypervisor",
     "QemuVM",
     "VMProcess",
