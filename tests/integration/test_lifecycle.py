@@ -16,6 +16,7 @@ from pyslicer.client import SlicerClient
 from pyslicer.net import NetworkNamespace
 from tests.integration.conftest import CONFIG, RunningDaemon, free_port, start_daemon, stop_daemon
 from tests.integration.helpers import assert_error, created_sandbox, exec_buffered, sh, wait_for_agent
+from tests.integration.test_clients import cli
 
 
 def node_names(api: httpx.Client) -> set[str]:
@@ -130,6 +131,16 @@ def test_pause_resume_shutdown_relaunch(daemon: RunningDaemon, api: httpx.Client
         assert_error(api.post(f"/vm/{hostname}/relaunch"), 409, "Running")
         assert sh(api, hostname, "cat /root/kept") == "before\n"
         assert sh(api, hostname, "cat /proc/sys/kernel/random/boot_id") != boot_id
+
+        # The same through the CLI and the Python SDK.
+        assert cli(daemon, "vm", "pause", hostname).stdout == f"{hostname} paused\n".encode()
+        with SlicerClient(daemon.url, token=daemon.token) as sdk:
+            assert sdk.resume(hostname).status == "Running"
+            assert cli(daemon, "vm", "shutdown", hostname).stdout == f"{hostname} stopped\n".encode()
+            assert sdk.relaunch(hostname, wait="agent", timeout=180).hostname == hostname
+            assert sdk.exec_buffered(hostname, "cat", ["/root/kept"]).stdout == b"before\n"
+            refused = cli(daemon, "vm", "resume", hostname)
+            assert refused.returncode == 1 and b"it is Running" in refused.stderr, refused
 
         # The TS SDK sends the action as a JSON body; a paused VM can be shut down too.
         assert api.post(f"/vm/{hostname}/pause").status_code == 200

@@ -25,7 +25,16 @@ T = TypeVar("T")
 Parser = Callable[["httpx.Response"], T]
 
 ResourceName = Literal[
-    "AgentHealth", "CreatedNode", "DeleteResult", "FsEntry", "HostGroup", "LogsResult", "Node", "Secret", "ServerInfo"
+    "AgentHealth",
+    "CreatedNode",
+    "DeleteResult",
+    "FsEntry",
+    "HostGroup",
+    "LifecycleResult",
+    "LogsResult",
+    "Node",
+    "Secret",
+    "ServerInfo",
 ]
 """The classes of ``.models`` a response can be parsed into."""
 
@@ -144,6 +153,13 @@ def resource(name: ResourceName) -> Parser[Any]:
             raise SlicerResponseError(f"unexpected answer to {describe(response)}: {exc}") from exc
 
     return parse
+
+
+def lifecycle_result(response: httpx.Response) -> Any:
+    """A JSON answer as a ``LifecycleResult``; Slicer's plain-text one as an empty one."""
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return _model_class("LifecycleResult")()
+    return resource("LifecycleResult")(response)
 
 
 def resource_list(name: ResourceName) -> Parser[list[Any]]:
