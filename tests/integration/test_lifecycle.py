@@ -79,6 +79,15 @@ def test_agent_unreachable_dead_qemu_and_delete(daemon: RunningDaemon, api: http
         assert relaunched.status_code == 200, relaunched.text
         assert relaunched.json()["hostname"] == hostname
         assert exec_buffered(api, hostname, "true")["exit_code"] == 0
+
+        # A guest that ignores the graceful stop is killed once the timeout has run out, and ends Stopped.
+        ignore = "printf '#!/bin/sh\\nexit 0\\n' > /run/ignore && chmod +x /run/ignore"
+        sh(api, hostname, f"{ignore} && mount --bind /run/ignore /usr/local/sbin/busybox")
+        assert_error(api.post(f"/vm/{hostname}/shutdown", params={"timeout": "11m"}), 400, "timeout")
+        stopped = api.post(f"/vm/{hostname}/shutdown", params={"timeout": "2s"})
+        assert stopped.status_code == 200 and stopped.json()["status"] == "Stopped", stopped.text
+        assert f"{hostname}: no clean shutdown within 2s; killing it" in daemon.log()
+        assert status_of(api, hostname) == "Stopped"
     finally:
         deleted = api.delete(f"/hostgroup/sbox/nodes/{hostname}")
     assert deleted.json() == {"message": "Node deleted", "disk_removed": "true"}

@@ -14,6 +14,7 @@ from pyslicer.daemon import Node, NodeState
 from pyslicer.errors import InvalidArgument
 
 router = APIRouter(responses=ERROR_RESPONSES)
+MAX_SHUTDOWN_SECONDS = 600.0
 
 ShutdownAction = Annotated[
     str | None, Query(description="shutdown or reboot: both stop the VM cleanly (Slicer's graceful stop)")
@@ -47,11 +48,18 @@ async def shutdown(
     hostname: str,
     body: Annotated[ShutdownBody, json_body_of(ShutdownBody)],
     action: ShutdownAction = None,
+    timeout: Annotated[
+        str | None,
+        Query(description="Go duration the guest has to stop before it is killed (default 20s, at most 10m)"),
+    ] = None,
 ) -> LifecycleResult:
     chosen = action or body.action or "shutdown"
     if chosen not in ("shutdown", "reboot"):
         raise InvalidArgument(f"action: {chosen!r} is not one of shutdown, reboot", code="invalid_action")
-    return result(await daemon.shut_down_node(hostname))
+    seconds = wait_timeout(timeout) if timeout else None
+    if seconds is not None and seconds > MAX_SHUTDOWN_SECONDS:
+        raise InvalidArgument(f"timeout: {timeout!r} is over {MAX_SHUTDOWN_SECONDS // 60:g}m", code="invalid_timeout")
+    return result(await daemon.shut_down_node(hostname, timeout=seconds))
 
 
 @router.post("/vm/{hostname}/relaunch", summary="Boot a stopped VM again from its disk")

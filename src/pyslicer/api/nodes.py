@@ -57,6 +57,7 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
 
 
 def wait_timeout(raw: str | None) -> float:
+    """The ``timeout`` query (a Go duration) in seconds. Raises InvalidArgument naming it."""
     if not raw:
         return DEFAULT_WAIT_TIMEOUT
     try:

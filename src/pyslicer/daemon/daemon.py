@@ -19,7 +19,7 @@ from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
-from pyslicer.daemon.fleet import Fleet, LaunchOutcome
+from pyslicer.daemon.fleet import GRACEFUL_STOP_SECONDS, Fleet, LaunchOutcome
 from pyslicer.daemon.fs import GuestFilesystem
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.node import AgentHealth, Node
@@ -218,12 +218,12 @@ class Daemon:
         await node.resume()
         return node
 
-    async def shut_down_node(self, hostname: str) -> Node:
-        """Stop a node's guest cleanly, answering once it has stopped: a persistent VM (or a service) is then
-        Stopped with its disk, an ephemeral sandbox is removed with its disk (state Deleted). Raises NotFound,
-        Conflict when it is not running or paused."""
+    async def shut_down_node(self, hostname: str, *, timeout: float | None = None) -> Node:
+        """Stop a node's guest cleanly (killed when it has not stopped within ``timeout``), answering once it has
+        stopped: a persistent VM (or a service) is then Stopped with its disk, an ephemeral sandbox is removed
+        with its disk (state Deleted). Raises NotFound, Conflict when it is not running or paused."""
         node = self.node(hostname)
-        await self.fleet.shut_down(node)
+        await self.fleet.shut_down(node, timeout=GRACEFUL_STOP_SECONDS if timeout is None else timeout)
         return node
 
     async def relaunch_node(self, hostname: str, *, wait: str | None = None, timeout: float = 300.0) -> Node:

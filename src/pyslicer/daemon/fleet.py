@@ -168,12 +168,14 @@ class Fleet:
             with contextlib.suppress(FileNotFoundError):
                 spec.console_log.unlink()
             vm = await self.hypervisor.launch(spec)
+            try:
+                node.attach(vm)  # (Conflict if the node was deleted meanwhile)
+            except BaseException:
+                await vm.kill()
+                raise
             record.vmm_pid, record.vmm_started = vm.identity.pid, vm.identity.start_time
             record.stopped = False
-            try:
-                await self.registry.put(record)
-            finally:
-                node.attach(vm)
+            await self.registry.put(record)
         except BaseException:
             if failed is not None:
                 self.count(record.host_group, failed)
@@ -184,22 +186,20 @@ class Fleet:
             raise
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def shut_down(self, node: Node, *, timeout: float = GRACEFUL_STOP_SECONDS) -> bool:
+    async def shut_down(self, node: Node, *, timeout: float = GRACEFUL_STOP_SECONDS) -> None:
         """Stop a node's guest cleanly (killed after ``timeout``). A persistent VM or a service ends Stopped
-        with its disk; an ephemeral sandbox is removed with its disk (as on Slicer). Returns whether it was
-        removed. Raises Conflict when it is not running or paused."""
+        with its disk; an ephemeral sandbox is removed with its disk (as on Slicer) and ends Deleted. Raises
+        Conflict when it is not running or paused."""
         await node.shut_down(timeout)
         await self._stopped(node, on_purpose=True)
-        return node.state is NodeState.DELETED
 
     async def relaunch(self, node: Node) -> None:
         """Boot a stopped node again from its disk. Raises Conflict unless it is stopped, HypervisorError or
         NetworkError when it cannot be started (it stays stopped)."""
-        if node.state is not NodeState.STOPPED:
-            raise Conflict(f"cannot relaunch {node.hostname}: it is {node.state.value}", code="invalid_state")
-        if node.record.host_group not in self.groups:
-            raise Conflict(f"cannot relaunch {node.hostname}: its host group is gone", code="invalid_state")
-        await self._boot(node)
+        async with node.lifecycle:
+            if node.state is not NodeState.STOPPED:
+                raise Conflict(f"cannot relaunch {node.hostname}: it is {node.state.value}", code="invalid_state")
+            await self._boot(node)
 
     async def _on_node_stopped(self, node: Node) -> None:
         await self._stopped(node, on_purpose=False)

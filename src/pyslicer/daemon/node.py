@@ -59,7 +59,7 @@ class Node:
         self._userdata_sent = False
         self._stopping = False
         self._changed = asyncio.Event()
-        self._lifecycle = asyncio.Lock()  # one pause, resume or shutdown at a time
+        self.lifecycle = asyncio.Lock()  # one pause, resume, shutdown or relaunch at a time
         self.on_stopped: Callable[[Node], Awaitable[None]] | None = None
         # Run on every READY (a new agent, a reconnect) before userdata is handed over: the fleet syncs the
         # guest's secrets here, so a userdata script and the first request after a wait find them in place.
@@ -154,7 +154,7 @@ class Node:
     async def pause(self) -> None:
         """Stop the guest's vCPUs; its processes and memory stay. Raises Conflict unless it is running
         (or booting), HypervisorError when QEMU does not do it."""
-        async with self._lifecycle:
+        async with self.lifecycle:
             check_transition(self.hostname, self.state, NodeState.PAUSED, action="pause")
             assert self.vm is not None
             await self.vm.pause()
@@ -165,7 +165,7 @@ class Node:
     async def resume(self) -> None:
         """Run a paused guest again and set its clock. Raises Conflict unless it is paused, HypervisorError
         when QEMU does not do it."""
-        async with self._lifecycle:
+        async with self.lifecycle:
             if self.state is not NodeState.PAUSED:
                 raise Conflict(f"cannot resume {self.hostname}: it is {self.state.value}", code="invalid_state")
             assert self.vm is not None
@@ -177,7 +177,7 @@ class Node:
     async def shut_down(self, graceful_timeout: float) -> None:
         """Stop the guest cleanly (its filesystems unmounted) and end Stopped; a guest that has not gone
         within ``graceful_timeout`` is killed. Raises Conflict when it is not running or paused."""
-        async with self._lifecycle:
+        async with self.lifecycle:
             check_transition(self.hostname, self.state, NodeState.STOPPED, action="shut down")
             if self.state is NodeState.PAUSED and self.vm is not None:
                 with contextlib.suppress(HypervisorError):
