@@ -61,6 +61,7 @@ class Fleet:
         self.nodes: dict[str, Node] = {}
         self.leases: dict[str, Lease] = {}
         self.launch_counts: dict[tuple[str, LaunchOutcome], int] = {}
+        self.retired: set[str] = set()  # kept disks of VMs whose host group left the config: names still taken
         self._lock = asyncio.Lock()
 
     def node(self, hostname: str) -> Node:
@@ -106,9 +107,10 @@ class Fleet:
         hostname in use, HypervisorError or NetworkError when the VM cannot be started (nothing of it is left)."""
         config = group.config
         async with self._lock:
-            if request.hostname is not None and request.hostname in self.nodes:
+            taken = self.nodes.keys() | self.retired
+            if request.hostname is not None and request.hostname in taken:
                 raise InvalidArgument(f"hostname: {request.hostname!r} is already in use", code="hostname")
-            hostname = request.hostname or group.new_hostname(set(self.nodes))
+            hostname = request.hostname or group.new_hostname(taken)
             record = NodeRecord(
                 hostname=hostname,
                 host_group=group.name,
@@ -234,8 +236,8 @@ class Fleet:
                 continue
             if record.vmm_pid and await self._adopt(group, record):
                 continue
-            if not record.persistent and not record.protected:
-                log.info("%s: its VM is gone; removing the ephemeral sandbox's disk", record.hostname)
+            if not record.persistent:  # (a service of a group that is not persistent is launched afresh)
+                log.info("%s: its VM is gone; removing its disk, which does not persist", record.hostname)
                 self._remove_files(record.hostname)
                 await self.registry.remove(record.hostname)
                 continue
@@ -299,6 +301,7 @@ class Fleet:
         record.tap = ""
         record.stopped = True
         await self.registry.put(record)
+        self.retired.add(record.hostname)
         log.warning(
             "%s: host group %r (or its service entry) is no longer in the config: the VM is shut down and its disk "
             "kept at %s",
