@@ -33,6 +33,13 @@ CALL_TIMEOUT = 20.0  # a generated command may run for long (`sleep 1e9`); leavi
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
+ENDING_ROUTES = {"/vm/{hostname}/shutdown", "/vm/{hostname}/relaunch"}
+
+
+def auth(daemon: RunningDaemon) -> dict[str, str]:
+    return {"Authorization": f"Bearer {daemon.token}"}
+
+
 def end_watches(case: Any) -> None:
     """A generated watch ends within a second (else its heartbeats keep the read going forever)."""
     if case.operation.path.endswith("/fs/watch"):
@@ -41,7 +48,9 @@ def end_watches(case: Any) -> None:
 
 def fuzz(operation: Any, mode: GenerationMode, daemon: RunningDaemon, sandbox: str, seen: Counter[str]) -> None:
     path_parameters: dict[str, str] | None = None
-    if operation.path.startswith("/vm/{hostname}"):
+    if operation.path in ENDING_ROUTES:
+        path_parameters = {"hostname": "fuzz-absent"}  # (they end the guest; their own tests cover them)
+    elif operation.path.startswith("/vm/{hostname}"):
         path_parameters = {"hostname": sandbox}  # the per-VM routes reach a real guest
     elif operation.method.upper() == "GET" and operation.path == "/hostgroup/{name}/nodes":
         path_parameters = {"name": "sbox"}  # (never for POST: every generated create would boot a VM)
@@ -53,7 +62,7 @@ def fuzz(operation: Any, mode: GenerationMode, daemon: RunningDaemon, sandbox: s
         try:
             response = case.call_and_validate(
                 base_url=daemon.url,
-                headers={"Authorization": f"Bearer {daemon.token}"},
+                headers=auth(daemon),
                 checks=CHECKS,
                 timeout=CALL_TIMEOUT,
             )
@@ -63,6 +72,9 @@ def fuzz(operation: Any, mode: GenerationMode, daemon: RunningDaemon, sandbox: s
         seen[str(response.status_code)] += 1
         assert "Traceback" not in response.text
         assert daemon.process.poll() is None, daemon.log()
+        if operation.path == "/vm/{hostname}/pause" and response.status_code == 200:
+            resumed = requests.post(f"{daemon.url}/vm/{sandbox}/resume", headers=auth(daemon), timeout=CALL_TIMEOUT)
+            assert resumed.status_code == 200, resumed.text
 
     try:
         run()
@@ -92,5 +104,5 @@ def _check_survivors(daemon: RunningDaemon, sandbox: str, seen: Counter[str], op
     print(f"fuzzed {operations} operations: {sum(seen.values())} requests, by status {dict(sorted(seen.items()))}")
     assert not any(status.startswith("5") for status in seen)
     assert daemon.process.poll() is None
-    health = requests.get(f"{daemon.url}/vm/{sandbox}/health", headers={"Authorization": f"Bearer {daemon.token}"})
+    health = requests.get(f"{daemon.url}/vm/{sandbox}/health", headers=auth(daemon))
     assert health.status_code == 200  # the guest survived it

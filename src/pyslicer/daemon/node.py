@@ -85,6 +85,7 @@ class Node:
         self.transition(NodeState.PAUSED if paused else NodeState.BOOTING)
         self.vm = vm
         self._stopping = False
+        self._prepared.clear()  # (set by an earlier run's agent)
         self.link = AgentLink(self.spec.agent_socket, self.hostname, on_ready=self._on_agent_ready)
         if paused:
             self.link.hold_clock()
