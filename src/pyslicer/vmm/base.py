@@ -37,6 +37,16 @@ class VMSpec:
         return self.run_dir / "agent.sock"
 
 
+@dataclass(frozen=True, slots=True)
+class BlockStats:
+    """What the VMM counted on the VM's disks since it started (all disks summed)."""
+
+    read_bytes: int
+    write_bytes: int
+    read_operations: int
+    write_operations: int
+
+
 class VMProcess(Protocol):
     spec: VMSpec
     pid: int
@@ -47,6 +57,10 @@ class VMProcess(Protocol):
 
     async def resume(self) -> None:
         """Run the vCPUs again. Raises HypervisorError when the VMM does not do it."""
+        ...
+
+    async def block_stats(self) -> BlockStats:
+        """The VM's disk I/O as the VMM counts it. Raises HypervisorError when the VMM does not answer."""
         ...
 
     async def wait(self) -> int:
