@@ -72,10 +72,10 @@ DISKSTATS = """ 254       0 vda 3000 10 121576 500 200 30 15264 900 2 1400 1400 
 """
 
 NET_DEV = """Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:  999999      10    0    0    0     0          0         0   999999      10    0    0    0     0       0          0
-  eth0:   44041     300    0    0    0     0          0         0    19872     200    0    0    0     0       0          0
-  eth1:     100       1    0    0    0     0          0         0       50       1    0    0    0     0       0          0
+ face |bytes  packets errs drop fifo frame compressed multicast|bytes  packets errs drop fifo colls carrier compressed
+  lo:  999999  10  0  0  0  0  0  0  999999  10  0  0  0  0  0  0
+  eth0:  44041  300  0  0  0  0  0  0  19872  200  0  0  0  0  0  0
+  eth1:  100  1  0  0  0  0  0  0  50  1  0  0  0  0  0  0
 garbage without colon
  eth2: not numbers at all here 1 2 3 4 5 6 7
 """
