@@ -22,6 +22,7 @@ from ._output import fields
 from .cp import vm_cp
 from .fs import fs
 from .secret import secret
+from .top import vm_top
 from .vm import vm
 
 
@@ -123,6 +124,7 @@ def info(api: Api) -> None:
 
 vm.add_command(vm_cp)
 vm.add_command(fs)
+vm.add_command(vm_top)
 cli.add_command(vm)
 cli.add_command(secret)
 

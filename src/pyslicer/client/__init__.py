@@ -49,10 +49,13 @@ if TYPE_CHECKING:
         DeleteResult,
         FsEntry,
         HostGroup,
+        HostStats,
         LogsResult,
         Node,
+        NodeStats,
         Secret,
         ServerInfo,
+        StatsSnapshot,
     )
 
 __all__ = [
@@ -67,8 +70,10 @@ __all__ = [
     "FrameType",
     "FsEntry",
     "HostGroup",
+    "HostStats",
     "LogsResult",
     "Node",
+    "NodeStats",
     "Secret",
     "ServerInfo",
     "SlicerAPIError",
@@ -76,6 +81,7 @@ __all__ = [
     "SlicerConnectionError",
     "SlicerResponseError",
     "SlicerTimeoutError",
+    "StatsSnapshot",
     "WatchEvent",
     "is_unix_socket",
 ]
@@ -99,8 +105,11 @@ _MODULES = {
     "DeleteResult": ".models",
     "FsEntry": ".models",
     "HostGroup": ".models",
+    "HostStats": ".models",
     "LogsResult": ".models",
     "Node": ".models",
+    "NodeStats": ".models",
+    "StatsSnapshot": ".models",
     "Secret": ".models",
     "ServerInfo": ".models",
 }

@@ -42,12 +42,14 @@ from ._calls import (
     logs_call,
     metrics_call,
     mkdir_call,
+    node_stats_call,
     nodes_call,
     readdir_call,
     remove_call,
     secrets_call,
     stat_call,
     update_secret_call,
+    vm_stats_call,
     watch_call,
 )
 from ._duplex_async import AsyncDuplexTransport
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         HostGroup,
         LogsResult,
         Node,
+        NodeStats,
         Secret,
         ServerInfo,
     )
@@ -224,6 +227,14 @@ class AsyncSlicerClient(BaseClient):
 
     async def delete_node(self, group: str, hostname: str) -> DeleteResult:
         return await self._send(delete_node_call(group, hostname))
+
+    async def node_stats(self) -> list[NodeStats]:
+        """Stats of every VM (``GET /nodes/stats``); a VM whose agent could not answer has ``error`` set."""
+        return await self._send(node_stats_call())
+
+    async def vm_stats(self, hostname: str) -> NodeStats:
+        """Stats of one VM (``GET /node/{hostname}/stats``)."""
+        return await self._send(vm_stats_call(hostname))
 
     # -- one VM ------------------------------------------------------------------------------------
 

@@ -19,7 +19,18 @@ if TYPE_CHECKING:
     import httpx
 
     from ._exec_output import ExecResult
-    from .models import AgentHealth, CreatedNode, DeleteResult, FsEntry, HostGroup, LogsResult, Node, Secret, ServerInfo
+    from .models import (
+        AgentHealth,
+        CreatedNode,
+        DeleteResult,
+        FsEntry,
+        HostGroup,
+        LogsResult,
+        Node,
+        NodeStats,
+        Secret,
+        ServerInfo,
+    )
 
 T = TypeVar("T")
 
@@ -152,6 +163,10 @@ def create_node_call(
     )
 
 
+def node_stats_call() -> Call[list[NodeStats]]:
+    return Call("GET", "/nodes/stats", responses.resource_list("NodeStats"))
+
+
 def delete_node_call(group: str, hostname: str) -> Call[DeleteResult]:
     return Call("DELETE", f"/hostgroup/{seg(group)}/nodes/{seg(hostname)}", responses.resource("DeleteResult"))
 
@@ -161,6 +176,10 @@ def delete_node_call(group: str, hostname: str) -> Call[DeleteResult]:
 
 def health_call(hostname: str, read_timeout: float | None = None) -> Call[AgentHealth]:
     return Call("GET", f"/vm/{seg(hostname)}/health", responses.resource("AgentHealth"), read_timeout=read_timeout)
+
+
+def vm_stats_call(hostname: str) -> Call[NodeStats]:
+    return Call("GET", f"/node/{seg(hostname)}/stats", responses.only_item("NodeStats"))
 
 
 def is_ready_call(hostname: str) -> Call[bool]:

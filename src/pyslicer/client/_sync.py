@@ -43,12 +43,14 @@ from ._calls import (
     logs_call,
     metrics_call,
     mkdir_call,
+    node_stats_call,
     nodes_call,
     readdir_call,
     remove_call,
     secrets_call,
     stat_call,
     update_secret_call,
+    vm_stats_call,
     watch_call,
 )
 from ._duplex import DuplexTransport
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
         HostGroup,
         LogsResult,
         Node,
+        NodeStats,
         Secret,
         ServerInfo,
     )
@@ -225,6 +228,14 @@ class SlicerClient(BaseClient):
 
     def delete_node(self, group: str, hostname: str) -> DeleteResult:
         return self._send(delete_node_call(group, hostname))
+
+    def node_stats(self) -> list[NodeStats]:
+        """Stats of every VM (``GET /nodes/stats``); a VM whose agent could not answer has ``error`` set."""
+        return self._send(node_stats_call())
+
+    def vm_stats(self, hostname: str) -> NodeStats:
+        """Stats of one VM (``GET /node/{hostname}/stats``)."""
+        return self._send(vm_stats_call(hostname))
 
     # -- one VM ------------------------------------------------------------------------------------
 
