@@ -142,7 +142,7 @@ def test_go_duration(seconds: float, text: str) -> None:
 
 
 def test_snapshot_of_this_host_has_every_field_with_the_right_type() -> None:
-    snapshot = dict(agent_stats.snapshot())
+    snapshot: dict[str, Any] = dict(agent_stats.snapshot())
     assert set(snapshot) == set(SNAPSHOT_FIELDS)
     for name, kind in SNAPSHOT_FIELDS.items():
         value = snapshot[name]

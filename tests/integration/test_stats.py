@@ -3,7 +3,14 @@ of one, the Prometheus series, the SDK and ``slicer vm top --once``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
 import re
+import select
+import signal
+import sys
+import time
 from typing import Any
 
 import httpx
@@ -143,3 +150,38 @@ def test_sdk_and_vm_top_once(daemon: RunningDaemon, sandbox: str) -> None:
     assert "MiB/" in mine  # memory and disk as used/total
     bad = cli(daemon, "vm", "top", "--interval", "0")
     assert bad.returncode == 2 and b"Traceback" not in bad.stderr, bad.stderr
+
+
+def test_vm_top_refreshes_in_place_and_leaves_on_ctrl_c(daemon: RunningDaemon, sandbox: str) -> None:
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: slicer vm top on a terminal
+        os.environ.update({"SLICER_URL": daemon.url, "SLICER_TOKEN": daemon.token, "COLUMNS": "200"})
+        os.execv(sys.executable, [sys.executable, "-m", "pyslicer.cli.main", "vm", "top", "--interval", "0.3"])
+    output = b""
+    interrupted = False
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if select.select([terminal], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(terminal, 65536)
+                except OSError:  # the child is gone and the terminal closed
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not interrupted and output.count(sandbox.encode()) >= 3:  # three screens, drawn over each other
+                os.kill(pid, signal.SIGINT)
+                interrupted = True
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        os.close(terminal)
+    assert interrupted, output[-2000:]
+    assert status == 0, output[-2000:]
+    assert b"\x1b[1A" in output  # the cursor went back up: the table was redrawn in place, not appended
+    assert output.rfind(b"\x1b[?25h") > output.rfind(b"\x1b[?25l")  # and the cursor is shown again
+    assert b"Traceback" not in output and b"KeyboardInterrupt" not in output
