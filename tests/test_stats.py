@@ -80,19 +80,20 @@ garbage without colon
  eth2: not numbers at all here 1 2 3 4 5 6 7
 """
 
-TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
-   1: 0100007F:0016 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
-   2: 0100007F:D2F0 0100007F:0016 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
-   3: 0100007F:D2F1 0100007F:0016 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0
+SNMP = """Ip: Forwarding DefaultTTL InReceives
+Ip: 1 64 1000
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs
+Tcp: 1 200 120000 -1 40 12 0 3 7 5000
+Udp: InDatagrams NoPorts
+Udp: 10 0
 """
 
 
 def test_meminfo_in_bytes() -> None:
     memory = agent_stats.parse_meminfo(MEMINFO)
-    assert memory["MemTotal"] == 503276 * 1024
-    assert memory["MemAvailable"] == 421000 * 1024
-    assert memory["HugePages_Total"] == 0  # a count, not kB
+    assert memory == {"MemTotal": 503276 * 1024, "MemFree": 350000 * 1024, "MemAvailable": 421000 * 1024}
+    assert agent_stats.parse_meminfo("MemTotal: 12\nMemAvailable: lots kB\n") == {"MemTotal": 12}
+    assert agent_stats.parse_meminfo("") == {}
 
 
 def test_loadavg() -> None:
@@ -123,8 +124,28 @@ def test_net_dev_skips_loopback_and_garbage() -> None:
 
 
 def test_established_connections() -> None:
-    assert agent_stats.count_established(TCP) == 2
-    assert agent_stats.count_established("header only\n") == 0
+    assert agent_stats.established_connections(SNMP) == 7
+    assert agent_stats.established_connections("") == 0
+    assert agent_stats.established_connections("Tcp: CurrEstab\nTcp: 1 2\n") == 0  # not one value per name
+    assert agent_stats.established_connections("Tcp: CurrEstab\nTcp: -1\n") == 0
+    assert agent_stats.established_connections("Tcp: InSegs\nTcp: 5\n") == 0
+
+
+def test_proc_files_are_read_afresh_from_one_fd(tmp_path: Path) -> None:
+    proc = agent_stats.ProcFiles()
+    path = tmp_path / "counter"
+    assert proc.read(str(path)) == ""  # not there (yet): tried again next time
+    path.write_text("1 first\n")
+    assert proc.read(str(path)) == "1 first\n"
+    with path.open("r+") as file:  # the same file (inode), new text, as /proc gives
+        file.write("2")
+    assert proc.read(str(path)) == "2 first\n"
+    big = "x" * (3 * agent_stats.READ_SIZE + 5)
+    path.write_text(big)
+    assert proc.read(str(path)) == big
+    path.write_text("z" * agent_stats.READ_SIZE)  # exactly one read's worth: the EOF read finds nothing more
+    assert proc.read(str(path)) == "z" * agent_stats.READ_SIZE
+    proc.forget(str(path))
 
 
 def test_first_int() -> None:

@@ -1,9 +1,10 @@
 """The ``stats`` op: one snapshot of the guest, read from ``/proc`` and ``statvfs("/")``, in Slicer's field names.
 
-Cheap enough to answer every second for many VMs under TCG, where every syscall costs: each small file is
-opened, read and closed once (no subprocess, no import beyond what the agent has loaded), the CPU count and
-uptime come from one call each (``sysconf``, ``CLOCK_BOOTTIME``: what ``/proc/cpuinfo`` and ``/proc/uptime``
-would say). The parsers take text so they can be tested on samples; a figure the guest cannot give is 0.
+Cheap enough to answer every second for many VMs under TCG, where every syscall and every line of Python costs:
+no subprocess, no import beyond what the agent has loaded, each /proc file kept open and read with one
+``pread`` (``ProcFiles``), only the lines needed parsed, the uptime from ``CLOCK_BOOTTIME`` (what
+``/proc/uptime`` says, for one call). The parsers take text so they can be tested on samples; a figure the guest
+cannot give is 0.
 """
 
 from __future__ import annotations
@@ -19,37 +20,53 @@ if TYPE_CHECKING:
     from pyslicer.protocol import StatsSnapshot
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
-TCP_ESTABLISHED = "01"
+READ_SIZE = 65536
+MEMINFO_KEYS = frozenset({"MemTotal", "MemFree", "MemAvailable"})
 
 
-def read_proc(path: str) -> str:
-    """A /proc file's text ("" when it cannot be read: a kernel without it is no reason to fail)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("ascii", "replace")
+class ProcFiles:
+    """The /proc files a snapshot reads, each opened once and read again from offset 0 with ``pread``: the
+    kernel builds a /proc file's text afresh at every read from 0, and under TCG an open and a close cost as
+    much as the read. A file that cannot be opened or read is "" (a kernel without it is no reason to fail),
+    and is tried again at the next snapshot."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def read(self, path: str) -> str:
+        fd = self._fds.get(path)
+        try:
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            data = os.pread(fd, READ_SIZE, 0)
+            while len(data) % READ_SIZE == 0 and data:  # one read takes a whole small file; a big one needs more
+                more = os.pread(fd, READ_SIZE, len(data))
+                if not more:
+                    break
+                data += more
+        except OSError:
+            self.forget(path)
+            return ""
+        return data.decode("ascii", "replace")
+
+    def forget(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` in bytes: ``{"MemTotal": ..., "MemAvailable": ...}``."""
+    """``MemTotal``, ``MemFree`` and ``MemAvailable`` of ``/proc/meminfo``, in bytes (they lead the file: the
+    rest is not parsed)."""
     values: dict[str, int] = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields and fields[0].isdigit():
-            values[key] = int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
+        if key in MEMINFO_KEYS:
+            fields = rest.split()
+            if fields and fields[0].isdigit():
+                values[key] = int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
+            if len(values) == len(MEMINFO_KEYS):
+                break
     return values
 
 
@@ -102,19 +119,29 @@ def parse_net_dev(text: str) -> tuple[int, int]:
     return received, sent
 
 
-def count_established(text: str) -> int:
-    """Established connections in a ``/proc/net/tcp`` or ``tcp6`` table (its 4th column is the state)."""
-    count = 0
-    for line in text.splitlines()[1:]:
-        fields = line.split(None, 4)
-        if len(fields) > 3 and fields[3] == TCP_ESTABLISHED:
-            count += 1
-    return count
+def established_connections(snmp: str) -> int:
+    """``CurrEstab`` of ``/proc/net/snmp``: the open TCP connections, IPv4 and IPv6 (RFC 1213's tcpCurrEstab:
+    ESTABLISHED or CLOSE-WAIT, whose socket its program still holds). One small file whatever the number of
+    connections, where ``/proc/net/tcp`` and ``tcp6`` list every socket (a guest with thousands would pay for
+    each line at every snapshot)."""
+    names: list[str] | None = None
+    for line in snmp.splitlines():
+        if not line.startswith("Tcp:"):
+            continue
+        fields = line.split()[1:]
+        if names is None:
+            names = fields
+            continue
+        if "CurrEstab" in names and len(fields) == len(names):
+            value = fields[names.index("CurrEstab")]
+            return int(value) if value.isdigit() else 0
+        return 0
+    return 0
 
 
 def first_int(text: str) -> int:
-    fields = text.split()
-    return int(fields[0]) if fields and fields[0].isdigit() else 0
+    first = text.split(None, 1)[0] if text else ""
+    return int(first) if first.isdigit() else 0
 
 
 def go_duration(seconds: float) -> str:
@@ -133,7 +160,13 @@ def percent(part: int, whole: int) -> float:
     return part * 100.0 / whole if whole > 0 else 0.0
 
 
-def snapshot() -> StatsSnapshot:
+PROC = ProcFiles()
+# A micro-VM's vCPUs are fixed at launch (no hotplug), and glibc reads /sys for the count at every call.
+CPU_COUNT = os.cpu_count() or 1
+
+
+def snapshot(proc: ProcFiles = PROC) -> StatsSnapshot:
+    read_proc = proc.read
     uname = os.uname()
     memory = parse_meminfo(read_proc("/proc/meminfo"))
     total_memory = memory.get("MemTotal", 0)
@@ -141,7 +174,7 @@ def snapshot() -> StatsSnapshot:
     load1, load5, load15 = parse_loadavg(read_proc("/proc/loadavg"))
     disk_read, disk_written, inflight = parse_diskstats(read_proc("/proc/diskstats"))
     net_received, net_sent = parse_net_dev(read_proc("/proc/net/dev"))
-    connections = count_established(read_proc("/proc/net/tcp")) + count_established(read_proc("/proc/net/tcp6"))
+    connections = established_connections(read_proc("/proc/net/snmp"))
     try:
         fs = os.statvfs("/")
         space_total = fs.f_blocks * fs.f_frsize
@@ -154,7 +187,7 @@ def snapshot() -> StatsSnapshot:
         "arch": uname.machine,
         "timestamp": rfc3339(time.time_ns()),
         "uptime": go_duration(time.clock_gettime(time.CLOCK_BOOTTIME)),
-        "totalCpus": os.cpu_count() or 1,
+        "totalCpus": CPU_COUNT,
         "totalMemory": total_memory,
         "memoryUsed": total_memory - available,
         "memoryAvailable": available,

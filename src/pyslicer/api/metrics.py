@@ -106,7 +106,7 @@ GUEST_SERIES = (
     ("slicer_vm_network_received_bytes", "bytes the guest received (all but lo)", "counter", "networkReadTotal"),
     ("slicer_vm_network_sent_bytes", "bytes the guest sent (all but lo)", "counter", "networkWriteTotal"),
     ("slicer_vm_disk_io_inflight", "guest disk I/Os in flight", "gauge", "diskIOInflight"),
-    ("slicer_vm_open_connections", "established TCP connections in the guest", "gauge", "openConnections"),
+    ("slicer_vm_open_connections", "open TCP connections in the guest", "gauge", "openConnections"),
     ("slicer_vm_open_files", "file handles allocated in the guest", "gauge", "openFiles"),
     ("slicer_vm_entropy", "guest entropy pool", "gauge", "entropy"),
     ("slicer_vm_disk_space_total_bytes", "size of the guest's root filesystem", "gauge", "diskSpaceTotal"),

@@ -222,7 +222,7 @@ class StatsSnapshot(BaseModel):
     networkReadTotal: int = Field(description="bytes received over every interface but lo since boot")
     networkWriteTotal: int
     diskIOInflight: int
-    openConnections: int = Field(description="established TCP connections")
+    openConnections: int = Field(description="TCP connections in ESTABLISHED or CLOSE-WAIT (v4 and v6)")
     openFiles: int = Field(description="allocated file handles")
     entropy: int
     diskSpaceTotal: int = Field(description="of the root filesystem")

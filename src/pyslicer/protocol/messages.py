@@ -343,7 +343,7 @@ if TYPE_CHECKING:
         networkReadTotal: int  # over every interface but lo, since boot
         networkWriteTotal: int
         diskIOInflight: int
-        openConnections: int  # established TCP, v4 and v6
+        openConnections: int  # TCP in ESTABLISHED or CLOSE-WAIT, v4 and v6 (CurrEstab of /proc/net/snmp)
         openFiles: int  # allocated file handles (/proc/sys/fs/file-nr)
         entropy: int
         diskSpaceTotal: int  # statvfs("/")
