@@ -1,4 +1,8 @@
-"""The daemon process: wires the config, the hypervisor, the daemon and the API, and serves until SIGINT or SIGTERM."""
+"""The daemon process: wires the config, the hypervisor, the daemon and the API, and serves until a signal.
+
+SIGINT or SIGTERM: a full stop (sandboxes removed, persistent VMs shut down cleanly). SIGUSR1: the daemon exits
+and every VM keeps running, for the next `slicer up` on the same data dir to adopt (an upgrade, a restart).
+"""
 
 from __future__ import annotations
 
@@ -70,15 +74,18 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     server: _Server | None = None
+    leave_running = False
 
-    def on_signal() -> None:
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal leave_running
+        leave_running = sig is signal.SIGUSR1
         if server is not None:
             server.should_exit = True
         elif main is not None:
             main.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        loop.add_signal_handler(sig, on_signal, sig)
     daemon = Daemon(config, data_dir, qemu_hypervisor(config.accel), progress=say)
     claimed_socket: Path | None = None
     try:
@@ -111,8 +118,8 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
     except asyncio.CancelledError:
         say("pyslicer: interrupted")
     finally:
-        say("pyslicer: stopping VMs")
-        await daemon.stop()
+        say("pyslicer: leaving the VMs running" if leave_running else "pyslicer: stopping VMs")
+        await daemon.stop(leave_running=leave_running)
         if claimed_socket is not None:
             with contextlib.suppress(FileNotFoundError):
                 claimed_socket.unlink()

@@ -21,7 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pyslicer.daemon.data_dir import DataDir
 from pyslicer.image import ensure_image
+from pyslicer.net import NetworkNamespace
+from pyslicer.vmm import ProcessIdentity
 from tests.conftest import IMAGE_CACHE
 from tests.integration.helpers import created_sandbox
 
@@ -50,15 +53,6 @@ def free_port() -> int:
         return port
 
 
-def child_pids(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        children = (task / "children").read_text().split() if (task / "children").exists() else []
-        for child in map(int, children):
-            found |= {child} | child_pids(child)
-    return found
-
-
 @dataclass
 class RunningDaemon:
     process: subprocess.Popen[bytes]
@@ -74,14 +68,20 @@ class RunningDaemon:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
     def qemu_pids(self) -> set[int]:
-        pids = set()
-        for pid in child_pids(self.process.pid):
+        """The QEMUs running this daemon's VMs (QEMU daemonizes: they are not its children)."""
+        return {identity.pid for identity in self.qemus()}
+
+    def qemus(self) -> set[ProcessIdentity]:
+        """The same, told apart from later processes with their PIDs, from the pidfiles in their run dirs."""
+        found = set()
+        for pidfile in DataDir(self.data_dir).run_root.glob("*/qemu.pid"):
             try:
-                if Path(f"/proc/{pid}/comm").read_text().startswith("qemu-system"):
-                    pids.add(pid)
-            except OSError:
-                pass
-        return pids
+                identity = ProcessIdentity.of(int(pidfile.read_text()))
+            except (OSError, ValueError):
+                continue
+            if identity is not None and any(str(pidfile.parent / "qmp.sock") in a for a in identity.command_line()):
+                found.add(identity)
+        return found
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -152,17 +152,23 @@ def start_daemon(tmp: Path, images: Path, *, unix_socket: bool = False, config_t
 
 
 def stop_daemon(daemon: RunningDaemon) -> None:
-    pids = daemon.qemu_pids()
+    """Stop it with SIGTERM; whatever it leaves (it may have been killed) is removed: its QEMUs, by PID and start
+    time, and its namespace."""
+    qemus = daemon.qemus()
     if daemon.process.poll() is None:
         daemon.process.send_signal(signal.SIGTERM)
         try:
-            daemon.process.wait(60)
+            daemon.process.wait(90)
         except subprocess.TimeoutExpired:
             daemon.process.kill()
             daemon.process.wait()
-    for pid in pids:  # only ours, by PID, and only if the daemon failed to stop them
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for identity in qemus:  # only ours, and only if the daemon failed to stop them
+        if identity.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(identity.pid, signal.SIGKILL)
+    netns = NetworkNamespace(daemon.data_dir.absolute())
+    if netns.exists:
+        subprocess.run(["ip", "netns", "delete", netns.name], check=False)
 
 
 @pytest.fixture(scope="session")

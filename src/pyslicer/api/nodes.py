@@ -57,6 +57,7 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
 
 
 def wait_timeout(raw: str | None) -> float:
+    """The ``timeout`` query (a Go duration) in seconds. Raises InvalidArgument naming it."""
     if not raw:
         return DEFAULT_WAIT_TIMEOUT
     try:
@@ -113,7 +114,10 @@ async def create_node(
 ) -> CreatedNode:
     daemon.group(name)
     seconds = wait_timeout(timeout)
-    node = await daemon.create_node(name, node_request(body), wait=wait or None, timeout=seconds)
+    return created_node(await daemon.create_node(name, node_request(body), wait=wait or None, timeout=seconds))
+
+
+def created_node(node: Node) -> CreatedNode:
     record = node.record
     return CreatedNode(
         hostname=record.hostname,

@@ -73,6 +73,22 @@ class CreateNodeBody(BaseModel):
     pci_devices: list[str] = Field(default_factory=list)
 
 
+class LifecycleResult(BaseModel):
+    """What a pause, resume or shutdown left (Slicer answers text; its clients read only the status code)."""
+
+    hostname: str
+    status: str = Field(description="Running, Paused or Stopped; Deleted for an ephemeral sandbox shut down")
+    disk_removed: StrictBool = Field(default=False, description="an ephemeral sandbox goes with its disk")
+
+
+class ShutdownBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    action: Literal["shutdown", "reboot", ""] | None = Field(
+        default=None, description="both are a graceful stop (as on Slicer's default hypervisor); default shutdown"
+    )
+
+
 class CreatedNode(BaseModel):
     hostname: str
     hostgroup: str

@@ -21,6 +21,7 @@ from ._common import Api, CliState, api_command, data_dir_option
 from ._output import fields
 from .cp import vm_cp
 from .fs import fs
+from .lifecycle import LIFECYCLE_COMMANDS
 from .secret import secret
 from .top import vm_top
 from .vm import vm
@@ -124,6 +125,8 @@ def info(api: Api) -> None:
 
 vm.add_command(vm_cp)
 vm.add_command(fs)
+for command in LIFECYCLE_COMMANDS:
+    vm.add_command(command)
 vm.add_command(vm_top)
 cli.add_command(vm)
 cli.add_command(secret)

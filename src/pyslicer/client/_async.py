@@ -39,12 +39,14 @@ from ._calls import (
     host_groups_call,
     info_call,
     is_ready_call,
+    lifecycle_call,
     logs_call,
     metrics_call,
     mkdir_call,
     node_stats_call,
     nodes_call,
     readdir_call,
+    relaunch_call,
     remove_call,
     secrets_call,
     stat_call,
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         DeleteResult,
         FsEntry,
         HostGroup,
+        LifecycleResult,
         LogsResult,
         Node,
         NodeStats,
@@ -235,6 +238,31 @@ class AsyncSlicerClient(BaseClient):
     async def vm_stats(self, hostname: str) -> NodeStats:
         """Stats of one VM (``GET /node/{hostname}/stats``)."""
         return await self._send(vm_stats_call(hostname))
+
+    # -- one VM's lifecycle ------------------------------------------------------------------------
+
+    async def pause(self, hostname: str) -> LifecycleResult:
+        """Stop the VM's vCPUs; its processes and memory stay. 409 unless it is running."""
+        return await self._send(lifecycle_call(hostname, "pause"))
+
+    async def resume(self, hostname: str) -> LifecycleResult:
+        """Run a paused VM again. 409 unless it is paused."""
+        return await self._send(lifecycle_call(hostname, "resume"))
+
+    async def shutdown(self, hostname: str) -> LifecycleResult:
+        """Stop the VM cleanly, returning once it has stopped: a persistent VM is then Stopped (relaunch it),
+        an ephemeral sandbox is removed with its disk."""
+        return await self._send(lifecycle_call(hostname, "shutdown"))
+
+    async def relaunch(
+        self,
+        hostname: str,
+        *,
+        wait: Literal["agent", "userdata"] | None = None,
+        timeout: str | float | None = None,
+    ) -> CreatedNode:
+        """Boot a stopped VM again from its disk; with ``wait``, return once its agent (or userdata) is ready."""
+        return await self._send(relaunch_call(hostname, wait, timeout))
 
     # -- one VM ------------------------------------------------------------------------------------
 

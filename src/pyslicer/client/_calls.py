@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         DeleteResult,
         FsEntry,
         HostGroup,
+        LifecycleResult,
         LogsResult,
         Node,
         NodeStats,
@@ -133,8 +134,6 @@ def create_node_call(
     wait: str | None,
     timeout: str | float | None,
 ) -> Call[CreatedNode]:
-    if wait not in (None, "agent", "userdata"):
-        raise ValueError(f"wait must be 'agent', 'userdata' or None, not {wait!r}")
     fields: dict[str, Any] = {
         "hostname": hostname,
         "ip": ip,
@@ -148,16 +147,11 @@ def create_node_call(
         "secrets": _str_list(secrets, "secrets"),
     }
     body = {key: value for key, value in fields.items() if value is not None}
-    params: list[tuple[str, str]] = []
-    if wait:
-        params.append(("wait", wait))
-    if timeout is not None:
-        params.append(("timeout", timeout if isinstance(timeout, str) else format_go_duration(timeout)))
     return Call(
         "POST",
         f"/hostgroup/{seg(group)}/nodes",
         responses.resource("CreatedNode"),
-        params=tuple(params),
+        params=_wait_params(wait, timeout),
         json=body,
         long_running=wait is not None,
     )
@@ -167,8 +161,43 @@ def node_stats_call() -> Call[list[NodeStats]]:
     return Call("GET", "/nodes/stats", responses.resource_list("NodeStats"))
 
 
+def _wait_params(wait: str | None, timeout: str | float | None) -> tuple[tuple[str, str], ...]:
+    if wait not in (None, "agent", "userdata"):
+        raise ValueError(f"wait must be 'agent', 'userdata' or None, not {wait!r}")
+    params: list[tuple[str, str]] = []
+    if wait:
+        params.append(("wait", wait))
+    if timeout is not None:
+        params.append(("timeout", timeout if isinstance(timeout, str) else format_go_duration(timeout)))
+    return tuple(params)
+
+
 def delete_node_call(group: str, hostname: str) -> Call[DeleteResult]:
     return Call("DELETE", f"/hostgroup/{seg(group)}/nodes/{seg(hostname)}", responses.resource("DeleteResult"))
+
+
+# -- one VM's lifecycle ----------------------------------------------------------------------------
+
+
+def lifecycle_call(hostname: str, action: str) -> Call[LifecycleResult]:
+    """``pause``, ``resume`` or ``shutdown`` (answered once the VM has stopped: no read timeout)."""
+    return Call(
+        "POST",
+        f"/vm/{seg(hostname)}/{action}",
+        responses.lifecycle_result,
+        params=(("action", "shutdown"),) if action == "shutdown" else (),
+        long_running=action == "shutdown",
+    )
+
+
+def relaunch_call(hostname: str, wait: str | None, timeout: str | float | None) -> Call[CreatedNode]:
+    return Call(
+        "POST",
+        f"/vm/{seg(hostname)}/relaunch",
+        responses.resource("CreatedNode"),
+        params=_wait_params(wait, timeout),
+        long_running=True,
+    )
 
 
 # -- one VM ----------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ ResourceName = Literal[
     "DeleteResult",
     "FsEntry",
     "HostGroup",
+    "LifecycleResult",
     "LogsResult",
     "Node",
     "NodeStats",
@@ -153,6 +154,13 @@ def resource(name: ResourceName) -> Parser[Any]:
             raise SlicerResponseError(f"unexpected answer to {describe(response)}: {exc}") from exc
 
     return parse
+
+
+def lifecycle_result(response: httpx.Response) -> Any:
+    """A JSON answer as a ``LifecycleResult``; Slicer's plain-text one as an empty one."""
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return _model_class("LifecycleResult")()
+    return resource("LifecycleResult")(response)
 
 
 def resource_list(name: ResourceName) -> Parser[list[Any]]:

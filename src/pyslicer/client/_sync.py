@@ -40,12 +40,14 @@ from ._calls import (
     host_groups_call,
     info_call,
     is_ready_call,
+    lifecycle_call,
     logs_call,
     metrics_call,
     mkdir_call,
     node_stats_call,
     nodes_call,
     readdir_call,
+    relaunch_call,
     remove_call,
     secrets_call,
     stat_call,
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
         DeleteResult,
         FsEntry,
         HostGroup,
+        LifecycleResult,
         LogsResult,
         Node,
         NodeStats,
@@ -236,6 +239,31 @@ class SlicerClient(BaseClient):
     def vm_stats(self, hostname: str) -> NodeStats:
         """Stats of one VM (``GET /node/{hostname}/stats``)."""
         return self._send(vm_stats_call(hostname))
+
+    # -- one VM's lifecycle ------------------------------------------------------------------------
+
+    def pause(self, hostname: str) -> LifecycleResult:
+        """Stop the VM's vCPUs; its processes and memory stay. 409 unless it is running."""
+        return self._send(lifecycle_call(hostname, "pause"))
+
+    def resume(self, hostname: str) -> LifecycleResult:
+        """Run a paused VM again. 409 unless it is paused."""
+        return self._send(lifecycle_call(hostname, "resume"))
+
+    def shutdown(self, hostname: str) -> LifecycleResult:
+        """Stop the VM cleanly, returning once it has stopped: a persistent VM is then Stopped (relaunch it),
+        an ephemeral sandbox is removed with its disk."""
+        return self._send(lifecycle_call(hostname, "shutdown"))
+
+    def relaunch(
+        self,
+        hostname: str,
+        *,
+        wait: Literal["agent", "userdata"] | None = None,
+        timeout: str | float | None = None,
+    ) -> CreatedNode:
+        """Boot a stopped VM again from its disk; with ``wait``, return once its agent (or userdata) is ready."""
+        return self._send(relaunch_call(hostname, wait, timeout))
 
     # -- one VM ------------------------------------------------------------------------------------
 

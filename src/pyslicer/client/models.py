@@ -92,6 +92,15 @@ class CreatedNode(_Resource):
     arch: str = ""
 
 
+class LifecycleResult(_Resource):
+    """What a pause, resume or shutdown left: ``status`` is Running, Paused or Stopped, or Deleted for an
+    ephemeral sandbox that a shutdown removed (``disk_removed``). Slicer itself answers text: then both are empty."""
+
+    hostname: str = ""
+    status: str = ""
+    disk_removed: bool = False
+
+
 class DeleteResult(_Resource):
     message: str = ""
     disk_removed: str | bool = ""

@@ -185,6 +185,7 @@ class AgentLink:
         self._clocks_sent: collections.deque[int] = collections.deque()  # when each unanswered CLOCK left
         self._clock_retries = 0
         self._adjusted_at = 0  # when the last ADJUST left
+        self._clock_held = False  # the guest is paused: CLOCKs would only queue up
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"agent-link-{self.name}")
@@ -283,10 +284,20 @@ class AgentLink:
             for frame in decoder.feed(data):
                 self._dispatch(frame)
 
+    def hold_clock(self) -> None:
+        """Send no CLOCK until ``release_clock`` (the guest is paused and cannot answer)."""
+        self._clock_held = True
+
+    def release_clock(self) -> None:
+        """Send CLOCKs again, the first at once: the guest's clock stood still while it was held."""
+        self._clock_held = False
+        if self.ready.is_set() and self._keeps_time():
+            self._send_clock()
+
     async def _keep_clock(self) -> None:
         while True:
             await asyncio.sleep(self.clock_interval)
-            if self.ready.is_set() and self._keeps_time():
+            if self.ready.is_set() and self._keeps_time() and not self._clock_held:
                 self._send_clock()
 
     def _keeps_time(self) -> bool:

@@ -19,14 +19,14 @@ from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
-from pyslicer.daemon.fleet import Fleet, LaunchOutcome
+from pyslicer.daemon.fleet import GRACEFUL_STOP_SECONDS, Fleet, LaunchOutcome
 from pyslicer.daemon.fs import GuestFilesystem
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
 from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
 from pyslicer.daemon.stats import NodeStats, collect
-from pyslicer.errors import InvalidArgument, NotFound, PermissionDenied
+from pyslicer.errors import ConfigError, InvalidArgument, NotFound, PermissionDenied
 from pyslicer.image import ensure_image
 from pyslicer.net import NetworkNamespace
 from pyslicer.vmm import Hypervisor
@@ -74,10 +74,16 @@ class Daemon:
 
     # -- start and stop ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Hold the data dir, build the guest image if needed, set up the networks, bring back the
-        persistent sandboxes and launch the config's services. Raises ConfigError when another daemon
-        holds the data dir, ImageError, NetworkError or HypervisorError when a part cannot be set up."""
+        """Hold the data dir, build the guest image if needed, set up the networks, adopt the VMs an earlier
+        daemon left running, bring back the persistent ones and launch the config's services. Raises
+        ConfigError when another daemon holds the data dir or its state database is damaged (nothing is
+        changed then), ImageError, NetworkError or HypervisorError when a part cannot be set up."""
         self.data_dir.hold()
+        try:
+            self._registry = await Registry.open(self.data_dir.path / "state.db")
+        except ConfigError:
+            self.data_dir.release(keep_run_dirs=True)
+            raise
         self.token = await asyncio.to_thread(self.data_dir.load_token)
         await self.secrets.open()
         self.progress(f"accel {self.hypervisor.accel_reason}")
@@ -85,7 +91,6 @@ class Daemon:
         await self.netns.create()
         for group in self.groups.values():
             await group.network.create()
-        self._registry = await Registry.open(self.data_dir.path / "state.db")
         self._fleet = Fleet(
             self.groups,
             self.data_dir,
@@ -99,21 +104,25 @@ class Daemon:
         await self._fleet.launch_services()
         self._housekeeping = asyncio.get_running_loop().create_task(self._keep_logs_bounded())
 
-    async def stop(self) -> None:
+    async def stop(self, *, leave_running: bool = False) -> None:
         """Stop every VM (persistent ones cleanly), remove the sandboxes and the networks, release the
-        data dir. Does nothing for a daemon that never started."""
+        data dir. With ``leave_running`` (an upgrade, a restart) every VM keeps running as it is, with its
+        network, for the next daemon on this data dir to adopt. Does nothing for a daemon that never started."""
         if not self.data_dir.held:
             return  # everything on the data dir belongs to someone else, or to nobody yet
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        # A daemon that failed before it took over the VMs an earlier one left must not touch their network.
+        leave_running = leave_running or self._fleet is None
         if self._fleet is not None:
-            await self._fleet.stop_all()
+            await (self._fleet.detach_all() if leave_running else self._fleet.stop_all())
         await self.secrets.close()
         if self._registry is not None:
             await self._registry.close()
             self._registry = None
-        await self.netns.delete()
-        self.data_dir.release()
+        if not leave_running:
+            await self.netns.delete()
+        self.data_dir.release(keep_run_dirs=leave_running)
 
     async def _keep_logs_bounded(self) -> None:
         while True:
@@ -195,6 +204,38 @@ class Daemon:
                 code="protected",
             )
         await self.fleet.destroy(node)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def pause_node(self, hostname: str) -> Node:
+        """Stop a node's vCPUs (its processes and memory stay). Raises NotFound, Conflict unless it is
+        running, HypervisorError when QEMU does not do it."""
+        node = self.node(hostname)
+        await node.pause()
+        return node
+
+    async def resume_node(self, hostname: str) -> Node:
+        """Run a paused node again. Raises NotFound, Conflict unless it is paused, HypervisorError."""
+        node = self.node(hostname)
+        await node.resume()
+        return node
+
+    async def shut_down_node(self, hostname: str, *, timeout: float | None = None) -> Node:
+        """Stop a node's guest cleanly (killed when it has not stopped within ``timeout``), answering once it has
+        stopped: a persistent VM (or a service) is then Stopped with its disk, an ephemeral sandbox is removed
+        with its disk (state Deleted). Raises NotFound, Conflict when it is not running or paused."""
+        node = self.node(hostname)
+        await self.fleet.shut_down(node, timeout=GRACEFUL_STOP_SECONDS if timeout is None else timeout)
+        return node
+
+    async def relaunch_node(self, hostname: str, *, wait: str | None = None, timeout: float = 300.0) -> Node:
+        """Boot a stopped node again from its disk; with ``wait`` ("agent" or "userdata"), return once it is
+        ready. Raises NotFound, Conflict unless it is stopped, HypervisorError or NetworkError when it cannot be
+        started (it stays stopped), Timeout or AgentError when the wait fails (it keeps running)."""
+        node = self.node(hostname)
+        await self.fleet.relaunch(node)
+        if wait is not None:
+            await node.wait_ready(timeout, userdata=wait == "userdata")
+        return node
 
     # -- inside a node -------------------------------------------------------------------------
     async def agent_health(self, hostname: str) -> AgentHealth:

@@ -55,9 +55,18 @@ class DataDir:
     def run_dir(self, hostname: str) -> Path:
         return self.run_root / hostname
 
+    def run_dirs(self) -> list[Path]:
+        """The run dirs there are now (an earlier daemon's too)."""
+        return sorted(path for path in self.run_root.iterdir() if path.is_dir()) if self.run_root.is_dir() else []
+
+    def disk_owners(self) -> set[str]:
+        """The hostnames that have a disk or a console log here."""
+        disks = {path.stem for path in (self.path / "disks").glob("*.qcow2")}
+        return disks | {path.stem for path in (self.path / "logs").glob("*.log")}
+
     # -- holding it ----------------------------------------------------------------------------
     def hold(self) -> None:
-        """Take the dir for this daemon and prepare it; sockets of an earlier run are removed.
+        """Take the dir for this daemon and prepare it (what an earlier daemon left is the fleet's to adopt).
 
         Raises ConfigError when another daemon holds it: a second one would clean up the first
         one's sockets and disks."""
@@ -71,11 +80,11 @@ class DataDir:
         self._lock = lock
         for sub in SUBDIRS:
             (self.path / sub).mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.run_root, ignore_errors=True)
         self.run_root.mkdir(parents=True, exist_ok=True)
 
-    def release(self) -> None:
-        if self.run_root != self.path / "run":
+    def release(self, *, keep_run_dirs: bool = False) -> None:
+        """Let the dir go; the run dirs stay when VMs were left running for the next daemon."""
+        if not keep_run_dirs:
             shutil.rmtree(self.run_root, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()  # releases the flock

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,10 +20,10 @@ from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.secrets import check_grant
 from pyslicer.daemon.storage import create_overlay, remove_disk
 from pyslicer.daemon.timestamps import utc_now
-from pyslicer.errors import InvalidArgument, NotFound, SlicerError, Timeout
+from pyslicer.errors import Conflict, HypervisorError, InvalidArgument, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage
 from pyslicer.net import Lease
-from pyslicer.vmm import Hypervisor, Nic, VMSpec
+from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Fleet:
         self.nodes: dict[str, Node] = {}
         self.leases: dict[str, Lease] = {}
         self.launch_counts: dict[tuple[str, LaunchOutcome], int] = {}
+        self.retired: set[str] = set()  # kept disks of VMs whose host group left the config: names still taken
         self._lock = asyncio.Lock()
 
     def node(self, hostname: str) -> Node:
@@ -100,83 +102,242 @@ class Fleet:
         self.count(group.name, LaunchOutcome.CREATED)
         return node
 
-    async def launch(
-        self,
-        group: HostGroup,
-        request: NodeRequest,
-        *,
-        service: bool = False,
-        record: NodeRecord | None = None,
-    ) -> Node:
-        """Start a node's VM (its agent connects in the background). Raises InvalidArgument for a
+    async def launch(self, group: HostGroup, request: NodeRequest, *, service: bool = False) -> Node:
+        """Start a new node's VM (its agent connects in the background). Raises InvalidArgument for a
         hostname in use, HypervisorError or NetworkError when the VM cannot be started (nothing of it is left)."""
         config = group.config
         async with self._lock:
-            if request.hostname is not None and request.hostname in self.nodes:
+            taken = self.nodes.keys() | self.retired
+            if request.hostname is not None and request.hostname in taken:
                 raise InvalidArgument(f"hostname: {request.hostname!r} is already in use", code="hostname")
-            hostname = request.hostname or group.new_hostname(set(self.nodes))
-            if record is None:
-                record = NodeRecord(
-                    hostname=hostname,
-                    host_group=group.name,
-                    cpus=request.cpus or config.vcpu,
-                    ram_bytes=request.ram_bytes or config.ram_bytes,
-                    disk_bytes=config.storage_size or 0,
-                    created_at=utc_now(),
-                    protected=service,
-                    persistent=config.persistent if service or request.persistent is None else request.persistent,
-                    userdata=request.userdata if request.userdata is not None else config.userdata,
-                    tags=list(request.tags),
-                    secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
-                )
-            taken = {lease.address.ip.compressed for lease in self.leases.values()}
-            lease = await group.network.lease(hostname, next(group.taps), taken, wanted=record.ip)
-            self.leases[hostname] = lease
-            record.ip = str(lease.address.ip)
-            spec = VMSpec(
-                name=hostname,
-                vcpus=record.cpus,
-                ram_bytes=record.ram_bytes,
-                kernel=self.kernel,
-                initrd=self.image.initrd,
-                disk=self.data_dir.disk(hostname),
-                run_dir=self.data_dir.run_dir(hostname),
-                console_log=self.data_dir.console_log(hostname),
-                kernel_args={"slicer.hostname": hostname, **lease.kernel_args},
-                nic=Nic(tap=lease.tap, mac=lease.mac, netns=lease.netns),
+            hostname = request.hostname or group.new_hostname(taken)
+            record = NodeRecord(
+                hostname=hostname,
+                host_group=group.name,
+                cpus=request.cpus or config.vcpu,
+                ram_bytes=request.ram_bytes or config.ram_bytes,
+                disk_bytes=config.storage_size or 0,
+                created_at=utc_now(),
+                protected=service,
+                persistent=config.persistent if service or request.persistent is None else request.persistent,
+                userdata=request.userdata if request.userdata is not None else config.userdata,
+                tags=list(request.tags),
+                secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
             )
-            node = Node(record, spec)
-            node.on_stopped = self._on_node_stopped
-            node.on_agent_ready = self.on_agent_ready
-            self.nodes[hostname] = node
+            node = self._add(record)
+        await self._boot(node, failed=LaunchOutcome.FAILED)
+        return node
+
+    def _add(self, record: NodeRecord, lease: Lease | None = None) -> Node:
+        node = Node(record, self._spec(record, lease))
+        node.on_stopped = self._on_node_stopped
+        node.on_agent_ready = self.on_agent_ready
+        self.nodes[record.hostname] = node
+        return node
+
+    def _spec(self, record: NodeRecord, lease: Lease | None) -> VMSpec:
+        hostname = record.hostname
+        return VMSpec(
+            name=hostname,
+            vcpus=record.cpus,
+            ram_bytes=record.ram_bytes,
+            kernel=self.kernel,
+            initrd=self.image.initrd,
+            disk=self.data_dir.disk(hostname),
+            run_dir=self.data_dir.run_dir(hostname),
+            console_log=self.data_dir.console_log(hostname),
+            kernel_args={"slicer.hostname": hostname, **(lease.kernel_args if lease is not None else {})},
+            nic=Nic(tap=lease.tap, mac=lease.mac, netns=lease.netns) if lease is not None else None,
+        )
+
+    async def _boot(self, node: Node, *, failed: LaunchOutcome | None = None) -> None:
+        """Give a node an address and start its VM from its disk (made first for a new node). A new node
+        (``failed`` set) that cannot be started is destroyed; a stopped one stays stopped. Raises
+        HypervisorError or NetworkError."""
+        record = node.record
+        group = self.groups[record.host_group]
         try:
+            async with self._lock:
+                taken = {lease.address.ip.compressed for lease in self.leases.values()}
+                lease = await group.network.lease(record.hostname, next(group.taps), taken, wanted=record.ip)
+                self.leases[record.hostname] = lease
+            record.ip, record.tap = str(lease.address.ip), lease.tap
+            node.spec = spec = self._spec(record, lease)
             if not spec.disk.exists():
                 await create_overlay(await self.data_dir.pinned_base(self.image), spec.disk, record.disk_bytes or None)
             await self.registry.put(record)
             shutil.rmtree(spec.run_dir, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 spec.console_log.unlink()
-            node.attach(await self.hypervisor.launch(spec))
+            vm = await self.hypervisor.launch(spec)
+            try:
+                node.attach(vm)  # (Conflict if the node was deleted meanwhile)
+            except BaseException:
+                await vm.kill()
+                raise
+            record.vmm_pid, record.vmm_started = vm.identity.pid, vm.identity.start_time
+            record.stopped = False
+            await self.registry.put(record)
         except BaseException:
-            self.count(group.name, LaunchOutcome.FAILED)
-            await self.destroy(node)
+            if failed is not None:
+                self.count(record.host_group, failed)
+                await self.destroy(node)
+            else:
+                await self._release_lease(node)
+                shutil.rmtree(node.spec.run_dir, ignore_errors=True)
             raise
-        return node
 
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def shut_down(self, node: Node, *, timeout: float = GRACEFUL_STOP_SECONDS) -> None:
+        """Stop a node's guest cleanly (killed after ``timeout``). A persistent VM or a service ends Stopped
+        with its disk; an ephemeral sandbox is removed with its disk (as on Slicer) and ends Deleted. Raises
+        Conflict when it is not running or paused."""
+        await node.shut_down(timeout)
+        await self._stopped(node, on_purpose=True)
+
+    async def relaunch(self, node: Node) -> None:
+        """Boot a stopped node again from its disk. Raises Conflict unless it is stopped, HypervisorError or
+        NetworkError when it cannot be started (it stays stopped)."""
+        async with node.lifecycle:
+            if node.state is not NodeState.STOPPED:
+                raise Conflict(f"cannot relaunch {node.hostname}: it is {node.state.value}", code="invalid_state")
+            await self._boot(node)
+
+    async def _on_node_stopped(self, node: Node) -> None:
+        await self._stopped(node, on_purpose=False)
+
+    async def _stopped(self, node: Node, *, on_purpose: bool) -> None:
+        """After a node's VM has ended: what belongs to the run goes; a sandbox that is not persistent goes too."""
+        shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+        await self._release_lease(node)
+        record = node.record
+        record.vmm_pid = record.vmm_started = 0
+        record.tap = ""
+        if not record.persistent and not record.protected:
+            why = "shut down" if on_purpose else "its VM ended"
+            log.info("%s: %s; an ephemeral sandbox goes with its disk", node.hostname, why)
+            node.transition(NodeState.DELETED)
+            await self._forget(node)
+            return
+        record.stopped = True
+        await self.registry.put(record)
+
+    # -- a restart -----------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Disks of ephemeral nodes left by a daemon that did not stop cleanly are removed;
-        persistent sandboxes come back."""
-        for record in await self.registry.all():
+        """Take over what an earlier daemon on this data dir left: VMs still running are adopted (the guests
+        notice nothing), persistent ones that are not come back (stopped ones stay stopped), the disks of
+        ephemeral sandboxes whose VM is gone are removed, VMs whose host group (or service entry) left the
+        config are shut down cleanly with their disks kept, and whatever no record owns is removed."""
+        records = await self.registry.all()
+        for record in records:
             group = self.groups.get(record.host_group)
-            if record.persistent and group is not None and not record.protected:
-                await self.launch(group, NodeRequest(hostname=record.hostname), record=record)
-            elif not record.persistent or group is None:
-                remove_disk(self.data_dir.disk(record.hostname))
+            if group is None or (record.protected and not self._is_configured_service(group, record.hostname)):
+                await self._retire(record)
+                continue
+            if record.vmm_pid and await self._adopt(group, record):
+                continue
+            if not record.persistent:  # (a service of a group that is not persistent is launched afresh)
+                log.info("%s: its VM is gone; removing its disk, which does not persist", record.hostname)
+                self._remove_files(record.hostname)
                 await self.registry.remove(record.hostname)
+                continue
+            record.vmm_pid = record.vmm_started = 0
+            record.tap = ""
+            node = self._add(record)
+            if record.stopped and not record.protected:  # services run whenever the config lists them
+                node.transition(NodeState.STOPPED)
+                continue
+            try:
+                await self._boot(node)
+            except SlicerError as exc:  # reported; it stays stopped and can be relaunched
+                log.error("%s: cannot start it again: %s", record.hostname, exc)
+                node.transition(NodeState.STOPPED)
+        for group in self.groups.values():
+            indexes = [group.network.tap_index(lease.tap) for lease in self.leases.values()]
+            group.taps = itertools.count(max([index for index in indexes if index is not None], default=0) + 1)
+        await self._sweep({record.hostname for record in await self.registry.all()})
+
+    @staticmethod
+    def _is_configured_service(group: HostGroup, hostname: str) -> bool:
+        return hostname in {f"{group.name}-{index}" for index in range(1, group.config.count + 1)}
+
+    async def _adopt(self, group: HostGroup, record: NodeRecord) -> bool:
+        identity = ProcessIdentity(record.vmm_pid, record.vmm_started)
+        lease = group.network.adopt(record.hostname, record.tap, record.ip)
+        spec = self._spec(record, lease)
+        try:
+            if lease is None:
+                raise HypervisorError(f"its tap {record.tap!r} or address {record.ip!r} is not its group's")
+            vm = await self.hypervisor.adopt(spec, identity)
+            paused = await vm.paused()
+        except HypervisorError as exc:
+            log.warning("%s: not adopted: %s", record.hostname, exc)
+            return False
+        self.leases[record.hostname] = lease
+        node = self._add(record, lease)
+        node.attach(vm, paused=paused)
+        log.info("%s: adopted its running VM (pid %d%s)", record.hostname, identity.pid, ", paused" if paused else "")
+        return True
+
+    async def _retire(self, record: NodeRecord) -> None:
+        """A VM whose config entry is gone: shut down cleanly if it still runs; its disk and record are kept."""
+        if record.vmm_pid:
+            spec = self._spec(record, None)
+            try:
+                vm = await self.hypervisor.adopt(spec, ProcessIdentity(record.vmm_pid, record.vmm_started))
+            except HypervisorError:
+                pass
+            else:
+                node = Node(record, spec)
+                node.attach(vm)
+                with contextlib.suppress(HypervisorError):
+                    if await vm.paused():
+                        await vm.resume()
+                with contextlib.suppress(SlicerError):
+                    await node.wait_ready(GRACEFUL_STOP_SECONDS, userdata=False)
+                await node.stop(graceful_timeout=GRACEFUL_STOP_SECONDS)
+            shutil.rmtree(spec.run_dir, ignore_errors=True)  # (its tap goes in the sweep)
+        record.vmm_pid = record.vmm_started = 0
+        record.tap = ""
+        record.stopped = True
+        await self.registry.put(record)
+        self.retired.add(record.hostname)
+        log.warning(
+            "%s: host group %r (or its service entry) is no longer in the config: the VM is shut down and its disk "
+            "kept at %s",
+            record.hostname,
+            record.host_group,
+            self.data_dir.disk(record.hostname),
+        )
+
+    async def _sweep(self, recorded: set[str]) -> None:
+        """Remove what no record owns: VMs an earlier daemon started but never recorded, run dirs, taps,
+        disks and logs."""
+        running = {hostname for hostname, node in self.nodes.items() if node.vm is not None}
+        for run_dir in self.data_dir.run_dirs():
+            if run_dir.name not in running:
+                await self.hypervisor.reclaim(run_dir)
+                shutil.rmtree(run_dir, ignore_errors=True)
+        owned = {lease.tap for lease in self.leases.values()}
+        for group in self.groups.values():  # all groups share the daemon's namespace
+            for tap in await group.network.netns.taps() - owned:
+                log.info("removing tap %s: no VM owns it", tap)
+                await group.network.release(tap)
+            break
+        for hostname in self.data_dir.disk_owners() - recorded:
+            log.warning("%s: removing its disk and log: no record owns them", hostname)
+            self._remove_files(hostname)
+
+    def _remove_files(self, hostname: str) -> None:
+        remove_disk(self.data_dir.disk(hostname))
+        with contextlib.suppress(FileNotFoundError):
+            self.data_dir.console_log(hostname).unlink()
+        shutil.rmtree(self.data_dir.run_dir(hostname), ignore_errors=True)
 
     # -- stopping ------------------------------------------------------------------------------
     async def stop_all(self) -> None:
-        """Stop every node: persistent ones shut down cleanly and keep their disks, the rest are removed."""
+        """Stop every node: persistent ones shut down cleanly and keep their disks (and come back at the next
+        start unless they were stopped), the rest are removed."""
         await asyncio.gather(*(self._shut_down(node) for node in list(self.nodes.values())), return_exceptions=True)
 
     async def _shut_down(self, node: Node) -> None:
@@ -185,6 +346,14 @@ class Fleet:
         shutil.rmtree(node.spec.run_dir, ignore_errors=True)
         if not node.record.persistent:
             await self._forget(node)
+        elif node.record.vmm_pid:
+            node.record.vmm_pid = node.record.vmm_started = 0
+            node.record.tap = ""
+            await self.registry.put(node.record)
+
+    async def detach_all(self) -> None:
+        """Let go of every VM and leave it running, for the next daemon on this data dir to adopt."""
+        await asyncio.gather(*(node.detach() for node in list(self.nodes.values())), return_exceptions=True)
 
     async def destroy(self, node: Node) -> None:
         """Stop the node's VM and remove everything of it: disk, log, address, record."""
@@ -195,10 +364,6 @@ class Fleet:
         await self._release_lease(node)
         await self._forget(node)
 
-    async def _on_node_stopped(self, node: Node) -> None:
-        shutil.rmtree(node.spec.run_dir, ignore_errors=True)
-        await self._release_lease(node)
-
     async def _release_lease(self, node: Node) -> None:
         lease = self.leases.pop(node.hostname, None)
         if lease is not None:
@@ -207,7 +372,5 @@ class Fleet:
     async def _forget(self, node: Node) -> None:
         if self.nodes.get(node.hostname) is node:
             del self.nodes[node.hostname]
-        remove_disk(node.spec.disk)
-        with contextlib.suppress(FileNotFoundError):
-            node.spec.console_log.unlink()
+        self._remove_files(node.hostname)
         await self.registry.remove(node.hostname)

@@ -23,10 +23,11 @@ class NodeState(enum.StrEnum):
 
 
 TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    NodeState.CREATING: frozenset({NodeState.BOOTING, NodeState.STOPPED, NodeState.DELETED}),
+    # A VM adopted from an earlier daemon may be found paused.
+    NodeState.CREATING: frozenset({NodeState.BOOTING, NodeState.PAUSED, NodeState.STOPPED, NodeState.DELETED}),
     NodeState.BOOTING: frozenset({NodeState.RUNNING, NodeState.PAUSED, NodeState.STOPPED, NodeState.DELETED}),
     NodeState.RUNNING: frozenset({NodeState.PAUSED, NodeState.SUSPENDED, NodeState.STOPPED, NodeState.DELETED}),
-    NodeState.PAUSED: frozenset({NodeState.RUNNING, NodeState.BOOTING, NodeState.STOPPED, NodeState.DELETED}),
+    NodeState.PAUSED: frozenset({NodeState.RUNNING, NodeState.STOPPED, NodeState.DELETED}),
     NodeState.SUSPENDED: frozenset({NodeState.BOOTING, NodeState.DELETED}),
     NodeState.STOPPED: frozenset({NodeState.BOOTING, NodeState.DELETED}),
     NodeState.DELETED: frozenset(),
@@ -41,8 +42,12 @@ WHY_NOT = {
 }
 
 
-def check_transition(hostname: str, current: NodeState, target: NodeState) -> None:
+def check_transition(hostname: str, current: NodeState, target: NodeState, *, action: str = "") -> None:
+    """Raises Conflict, naming the current state (and the action refused, when given), unless ``current`` may
+    become ``target``."""
     if target not in TRANSITIONS[current]:
+        if action:
+            raise Conflict(f"cannot {action} {hostname}: it is {current.value}", code="invalid_state")
         raise Conflict(
             f"{hostname} {WHY_NOT.get(current, f'is {current.value}')}: cannot become {target.value}",
             code="invalid_state",

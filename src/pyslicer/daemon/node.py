@@ -15,7 +15,7 @@ from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.guest_input import int_or, str_or
 from pyslicer.daemon.lifecycle import NodeState, check_transition, require_running
 from pyslicer.daemon.registry import NodeRecord
-from pyslicer.errors import AgentError, SlicerError, Timeout
+from pyslicer.errors import AgentError, Conflict, HypervisorError, SlicerError, Timeout
 from pyslicer.protocol import Op
 from pyslicer.vmm import VMProcess, VMSpec
 
@@ -59,6 +59,7 @@ class Node:
         self._userdata_sent = False
         self._stopping = False
         self._changed = asyncio.Event()
+        self.lifecycle = asyncio.Lock()  # one pause, resume, shutdown or relaunch at a time
         self.on_stopped: Callable[[Node], Awaitable[None]] | None = None
         # Run on every READY (a new agent, a reconnect) before userdata is handed over: the fleet syncs the
         # guest's secrets here, so a userdata script and the first request after a wait find them in place.
@@ -78,12 +79,15 @@ class Node:
         self._changed = asyncio.Event()
 
     # -- running -------------------------------------------------------------------------------
-    def attach(self, vm: VMProcess) -> None:
-        """Take over a started VM: connect to its agent and watch its process. Raises Conflict unless the node
-        is being created or was stopped."""
+    def attach(self, vm: VMProcess, *, paused: bool = False) -> None:
+        """Take over a started (or adopted) VM: connect to its agent and watch its process. Raises Conflict
+        unless the node is being created or was stopped."""
+        self.transition(NodeState.PAUSED if paused else NodeState.BOOTING)
         self.vm = vm
-        self.transition(NodeState.BOOTING)
+        self._stopping = False
         self.link = AgentLink(self.spec.agent_socket, self.hostname, on_ready=self._on_agent_ready)
+        if paused:
+            self.link.hold_clock()
         self.link.start()
         self._tasks = [asyncio.get_running_loop().create_task(self._watch_process(vm), name=f"{self.hostname}-process")]
 
@@ -109,6 +113,7 @@ class Node:
         if self.link is None:
             return
         try:
+            # The agent runs it once per disk (a marker file): an adopted or relaunched VM does not run it again.
             request: protocol.UserdataRequest = {"op": Op.USERDATA, "script": self.record.userdata}
             await self.link.call(request)
             self._userdata_sent = True
@@ -116,11 +121,13 @@ class Node:
             log.warning("%s: could not hand over userdata: %s", self.hostname, exc)
 
     async def _watch_process(self, vm: VMProcess) -> None:
-        status = await vm.wait()
+        await vm.wait()
         if self.state is NodeState.DELETED or self._stopping:
             return
-        log.warning("%s: QEMU exited with status %s", self.hostname, status)
+        log.warning("%s: QEMU exited (%s)", self.hostname, "from inside the guest or killed")
         await self._release()
+        self.vm = None
+        await vm.kill()  # closes what watched it
         self.transition(NodeState.STOPPED)
         if self.on_stopped is not None:
             await self.on_stopped(self)
@@ -134,23 +141,7 @@ class Node:
             await self.link.close()
             self.link = None
 
-    async def stop(self, *, graceful_timeout: float = 0) -> None:
-        """Stop the VM and release everything that belongs to its run (not its disk).
-
-        With a graceful timeout the guest first shuts down cleanly (its filesystem unmounted), so a
-        persistent disk is consistent; the process is killed when that does not happen in time. Raises nothing."""
-        self._stopping = True
-        vm, self.vm = self.vm, None
-        if graceful_timeout and vm is not None and self.link is not None and self.link.ready.is_set():
-            try:
-                reboot: protocol.ExecRequest = {"op": Op.EXEC, "cmd": "/usr/local/sbin/busybox", "args": ["reboot"]}
-                self.link.open(reboot)
-                await asyncio.wait_for(vm.wait(), graceful_timeout)
-            except (AgentError, TimeoutError):
-                log.warning("%s: no clean shutdown within %gs; killing it", self.hostname, graceful_timeout)
-        await self._release()
-        if vm is not None:
-            await vm.kill()
+    async def _end_tasks(self) -> None:
         for task in self._tasks:
             try:
                 await task
@@ -159,6 +150,69 @@ class Node:
             except Exception:  # a broken helper task must never keep a VM from being stopped
                 log.exception("%s: task %s failed", self.hostname, task.get_name())
         self._tasks = []
+
+    async def pause(self) -> None:
+        """Stop the guest's vCPUs; its processes and memory stay. Raises Conflict unless it is running
+        (or booting), HypervisorError when QEMU does not do it."""
+        async with self.lifecycle:
+            check_transition(self.hostname, self.state, NodeState.PAUSED, action="pause")
+            assert self.vm is not None
+            await self.vm.pause()
+            self.transition(NodeState.PAUSED)
+            if self.link is not None:
+                self.link.hold_clock()
+
+    async def resume(self) -> None:
+        """Run a paused guest again and set its clock. Raises Conflict unless it is paused, HypervisorError
+        when QEMU does not do it."""
+        async with self.lifecycle:
+            if self.state is not NodeState.PAUSED:
+                raise Conflict(f"cannot resume {self.hostname}: it is {self.state.value}", code="invalid_state")
+            assert self.vm is not None
+            await self.vm.resume()
+            self.transition(NodeState.RUNNING)
+            if self.link is not None:
+                self.link.release_clock()  # the guest's clock stood still while it was paused
+
+    async def shut_down(self, graceful_timeout: float) -> None:
+        """Stop the guest cleanly (its filesystems unmounted) and end Stopped; a guest that has not gone
+        within ``graceful_timeout`` is killed. Raises Conflict when it is not running or paused."""
+        async with self.lifecycle:
+            check_transition(self.hostname, self.state, NodeState.STOPPED, action="shut down")
+            if self.state is NodeState.PAUSED and self.vm is not None:
+                with contextlib.suppress(HypervisorError):
+                    await self.vm.resume()  # a paused guest cannot shut itself down
+            await self.stop(graceful_timeout=graceful_timeout)
+            self.transition(NodeState.STOPPED)
+
+    async def stop(self, *, graceful_timeout: float = 0) -> None:
+        """Stop the VM and release everything that belongs to its run (not its disk); the state is the caller's.
+
+        With a graceful timeout the guest first shuts down cleanly (its filesystem unmounted), so a
+        persistent disk is consistent; the process is killed when that does not happen in time. Raises nothing."""
+        self._stopping = True
+        vm, self.vm = self.vm, None
+        if graceful_timeout and vm is not None and self.link is not None and self.link.ready.is_set():
+            try:
+                # QEMU runs with -no-reboot: a guest that reboots ends its QEMU (Slicer's graceful stop).
+                reboot: protocol.ExecRequest = {"op": Op.EXEC, "cmd": "/usr/local/sbin/busybox", "args": ["reboot"]}
+                self.link.open(reboot)
+                await asyncio.wait_for(vm.wait(), graceful_timeout)
+            except (AgentError, TimeoutError):
+                log.warning("%s: no clean shutdown within %gs; killing it", self.hostname, graceful_timeout)
+        await self._release()
+        if vm is not None:
+            await vm.kill()
+        await self._end_tasks()
+
+    async def detach(self) -> None:
+        """Let go of the VM and leave it running, for the next daemon on this data dir to adopt. Raises nothing."""
+        self._stopping = True
+        vm, self.vm = self.vm, None
+        await self._release()
+        if vm is not None:
+            await vm.detach()
+        await self._end_tasks()
 
     # -- agent ---------------------------------------------------------------------------------
     def agent(self) -> AgentLink:

@@ -1,13 +1,15 @@
-"""Node records in SQLite, so a restarted daemon knows which disks are whose."""
+"""Node records in SQLite, so a restarted daemon knows which disks and which running VMs are whose."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
+
+from pyslicer.errors import ConfigError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -32,11 +34,21 @@ class NodeRecord:
     tags: list[str] = field(default_factory=list)
     ip: str = ""
     secrets: list[str] | None = None  # the secrets the node is granted; None: all of them
+    tap: str = ""  # while it runs
+    vmm_pid: int = 0  # its VMM while it runs (0: none), told apart from a later process by its start time
+    vmm_started: int = 0
+    stopped: bool = False  # stopped on purpose (or its VMM died): stays down across daemon restarts
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:
-        data: dict[str, Any] = json.loads(text)
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+        """Raises ValueError for a record this daemon cannot read."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        record = cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+        if not isinstance(record.hostname, str) or not isinstance(record.host_group, str):
+            raise ValueError("no hostname or host group")
+        return record
 
 
 class Registry:
@@ -45,11 +57,32 @@ class Registry:
 
     @classmethod
     async def open(cls, path: Path) -> Registry:
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute(SCHEMA)
-        await db.commit()
-        return cls(db)
+        """Open (or make) the state database and read it through once. Raises ConfigError, changing nothing,
+        when it is damaged: its records say which disks and VMs are whose, so nothing may be guessed."""
+        try:
+            db = await aiosqlite.connect(path)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"state database {path}: cannot open it: {exc}") from None
+        registry = cls(db)
+        try:
+            async with db.execute("PRAGMA quick_check") as cursor:
+                verdict = [row[0] async for row in cursor]
+            if verdict != ["ok"]:
+                raise ConfigError(f"state database {path} is damaged ({'; '.join(map(str, verdict))[:200]})")
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute(SCHEMA)
+            await db.commit()
+            await registry.all()
+        except sqlite3.Error as exc:
+            await db.close()
+            raise ConfigError(
+                f"state database {path} is damaged ({exc}): nothing was changed; move it aside to start afresh "
+                "(the VMs and disks it recorded are then no longer known)"
+            ) from None
+        except ConfigError as exc:
+            await db.close()
+            raise ConfigError(f"{exc.message}: nothing was changed; move it aside to start afresh") from None
+        return registry
 
     async def close(self) -> None:
         await self._db.close()
@@ -66,5 +99,12 @@ class Registry:
         await self._db.commit()
 
     async def all(self) -> list[NodeRecord]:
-        async with self._db.execute("SELECT record FROM nodes ORDER BY hostname") as cursor:
-            return [NodeRecord.from_json(row[0]) async for row in cursor]
+        """Every record. Raises ConfigError for one that cannot be read."""
+        records = []
+        async with self._db.execute("SELECT hostname, record FROM nodes ORDER BY hostname") as cursor:
+            async for hostname, text in cursor:
+                try:
+                    records.append(NodeRecord.from_json(text))
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"state database: the record of {hostname!r} cannot be read ({exc})") from None
+        return records

@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyslicer.config import HostGroupConfig
 from pyslicer.errors import NetworkError
@@ -20,6 +23,17 @@ async def ip(*args: str) -> None:
     _, stderr = await process.communicate()
     if process.returncode != 0:
         raise NetworkError(f"ip {' '.join(args)}: {stderr.decode(errors='replace').strip()}")
+
+
+async def ip_json(*args: str) -> list[dict[str, Any]]:
+    process = await asyncio.create_subprocess_exec(
+        "ip", "-j", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise NetworkError(f"ip -j {' '.join(args)}: {stderr.decode(errors='replace').strip()}")
+    answer = json.loads(stdout or b"[]")
+    return [item for item in answer if isinstance(item, dict)] if isinstance(answer, list) else []
 
 
 @dataclass(frozen=True)
@@ -46,10 +60,21 @@ class NetworkNamespace:
         return Path("/run/netns", self.name).exists()
 
     async def create(self) -> None:
-        if self.exists:  # left by a daemon that did not stop cleanly
-            await self.delete()
-        await ip("netns", "add", self.name)
+        """Make the namespace; one left by an earlier daemon is kept, with the taps of the VMs still running."""
+        if not self.exists:
+            await ip("netns", "add", self.name)
         await ip("-n", self.name, "link", "set", "lo", "up")
+
+    async def links(self) -> set[str]:
+        """The names of the links in it."""
+        return {str(link["ifname"]) for link in await ip_json("-n", self.name, "link", "show") if "ifname" in link}
+
+    async def taps(self) -> set[str]:
+        """The names of the taps in it (none when it does not exist)."""
+        if not self.exists:
+            return set()
+        found = await ip_json("-n", self.name, "link", "show", "type", "tun")
+        return {str(link["ifname"]) for link in found if "ifname" in link}
 
     async def delete(self) -> None:
         if self.exists:
@@ -73,12 +98,24 @@ class GroupNetwork:
         self.tap_prefix = prefix[:11]
 
     async def create(self) -> None:
+        """Set up the group's bridge; one left by an earlier daemon is taken as it is."""
         if self.isolated:
             return
         ns = self.netns.name
-        await ip("-n", ns, "link", "add", self.bridge, "type", "bridge")
-        await ip("-n", ns, "addr", "add", str(self.gateway), "dev", self.bridge)
+        if self.bridge not in await self.netns.links():
+            await ip("-n", ns, "link", "add", self.bridge, "type", "bridge")
+        addresses = await ip_json("-n", ns, "addr", "show", "dev", self.bridge)
+        present = {
+            f"{info.get('local')}/{info.get('prefixlen')}" for link in addresses for info in link.get("addr_info", [])
+        }
+        if str(self.gateway) not in present:
+            await ip("-n", ns, "addr", "add", str(self.gateway), "dev", self.bridge)
         await ip("-n", ns, "link", "set", self.bridge, "up")
+
+    def tap_index(self, tap: str) -> int | None:
+        """The index in a tap name of this group's, else None."""
+        match = re.fullmatch(re.escape(self.tap_prefix) + r"(\d+)", tap)
+        return int(match.group(1)) if match else None
 
     def _subnets(self) -> list[tuple[ipaddress.IPv4Interface, ipaddress.IPv4Interface]]:
         """(gateway, guest) address pairs, in allocation order."""
@@ -115,11 +152,23 @@ class GroupNetwork:
         except NetworkError:
             await self.release(tap)
             raise
-        digest = hashlib.sha256(hostname.encode()).digest()
-        mac = "02:" + ":".join(f"{b:02x}" for b in digest[:5])
-        return Lease(address=address, gateway=gateway.ip, tap=tap, mac=mac, netns=ns)
+        return Lease(address=address, gateway=gateway.ip, tap=tap, mac=mac_of(hostname), netns=ns)
+
+    def adopt(self, hostname: str, tap: str, address: str) -> Lease | None:
+        """The lease of a VM that kept running while no daemon was here (its tap exists); None when
+        ``address`` is not one of this group's."""
+        pair = next((pair for pair in self._subnets() if str(pair[1].ip) == address), None)
+        if pair is None or self.tap_index(tap) is None:
+            return None
+        gateway, guest = pair
+        return Lease(address=guest, gateway=gateway.ip, tap=tap, mac=mac_of(hostname), netns=self.netns.name)
 
     async def release(self, tap: str) -> None:
         if self.netns.exists:
             with contextlib.suppress(NetworkError):  # already gone with its VM
                 await ip("-n", self.netns.name, "link", "delete", tap)
+
+
+def mac_of(hostname: str) -> str:
+    digest = hashlib.sha256(hostname.encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])

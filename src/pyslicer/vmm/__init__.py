@@ -2,6 +2,7 @@
 
 from pyslicer.vmm.accel import choose_accel, hardware_kvm_available
 from pyslicer.vmm.base import Accel, BlockStats, Hypervisor, Nic, VMProcess, VMSpec
+from pyslicer.vmm.process import ProcessIdentity
 from pyslicer.vmm.qemu import QemuHypervisor, QemuVM, qemu_hypervisor
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "BlockStats",
     "Hypervisor",
     "Nic",
+    "ProcessIdentity",
     "QemuHypervisor",
     "QemuVM",
     "VMProcess",

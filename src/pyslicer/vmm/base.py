@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from pyslicer.vmm.process import ProcessIdentity
+
 Accel = Literal["kvm", "tcg"]
 
 
@@ -48,8 +50,12 @@ class BlockStats:
 
 
 class VMProcess(Protocol):
+    """A running VM. It is not tied to the daemon's process: it keeps running when the daemon dies, and a later
+    daemon takes it over with ``Hypervisor.adopt``."""
+
     spec: VMSpec
     pid: int
+    identity: ProcessIdentity
 
     async def pause(self) -> None:
         """Stop the vCPUs. Raises HypervisorError when the VMM does not do it."""
@@ -63,12 +69,20 @@ class VMProcess(Protocol):
         """The VM's disk I/O as the VMM counts it. Raises HypervisorError when the VMM does not answer."""
         ...
 
-    async def wait(self) -> int:
-        """Wait until the VM process exits; return its exit status. Raises nothing."""
+    async def paused(self) -> bool:
+        """Whether its vCPUs are stopped. Raises HypervisorError when the VMM does not answer."""
+        ...
+
+    async def wait(self) -> None:
+        """Wait until the VM process exits. Raises nothing."""
         ...
 
     async def kill(self) -> None:
-        """Stop the VM now and reap its process. Safe to call more than once; raises nothing."""
+        """Stop the VM now and wait until its process has gone. Safe to call more than once; raises nothing."""
+        ...
+
+    async def detach(self) -> None:
+        """Stop controlling the VM and leave it running. Raises nothing."""
         ...
 
 
@@ -80,4 +94,14 @@ class Hypervisor(Protocol):
 
     async def launch(self, spec: VMSpec) -> VMProcess:
         """Start a VM for ``spec``. Raises HypervisorError when it cannot be started."""
+        ...
+
+    async def adopt(self, spec: VMSpec, identity: ProcessIdentity) -> VMProcess:
+        """Take over the VM an earlier daemon started for ``spec`` as process ``identity``. Raises
+        HypervisorError when that process is gone or is not that VM's."""
+        ...
+
+    async def reclaim(self, run_dir: Path) -> None:
+        """End a VM an earlier daemon started in ``run_dir`` without recording it (no record owns it). Raises
+        nothing."""
         ...

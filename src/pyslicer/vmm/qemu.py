@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
@@ -16,16 +16,13 @@ from qemu.qmp.error import QMPError
 from pyslicer.errors import HypervisorError
 from pyslicer.vmm.accel import choose_accel, host_tsc_khz
 from pyslicer.vmm.base import Accel, BlockStats, VMSpec
+from pyslicer.vmm.process import ProcessHandle, ProcessIdentity, become_subreaper
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # A daemon killed with SIGKILL must not leave its guests running unowned.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+LAUNCH_TIMEOUT = 60.0  # until QEMU has set the machine up and daemonized
+QMP_CONNECT_TIMEOUT = 10.0
 
 
 def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
@@ -72,14 +69,14 @@ def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
         "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(max(1, spec.ram_bytes // MIB)),
         "-smp", str(spec.vcpus),
-        "-nodefaults", "-no-user-config", "-no-reboot", "-nographic",
+        "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
         # append=on: the daemon trims a log that grows too large, and QEMU then keeps writing at its end
         "-chardev", f"file,id=console0,path={spec.console_log},append=on",
         "-serial", "chardev:console0",
-        "-kernel", str(spec.kernel),
-        "-initrd", str(spec.initrd),
+        "-kernel", str(spec.kernel.absolute()),  # a daemonized QEMU works in /
+        "-initrd", str(spec.initrd.absolute()),
         "-append", append,
-        "-drive", f"id=root,file={spec.disk},format=qcow2,if=none,discard=unmap",
+        "-drive", f"id=root,file={spec.disk.absolute()},format=qcow2,if=none,discard=unmap",
         "-device", "virtio-blk-device,drive=root",
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=agent0,path={spec.agent_socket},server=on,wait=off",
@@ -90,15 +87,18 @@ def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
 
 
 class QemuVM:
-    def __init__(self, spec: VMSpec, process: asyncio.subprocess.Process, qmp: QMPClient) -> None:
+    """A running QEMU, controlled over QMP and watched through a pidfd (it is not the daemon's child)."""
+
+    def __init__(self, spec: VMSpec, process: ProcessHandle, qmp: QMPClient) -> None:
         self.spec = spec
+        self.identity = process.identity
         self.pid = process.pid
         self._process = process
         self._qmp = qmp
 
-    async def _execute(self, command: str) -> None:
+    async def _execute(self, command: str) -> Any:
         try:
-            await self._qmp.execute(command)
+            return await self._qmp.execute(command)
         except (QMPError, OSError) as exc:
             raise HypervisorError(f"{self.spec.name}: QMP {command} failed: {exc}") from exc
 
@@ -131,18 +131,28 @@ class QemuVM:
             write_operations=totals["wr_operations"],
         )
 
-    async def wait(self) -> int:
-        """The QEMU process's exit status, once it has exited."""
-        return await self._process.wait()
+    async def paused(self) -> bool:
+        """Whether the vCPUs are stopped. Raises HypervisorError when QMP does not answer."""
+        status = await self._execute("query-status")
+        return isinstance(status, dict) and status.get("running") is False
+
+    async def wait(self) -> None:
+        """Return once the QEMU process has exited."""
+        await self._process.wait()
 
     async def kill(self) -> None:
-        """SIGKILL QEMU and reap it; safe to call more than once."""
+        """SIGKILL QEMU and wait until it has gone; safe to call more than once."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._qmp.disconnect(), 1)
-        if self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
+        self._process.send_signal(signal.SIGKILL)
         await self._process.wait()
+        self._process.close()
+
+    async def detach(self) -> None:
+        """Let go of QEMU, leaving it running, for a later daemon to adopt."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._qmp.disconnect(), 1)
+        self._process.close()
 
 
 def qemu_hypervisor(accel: str) -> QemuHypervisor:
@@ -163,50 +173,90 @@ class QemuHypervisor:
         if found is None:
             raise HypervisorError(f"{binary} not found: install the qemu-system-x86 package")
         self.binary = found
+        become_subreaper()
 
     async def launch(self, spec: VMSpec) -> QemuVM:
-        """Start QEMU for ``spec`` and connect to its QMP socket. Raises HypervisorError when QEMU cannot
-        be started or exits before QMP answers (its log's tail is in the message)."""
+        """Start QEMU for ``spec`` as a daemon of its own (it outlives this process) and connect to its QMP
+        socket. Raises HypervisorError when QEMU cannot be started (its log's tail is in the message)."""
         spec.run_dir.mkdir(parents=True, exist_ok=True)
-        command = build_command(self.binary, spec, self.accel)
+        pidfile = spec.run_dir / "qemu.pid"
+        pidfile.unlink(missing_ok=True)
+        command = [*build_command(self.binary, spec, self.accel), "-daemonize", "-pidfile", str(pidfile)]
         log.debug("%s: %s", spec.name, " ".join(command))
         qemu_log = (spec.run_dir / "qemu.log").open("wb")
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=qemu_log,
-                stderr=qemu_log,
-                preexec_fn=_die_with_parent,
+            launcher = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log, start_new_session=True
             )
         except OSError as exc:
             raise HypervisorError(f"{spec.name}: cannot start QEMU: {exc}") from exc
         finally:
             qemu_log.close()
+        # The launching QEMU exits once the daemonized one has set the machine up (or failed to).
+        try:
+            status = await asyncio.wait_for(launcher.wait(), LAUNCH_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                launcher.kill()
+            await launcher.wait()
+            raise HypervisorError(f"{spec.name}: QEMU did not start within {LAUNCH_TIMEOUT:g}s") from None
+        identity = _read_pidfile(pidfile)
+        if status != 0 or identity is None:
+            tail = _tail(spec.run_dir / "qemu.log")
+            raise HypervisorError(f"{spec.name}: QEMU did not start (exit {status}): {tail}")
+        try:
+            process = ProcessHandle.open(identity)
+        except ProcessLookupError:
+            raise HypervisorError(f"{spec.name}: QEMU exited at once: {_tail(spec.run_dir / 'qemu.log')}") from None
+        return await self._control(spec, process)
+
+    async def adopt(self, spec: VMSpec, identity: ProcessIdentity) -> QemuVM:
+        """Take over a QEMU that an earlier daemon started for ``spec``. Raises HypervisorError when that
+        process is gone, is not the VM's QEMU (a PID reused) or does not answer on its QMP socket."""
+        if not _is_qemu_of(identity, spec.run_dir):
+            raise HypervisorError(f"{spec.name}: process {identity.pid} is not its QEMU (gone or another process)")
+        try:
+            process = ProcessHandle.open(identity)
+        except ProcessLookupError:
+            raise HypervisorError(f"{spec.name}: its QEMU (pid {identity.pid}) has exited") from None
+        return await self._control(spec, process)
+
+    async def reclaim(self, run_dir: Path) -> None:
+        """End a QEMU that an earlier daemon started in ``run_dir`` and never recorded (it died in between)."""
+        identity = _read_pidfile(run_dir / "qemu.pid")
+        if identity is None or not _is_qemu_of(identity, run_dir):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process = ProcessHandle.open(identity)
+            log.warning("%s: ending a QEMU no record owns (pid %d)", run_dir.name, identity.pid)
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            process.close()
+
+    async def _control(self, spec: VMSpec, process: ProcessHandle) -> QemuVM:
         qmp = QMPClient(spec.name)
         try:
-            await self._connect_qmp(qmp, spec.run_dir / "qmp.sock", process)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            async with asyncio.timeout(QMP_CONNECT_TIMEOUT):
+                await qmp.connect(str(spec.run_dir / "qmp.sock"))
+        except (QMPError, OSError, TimeoutError) as exc:
+            process.send_signal(signal.SIGKILL)
             await process.wait()
-            raise
+            process.close()
+            raise HypervisorError(f"{spec.name}: QEMU's QMP socket does not answer: {exc or 'timed out'}") from None
         return QemuVM(spec, process, qmp)
 
-    async def _connect_qmp(self, qmp: QMPClient, path: Path, process: asyncio.subprocess.Process) -> None:
-        for _ in range(1000):
-            if process.returncode is not None:
-                break
-            if path.exists():
-                try:
-                    await qmp.connect(str(path))
-                    return
-                except (QMPError, OSError):
-                    pass
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
-        tail = _tail(path.parent / "qemu.log")
-        raise HypervisorError(f"QEMU did not start (exit {process.returncode}): {tail}")
+
+def _read_pidfile(path: Path) -> ProcessIdentity | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return ProcessIdentity.of(pid)
+
+
+def _is_qemu_of(identity: ProcessIdentity, run_dir: Path) -> bool:
+    qmp_socket = str(run_dir / "qmp.sock")
+    return any(qmp_socket in arg for arg in identity.command_line())
 
 
 def _tail(path: Path, size: int = 2000) -> str:

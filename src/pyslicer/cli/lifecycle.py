@@ -1,0 +1,60 @@
+"""``slicer vm pause|resume|shutdown|relaunch``: a VM's lifecycle."""
+
+from __future__ import annotations
+
+import click
+
+from pyslicer.durations import format_go_duration
+
+from ._common import Api, Duration, api_command
+
+LIFECYCLE_COMMANDS: list[click.Command] = []
+
+
+def _lifecycle(func: click.Command) -> click.Command:
+    LIFECYCLE_COMMANDS.append(func)
+    return func
+
+
+@_lifecycle
+@click.command("pause")
+@click.argument("hostname")
+@api_command
+def vm_pause(api: Api, hostname: str) -> None:
+    """Pause a VM: its vCPUs stop, its processes and memory stay."""
+    api.emit(api.client.pause(hostname), lambda: f"{hostname} paused")
+
+
+@_lifecycle
+@click.command("resume")
+@click.argument("hostname")
+@api_command
+def vm_resume(api: Api, hostname: str) -> None:
+    """Resume a paused VM."""
+    api.emit(api.client.resume(hostname), lambda: f"{hostname} resumed")
+
+
+@_lifecycle
+@click.command("shutdown")
+@click.argument("hostname")
+@api_command
+def vm_shutdown(api: Api, hostname: str) -> None:
+    """Shut a VM down cleanly. A persistent VM is then stopped (relaunch it); an ephemeral sandbox is removed."""
+    result = api.client.shutdown(hostname)
+    api.emit(result, lambda: f"{hostname} removed with its disk" if result.disk_removed else f"{hostname} stopped")
+
+
+@_lifecycle
+@click.command("relaunch")
+@click.argument("hostname")
+@click.option("--wait", type=click.Choice(["agent", "userdata", "none"]), default="agent", show_default=True)
+@click.option("--timeout", type=Duration(), default="5m", show_default=True, help="How long to wait.")
+@api_command
+def vm_relaunch(api: Api, hostname: str, wait: str, timeout: float) -> None:
+    """Boot a stopped VM again from its disk."""
+    node = api.client.relaunch(
+        hostname,
+        wait="agent" if wait == "agent" else "userdata" if wait == "userdata" else None,
+        timeout=format_go_duration(timeout),
+    )
+    api.emit(node, lambda: f"{hostname} relaunched")
