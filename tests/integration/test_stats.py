@@ -185,3 +185,22 @@ def test_vm_top_refreshes_in_place_and_leaves_on_ctrl_c(daemon: RunningDaemon, s
     assert b"\x1b[1A" in output  # the cursor went back up: the table was redrawn in place, not appended
     assert output.rfind(b"\x1b[?25h") > output.rfind(b"\x1b[?25l")  # and the cursor is shown again
     assert b"Traceback" not in output and b"KeyboardInterrupt" not in output
+
+
+def test_a_paused_vm_has_an_error_and_host_counters_not_a_failed_request(api: httpx.Client, sandbox: str) -> None:
+    assert api.post(f"/vm/{sandbox}/pause").status_code == 200
+    try:
+        response = api.get("/nodes/stats")
+        one = api.get(f"/node/{sandbox}/stats")
+        metrics = api.get("/metrics")
+    finally:
+        assert api.post(f"/vm/{sandbox}/resume").status_code == 200
+    assert response.status_code == 200 and one.status_code == 200, (response.text, one.text)
+    entry = next(entry for entry in response.json() if entry["hostname"] == sandbox)
+    assert one.json() == [entry] or one.json()[0]["error"] == entry["error"]
+    assert "paused" in entry["error"] and not entry.get("snapshot")
+    assert entry["status"] == "Paused"
+    assert entry["host"]["cpu_seconds"] > 0 and entry["host"]["rss_bytes"] > 0  # no agent needed for these
+    assert metrics.status_code == 200
+    assert f'slicer_vm_stats_up{{host_group="sbox",hostname="{sandbox}"}} 0.0' in metrics.text
+    assert entry_of(api, sandbox)["snapshot"]["hostname"] == sandbox  # answers again once resumed
