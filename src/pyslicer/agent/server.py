@@ -54,6 +54,7 @@ SESSIONS: dict[str, tuple[str, str]] = {
     Op.FS_MKDIR: ("pyslicer.agent.fs", "FsSession"),
     Op.FS_REMOVE: ("pyslicer.agent.fs", "FsSession"),
     Op.FS_WATCH: ("pyslicer.agent.watch", "WatchSession"),
+    Op.STATS: ("pyslicer.agent.stats", "StatsSession"),
 }
 
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pyslicer.daemon import Daemon, LaunchOutcome
+from pyslicer.daemon import Daemon, LaunchOutcome, NodeStats
 
 # Slicer labels launches with the status its create answered.
 LAUNCH_CODES = {
@@ -92,6 +92,78 @@ def system_metrics() -> Iterable[Metric]:
     yield GaugeMetricFamily("slicer_system_open_connections", "established TCP connections", value=connections)
 
 
+# The guest's figures (its agent's snapshot): (series, help, kind, field of GuestSnapshot).
+GUEST_SERIES = (
+    ("slicer_vm_cpus", "vCPUs the guest sees", "gauge", "totalCpus"),
+    ("slicer_vm_memory_total_bytes", "guest memory", "gauge", "totalMemory"),
+    ("slicer_vm_memory_used_bytes", "guest memory in use (total - available)", "gauge", "memoryUsed"),
+    ("slicer_vm_memory_available_bytes", "guest memory available", "gauge", "memoryAvailable"),
+    ("slicer_vm_load_avg_1", "guest 1-minute load average", "gauge", "loadAvg1"),
+    ("slicer_vm_load_avg_5", "guest 5-minute load average", "gauge", "loadAvg5"),
+    ("slicer_vm_load_avg_15", "guest 15-minute load average", "gauge", "loadAvg15"),
+    ("slicer_vm_disk_read_bytes", "bytes the guest read from its disks", "counter", "diskReadTotal"),
+    ("slicer_vm_disk_written_bytes", "bytes the guest wrote to its disks", "counter", "diskWriteTotal"),
+    ("slicer_vm_network_received_bytes", "bytes the guest received (all but lo)", "counter", "networkReadTotal"),
+    ("slicer_vm_network_sent_bytes", "bytes the guest sent (all but lo)", "counter", "networkWriteTotal"),
+    ("slicer_vm_disk_io_inflight", "guest disk I/Os in flight", "gauge", "diskIOInflight"),
+    ("slicer_vm_open_connections", "open TCP connections in the guest", "gauge", "openConnections"),
+    ("slicer_vm_open_files", "file handles allocated in the guest", "gauge", "openFiles"),
+    ("slicer_vm_entropy", "guest entropy pool", "gauge", "entropy"),
+    ("slicer_vm_disk_space_total_bytes", "size of the guest's root filesystem", "gauge", "diskSpaceTotal"),
+    ("slicer_vm_disk_space_used_bytes", "used on the guest's root filesystem", "gauge", "diskSpaceUsed"),
+    ("slicer_vm_disk_space_free_bytes", "available on the guest's root filesystem", "gauge", "diskSpaceFree"),
+)
+# What the host counts without the agent: (series, help, kind, field of HostCounters).
+HOST_SERIES = (
+    ("slicer_vm_host_cpu_seconds", "CPU time of the VM's QEMU process", "counter", "cpu_seconds"),
+    ("slicer_vm_host_rss_bytes", "resident memory of the VM's QEMU process", "gauge", "rss_bytes"),
+    ("slicer_vm_host_network_received_bytes", "bytes the VM received through its tap", "counter", "net_rx_bytes"),
+    ("slicer_vm_host_network_sent_bytes", "bytes the VM sent through its tap", "counter", "net_tx_bytes"),
+    ("slicer_vm_host_disk_read_bytes", "bytes QEMU read for the VM's disk", "counter", "disk_read_bytes"),
+    ("slicer_vm_host_disk_written_bytes", "bytes QEMU wrote for the VM's disk", "counter", "disk_write_bytes"),
+)
+VM_LABELS = ["host_group", "hostname"]
+
+
+def _family(name: str, documentation: str, kind: str) -> CounterMetricFamily | GaugeMetricFamily:
+    if kind == "counter":
+        return CounterMetricFamily(name, documentation, labels=VM_LABELS)
+    return GaugeMetricFamily(name, documentation, labels=VM_LABELS)
+
+
+def vm_metrics(entries: list[NodeStats]) -> Iterable[Metric]:
+    """Per-VM series from one round of stats: the guest's where its agent answered, the host's where read."""
+    up = GaugeMetricFamily("slicer_vm_stats_up", "1 when the VM's agent answered for stats", labels=VM_LABELS)
+    uptime = GaugeMetricFamily("slicer_vm_uptime_seconds", "since the guest booted", labels=VM_LABELS)
+    guest = [(_family(name, text, kind), key) for name, text, kind, key in GUEST_SERIES]
+    host = [(_family(name, text, kind), key) for name, text, kind, key in HOST_SERIES]
+    for entry in entries:
+        labels = [entry.host_group, entry.hostname]
+        up.add_metric(labels, 1 if entry.snapshot is not None else 0)
+        if entry.snapshot is not None:
+            uptime.add_metric(labels, entry.snapshot.uptime_seconds)
+            for family, key in guest:
+                family.add_metric(labels, getattr(entry.snapshot, key))
+        for family, key in host:
+            value = getattr(entry.host, key)
+            if value is not None:
+                family.add_metric(labels, value)
+    yield up
+    yield uptime
+    for family, _ in guest:
+        yield family
+    for family, _ in host:
+        yield family
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
 class ApiMetrics:
     def __init__(self, daemon: Daemon) -> None:
         self.registry = CollectorRegistry()
@@ -101,8 +173,14 @@ class ApiMetrics:
         )
         self.registry.register(DaemonCollector(daemon))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, vm_stats: list[NodeStats] | None = None) -> bytes:
+        """The daemon's series, and each VM's from ``vm_stats`` (one round of ``Daemon.stats``)."""
+        body = generate_latest(self.registry)
+        if vm_stats is not None:
+            per_vm = CollectorRegistry(auto_describe=False)
+            per_vm.register(_Families(vm_metrics(vm_stats)))
+            body += generate_latest(per_vm)
+        return body
 
     def observe(self, method: str, code: int, seconds: float) -> None:
         self.requests.labels(method, str(code)).inc()

@@ -213,3 +213,62 @@ class FsWatchEventData(BaseModel):
     size: int
     isDir: bool  # Slicer's name
     message: str | None = None
+
+
+# -- stats -------------------------------------------------------------------------------------------
+
+
+class StatsSnapshot(BaseModel):
+    """The guest, as its agent read it: Slicer's ``SlicerSnapshot`` (byte counts are bytes)."""
+
+    hostname: str
+    arch: str = Field(description="x86_64 or aarch64")
+    timestamp: str = Field(description="RFC 3339, the guest's clock (kept on the host's)")
+    uptime: str = Field(description='since the guest booted, a Go duration in whole seconds: "6m53s"')
+    totalCpus: int
+    totalMemory: int
+    memoryUsed: int = Field(description="totalMemory - memoryAvailable")
+    memoryAvailable: int
+    memoryUsedPercent: float
+    loadAvg1: float
+    loadAvg5: float
+    loadAvg15: float
+    diskReadTotal: int = Field(description="bytes read from the guest's disks since boot")
+    diskWriteTotal: int
+    networkReadTotal: int = Field(description="bytes received over every interface but lo since boot")
+    networkWriteTotal: int
+    diskIOInflight: int
+    openConnections: int = Field(description="TCP connections in ESTABLISHED or CLOSE-WAIT (v4 and v6)")
+    openFiles: int = Field(description="allocated file handles")
+    entropy: int
+    diskSpaceTotal: int = Field(description="of the root filesystem")
+    diskSpaceUsed: int
+    diskSpaceFree: int = Field(description="available to users (the root reserve is not counted)")
+    diskSpaceUsedPercent: float = Field(description="diskSpaceUsed / diskSpaceTotal")
+
+
+class HostCounters(BaseModel):
+    """pyslicer's extension: the VM as the host counts it, without its agent (so also when it is paused).
+    A figure the host could not read is left out. Network bytes are from the VM's side of its tap."""
+
+    cpu_seconds: float | None = Field(default=None, description="QEMU's user + system CPU time")
+    rss_bytes: int | None = Field(default=None, description="QEMU's resident memory")
+    net_rx_bytes: int | None = Field(default=None, description="bytes the VM received")
+    net_tx_bytes: int | None = Field(default=None, description="bytes the VM sent")
+    disk_read_bytes: int | None = Field(default=None, description="read from the VM's disk, as QEMU counts")
+    disk_write_bytes: int | None = None
+    disk_read_ops: int | None = None
+    disk_write_ops: int | None = None
+
+
+class NodeStatsEntry(BaseModel):
+    """One VM in ``/nodes/stats``: ``snapshot`` when its agent answered, else ``error`` (and no snapshot)."""
+
+    hostname: str
+    hostgroup: str
+    ip: str
+    created_at: str
+    status: str = Field(description="Running, Paused or Stopped")
+    snapshot: StatsSnapshot | None = None
+    error: str | None = Field(default=None, description="why there is no snapshot (left out when there is one)")
+    host: HostCounters = Field(description="pyslicer's extension; the SDKs ignore it")

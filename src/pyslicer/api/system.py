@@ -46,7 +46,8 @@ async def healthz_head() -> Response:
     response_class=Response,
     responses={200: {"content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}}, "description": "metrics"}},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, daemon: DaemonDep) -> Response:
     api_metrics: ApiMetrics = request.app.state.metrics
-    body = await asyncio.to_thread(api_metrics.render)
+    vm_stats = await daemon.stats()  # every VM at once, each under a short timeout: a guest down is a 0 in up
+    body = await asyncio.to_thread(api_metrics.render, vm_stats)
     return Response(body, media_type=PROMETHEUS_TEXT)

@@ -23,6 +23,7 @@ from .cp import vm_cp
 from .fs import fs
 from .lifecycle import LIFECYCLE_COMMANDS
 from .secret import secret
+from .top import vm_top
 from .vm import vm
 
 
@@ -126,6 +127,7 @@ vm.add_command(vm_cp)
 vm.add_command(fs)
 for command in LIFECYCLE_COMMANDS:
     vm.add_command(command)
+vm.add_command(vm_top)
 cli.add_command(vm)
 cli.add_command(secret)
 

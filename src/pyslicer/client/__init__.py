@@ -49,11 +49,14 @@ if TYPE_CHECKING:
         DeleteResult,
         FsEntry,
         HostGroup,
+        HostStats,
         LifecycleResult,
         LogsResult,
         Node,
+        NodeStats,
         Secret,
         ServerInfo,
+        StatsSnapshot,
     )
 
 __all__ = [
@@ -68,9 +71,11 @@ __all__ = [
     "FrameType",
     "FsEntry",
     "HostGroup",
+    "HostStats",
     "LifecycleResult",
     "LogsResult",
     "Node",
+    "NodeStats",
     "Secret",
     "ServerInfo",
     "SlicerAPIError",
@@ -78,6 +83,7 @@ __all__ = [
     "SlicerConnectionError",
     "SlicerResponseError",
     "SlicerTimeoutError",
+    "StatsSnapshot",
     "WatchEvent",
     "is_unix_socket",
 ]
@@ -102,8 +108,11 @@ _MODULES = {
     "LifecycleResult": ".models",
     "FsEntry": ".models",
     "HostGroup": ".models",
+    "HostStats": ".models",
     "LogsResult": ".models",
     "Node": ".models",
+    "NodeStats": ".models",
+    "StatsSnapshot": ".models",
     "Secret": ".models",
     "ServerInfo": ".models",
 }

@@ -43,6 +43,7 @@ from ._calls import (
     logs_call,
     metrics_call,
     mkdir_call,
+    node_stats_call,
     nodes_call,
     readdir_call,
     relaunch_call,
@@ -50,6 +51,7 @@ from ._calls import (
     secrets_call,
     stat_call,
     update_secret_call,
+    vm_stats_call,
     watch_call,
 )
 from ._duplex_async import AsyncDuplexTransport
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
         LifecycleResult,
         LogsResult,
         Node,
+        NodeStats,
         Secret,
         ServerInfo,
     )
@@ -227,6 +230,14 @@ class AsyncSlicerClient(BaseClient):
 
     async def delete_node(self, group: str, hostname: str) -> DeleteResult:
         return await self._send(delete_node_call(group, hostname))
+
+    async def node_stats(self) -> list[NodeStats]:
+        """Stats of every VM (``GET /nodes/stats``); a VM whose agent could not answer has ``error`` set."""
+        return await self._send(node_stats_call())
+
+    async def vm_stats(self, hostname: str) -> NodeStats:
+        """Stats of one VM (``GET /node/{hostname}/stats``)."""
+        return await self._send(vm_stats_call(hostname))
 
     # -- one VM's lifecycle ------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         LifecycleResult,
         LogsResult,
         Node,
+        NodeStats,
         Secret,
         ServerInfo,
     )
@@ -156,6 +157,10 @@ def create_node_call(
     )
 
 
+def node_stats_call() -> Call[list[NodeStats]]:
+    return Call("GET", "/nodes/stats", responses.resource_list("NodeStats"))
+
+
 def _wait_params(wait: str | None, timeout: str | float | None) -> tuple[tuple[str, str], ...]:
     if wait not in (None, "agent", "userdata"):
         raise ValueError(f"wait must be 'agent', 'userdata' or None, not {wait!r}")
@@ -200,6 +205,10 @@ def relaunch_call(hostname: str, wait: str | None, timeout: str | float | None) 
 
 def health_call(hostname: str, read_timeout: float | None = None) -> Call[AgentHealth]:
     return Call("GET", f"/vm/{seg(hostname)}/health", responses.resource("AgentHealth"), read_timeout=read_timeout)
+
+
+def vm_stats_call(hostname: str) -> Call[NodeStats]:
+    return Call("GET", f"/node/{seg(hostname)}/stats", responses.only_item("NodeStats"))
 
 
 def is_ready_call(hostname: str) -> Call[bool]:

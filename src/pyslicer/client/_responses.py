@@ -33,6 +33,7 @@ ResourceName = Literal[
     "LifecycleResult",
     "LogsResult",
     "Node",
+    "NodeStats",
     "Secret",
     "ServerInfo",
 ]
@@ -174,6 +175,19 @@ def resource_list(name: ResourceName) -> Parser[list[Any]]:
         except ValidationError as exc:
             raise SlicerResponseError(f"unexpected answer to {describe(response)}: {exc}") from exc
         return items
+
+    return parse
+
+
+def only_item(name: ResourceName) -> Parser[Any]:
+    """A parser of a list that must hold exactly one ``name`` (``GET /node/{hostname}/stats``)."""
+    parse_list = resource_list(name)
+
+    def parse(response: httpx.Response) -> Any:
+        items = parse_list(response)
+        if len(items) != 1:
+            raise SlicerResponseError(f"{describe(response)} answered {len(items)} entries, not one")
+        return items[0]
 
     return parse
 

@@ -44,6 +44,7 @@ from ._calls import (
     logs_call,
     metrics_call,
     mkdir_call,
+    node_stats_call,
     nodes_call,
     readdir_call,
     relaunch_call,
@@ -51,6 +52,7 @@ from ._calls import (
     secrets_call,
     stat_call,
     update_secret_call,
+    vm_stats_call,
     watch_call,
 )
 from ._duplex import DuplexTransport
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
         LifecycleResult,
         LogsResult,
         Node,
+        NodeStats,
         Secret,
         ServerInfo,
     )
@@ -228,6 +231,14 @@ class SlicerClient(BaseClient):
 
     def delete_node(self, group: str, hostname: str) -> DeleteResult:
         return self._send(delete_node_call(group, hostname))
+
+    def node_stats(self) -> list[NodeStats]:
+        """Stats of every VM (``GET /nodes/stats``); a VM whose agent could not answer has ``error`` set."""
+        return self._send(node_stats_call())
+
+    def vm_stats(self, hostname: str) -> NodeStats:
+        """Stats of one VM (``GET /node/{hostname}/stats``)."""
+        return self._send(vm_stats_call(hostname))
 
     # -- one VM's lifecycle ------------------------------------------------------------------------
 

@@ -25,10 +25,13 @@ __all__ = [
     "FrameType",
     "FsEntry",
     "HostGroup",
+    "HostStats",
     "LogsResult",
     "Node",
+    "NodeStats",
     "Secret",
     "ServerInfo",
+    "StatsSnapshot",
     "WatchEvent",
 ]
 
@@ -173,3 +176,70 @@ class FsEntry(_Resource):
             return datetime.fromisoformat(text)
         except ValueError:
             return None
+
+
+class StatsSnapshot(_Resource):
+    """A guest as its agent read it (Slicer's snapshot; the attributes are its camelCase names in snake case).
+    Byte counts are bytes; ``disk_read_total`` and the like count since the guest booted."""
+
+    hostname: str = ""
+    arch: str = ""
+    timestamp: datetime | None = None
+    uptime: str = Field(default="", description='a Go duration, e.g. "6m53s"')
+    total_cpus: int = Field(default=0, alias="totalCpus")
+    total_memory: int = Field(default=0, alias="totalMemory")
+    memory_used: int = Field(default=0, alias="memoryUsed")
+    memory_available: int = Field(default=0, alias="memoryAvailable")
+    memory_used_percent: float = Field(default=0.0, alias="memoryUsedPercent")
+    load_avg1: float = Field(default=0.0, alias="loadAvg1")
+    load_avg5: float = Field(default=0.0, alias="loadAvg5")
+    load_avg15: float = Field(default=0.0, alias="loadAvg15")
+    disk_read_total: int = Field(default=0, alias="diskReadTotal")
+    disk_write_total: int = Field(default=0, alias="diskWriteTotal")
+    network_read_total: int = Field(default=0, alias="networkReadTotal")
+    network_write_total: int = Field(default=0, alias="networkWriteTotal")
+    disk_io_inflight: int = Field(default=0, alias="diskIOInflight")
+    open_connections: int = Field(default=0, alias="openConnections")
+    open_files: int = Field(default=0, alias="openFiles")
+    entropy: int = 0
+    disk_space_total: int = Field(default=0, alias="diskSpaceTotal")
+    disk_space_used: int = Field(default=0, alias="diskSpaceUsed")
+    disk_space_free: int = Field(default=0, alias="diskSpaceFree")
+    disk_space_used_percent: float = Field(default=0.0, alias="diskSpaceUsedPercent")
+
+    @property
+    def uptime_seconds(self) -> float | None:
+        from pyslicer.durations import parse_go_duration
+        from pyslicer.errors import InvalidArgument
+
+        try:
+            return parse_go_duration(self.uptime)
+        except InvalidArgument:
+            return None
+
+
+class HostStats(_Resource):
+    """pyslicer's extension: the VM as the host counts it (None: not read). Network bytes are the VM's view."""
+
+    cpu_seconds: float | None = None
+    rss_bytes: int | None = None
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
+    disk_read_bytes: int | None = None
+    disk_write_bytes: int | None = None
+    disk_read_ops: int | None = None
+    disk_write_ops: int | None = None
+
+
+class NodeStats(_Resource):
+    """One VM's stats: ``snapshot`` when its agent answered, else ``error`` says why not (paused, booting...).
+    ``host`` is None from a server that does not send it (Slicer's)."""
+
+    hostname: str
+    hostgroup: str | None = None
+    ip: str = ""
+    created_at: datetime | None = None
+    status: str = ""
+    snapshot: StatsSnapshot | None = None
+    error: str | None = None
+    host: HostStats | None = None

@@ -16,6 +16,7 @@ from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.secrets import MAX_SECRET_BYTES, NewSecret, SecretChange, SecretInfo
+from pyslicer.daemon.stats import GuestSnapshot, HostCounters, NodeStats
 
 __all__ = [
     "MAX_SECRET_BYTES",
@@ -30,12 +31,15 @@ __all__ = [
     "ExecProcess",
     "ExecRequest",
     "ExecStarted",
+    "GuestSnapshot",
+    "HostCounters",
     "HostGroup",
     "LaunchOutcome",
     "NewSecret",
     "Node",
     "NodeRequest",
     "NodeState",
+    "NodeStats",
     "SecretChange",
     "SecretInfo",
     "machine_arch",

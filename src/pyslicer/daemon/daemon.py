@@ -25,6 +25,7 @@ from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
 from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
+from pyslicer.daemon.stats import NodeStats, collect
 from pyslicer.errors import ConfigError, InvalidArgument, NotFound, PermissionDenied
 from pyslicer.image import ensure_image
 from pyslicer.net import NetworkNamespace
@@ -254,6 +255,13 @@ class Daemon:
         """Start a command in a node. Raises NotFound, Conflict when the VM is not running, AgentError
         when its agent is not reachable, InvalidArgument when the request does not fit one frame."""
         return self.node(hostname).exec(request)
+
+    async def stats(self, hostname: str | None = None) -> list[NodeStats]:
+        """Stats of one node (NotFound when it does not exist) or of every node, all asked at once; a node
+        that cannot answer has its ``error`` set. Raises nothing else."""
+        nodes = [self.node(hostname)] if hostname is not None else self.list_nodes()
+        taps = {name: lease.tap for name, lease in self._fleet.leases.items()} if self._fleet is not None else {}
+        return await collect(nodes, taps)
 
     # -- secrets -------------------------------------------------------------------------------
     async def list_secrets(self) -> list[SecretInfo]:

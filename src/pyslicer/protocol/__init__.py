@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from pyslicer.protocol.messages import SecretsAnswer as SecretsAnswer
     from pyslicer.protocol.messages import SecretsDone as SecretsDone
     from pyslicer.protocol.messages import SecretsRequest as SecretsRequest
+    from pyslicer.protocol.messages import StatsRequest as StatsRequest
+    from pyslicer.protocol.messages import StatsSnapshot as StatsSnapshot
     from pyslicer.protocol.messages import UserdataAnswer as UserdataAnswer
     from pyslicer.protocol.messages import UserdataRequest as UserdataRequest
 

@@ -41,6 +41,7 @@ class Op:
     FS_MKDIR: Final = "fs_mkdir"
     FS_REMOVE: Final = "fs_remove"
     FS_WATCH: Final = "fs_watch"
+    STATS: Final = "stats"
 
 
 # A watch's event types (fsnotify's), in the agent's events and the daemon's checks alike.
@@ -313,3 +314,39 @@ if TYPE_CHECKING:
         type: Literal["ended"]
         reason: str
         dropped: NotRequired[int]  # events the host gave no credit for within the agent's grace (none: absent)
+
+    # -- stats (agent/stats.py) ------------------------------------------------------------------------
+
+    class StatsRequest(TypedDict):
+        """``stats``: one MESSAGE ``StatsSnapshot``, then CLOSE."""
+
+        op: Literal["stats"]
+        window: NotRequired[int]
+
+    class StatsSnapshot(TypedDict):
+        """The guest as Slicer's ``/nodes/stats`` snapshot names it (byte counts are bytes; 0: not known)."""
+
+        hostname: str
+        arch: str  # uname -m: x86_64, aarch64
+        timestamp: str  # RFC 3339 UTC with nanoseconds, the guest's clock (kept on the host's)
+        uptime: str  # whole seconds as a Go duration: "6m53s"
+        totalCpus: int
+        totalMemory: int  # MemTotal
+        memoryUsed: int  # MemTotal - MemAvailable
+        memoryAvailable: int
+        memoryUsedPercent: float
+        loadAvg1: float
+        loadAvg5: float
+        loadAvg15: float
+        diskReadTotal: int  # over whole disks (not partitions), since boot
+        diskWriteTotal: int
+        networkReadTotal: int  # over every interface but lo, since boot
+        networkWriteTotal: int
+        diskIOInflight: int
+        openConnections: int  # TCP in ESTABLISHED or CLOSE-WAIT, v4 and v6 (CurrEstab of /proc/net/snmp)
+        openFiles: int  # allocated file handles (/proc/sys/fs/file-nr)
+        entropy: int
+        diskSpaceTotal: int  # statvfs("/")
+        diskSpaceUsed: int
+        diskSpaceFree: int  # available to users (the root reserve is neither free nor used)
+        diskSpaceUsedPercent: float  # used / total

@@ -39,6 +39,16 @@ class VMSpec:
         return self.run_dir / "agent.sock"
 
 
+@dataclass(frozen=True, slots=True)
+class BlockStats:
+    """What the VMM counted on the VM's disks since it started (all disks summed)."""
+
+    read_bytes: int
+    write_bytes: int
+    read_operations: int
+    write_operations: int
+
+
 class VMProcess(Protocol):
     """A running VM. It is not tied to the daemon's process: it keeps running when the daemon dies, and a later
     daemon takes it over with ``Hypervisor.adopt``."""
@@ -53,6 +63,10 @@ class VMProcess(Protocol):
 
     async def resume(self) -> None:
         """Run the vCPUs again. Raises HypervisorError when the VMM does not do it."""
+        ...
+
+    async def block_stats(self) -> BlockStats:
+        """The VM's disk I/O as the VMM counts it. Raises HypervisorError when the VMM does not answer."""
         ...
 
     async def paused(self) -> bool:

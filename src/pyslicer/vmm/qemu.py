@@ -15,7 +15,7 @@ from qemu.qmp.error import QMPError
 
 from pyslicer.errors import HypervisorError
 from pyslicer.vmm.accel import choose_accel, host_tsc_khz
-from pyslicer.vmm.base import Accel, VMSpec
+from pyslicer.vmm.base import Accel, BlockStats, VMSpec
 from pyslicer.vmm.process import ProcessHandle, ProcessIdentity, become_subreaper
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,27 @@ class QemuVM:
     async def resume(self) -> None:
         """Raises HypervisorError when QMP ``cont`` fails."""
         await self._execute("cont")
+
+    async def block_stats(self) -> BlockStats:
+        """QMP ``query-blockstats`` summed over the VM's drives. Raises HypervisorError when QMP fails."""
+        try:
+            devices = await self._qmp.execute("query-blockstats")
+        except (QMPError, OSError) as exc:
+            raise HypervisorError(f"{self.spec.name}: QMP query-blockstats failed: {exc}") from exc
+        totals = dict.fromkeys(("rd_bytes", "wr_bytes", "rd_operations", "wr_operations"), 0)
+        for device in devices if isinstance(devices, list) else ():
+            stats = device.get("stats") if isinstance(device, dict) else None
+            if isinstance(stats, dict):
+                for key in totals:
+                    value = stats.get(key)
+                    if isinstance(value, int) and value > 0:
+                        totals[key] += value
+        return BlockStats(
+            read_bytes=totals["rd_bytes"],
+            write_bytes=totals["wr_bytes"],
+            read_operations=totals["rd_operations"],
+            write_operations=totals["wr_operations"],
+        )
 
     async def paused(self) -> bool:
         """Whether the vCPUs are stopped. Raises HypervisorError when QMP does not answer."""
