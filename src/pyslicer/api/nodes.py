@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from starlette.requests import Request
 
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
@@ -53,6 +54,7 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
         tags=tuple(body.tags),
         persistent=body.persistent,
         secrets=tuple(body.secrets) if body.secrets is not None else None,
+        ttl=body.ttl,
     )
 
 
@@ -103,6 +105,7 @@ async def list_nodes(daemon: DaemonDep, tag: TagFilter = None, tag_prefix: TagPr
     responses={408: {"model": ErrorBody, "description": "the wait timed out; the VM is removed"}},
 )
 async def create_node(
+    request: Request,
     daemon: DaemonDep,
     name: str,
     body: Annotated[CreateNodeBody, json_body_of(CreateNodeBody)],
@@ -112,6 +115,8 @@ async def create_node(
     timeout: Annotated[str | None, Query(description="Go duration for the wait (30s, 5m, 1m30s); default 5m")] = None,
 ) -> CreatedNode:
     daemon.group(name)
+    if "ttl" in request.query_params:  # the query says how to answer; what the VM is goes in the body
+        raise InvalidArgument('ttl: give it in the JSON body ({"ttl": "10m"}), not the query', code="invalid_ttl")
     seconds = wait_timeout(timeout)
     node = await daemon.create_node(name, node_request(body), wait=wait or None, timeout=seconds)
     record = node.record

@@ -21,6 +21,7 @@ from pyslicer.daemon.storage import create_overlay, remove_disk
 from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import InvalidArgument, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage
+from pyslicer.image.manifest import image_label
 from pyslicer.net import Lease
 from pyslicer.vmm import Hypervisor, Nic, VMSpec
 
@@ -128,6 +129,7 @@ class Fleet:
                     userdata=request.userdata if request.userdata is not None else config.userdata,
                     tags=list(request.tags),
                     secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
+                    image=image_label(self.image.manifest),
                 )
             taken = {lease.address.ip.compressed for lease in self.leases.values()}
             lease = await group.network.lease(hostname, next(group.taps), taken, wanted=record.ip)

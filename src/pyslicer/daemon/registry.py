@@ -32,6 +32,7 @@ class NodeRecord:
     tags: list[str] = field(default_factory=list)
     ip: str = ""
     secrets: list[str] | None = None  # the secrets the node is granted; None: all of them
+    image: str = ""  # the guest image its disk was made from (empty in records older than this field)
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:
