@@ -50,9 +50,13 @@ if TYPE_CHECKING:
         FsEntry,
         HostGroup,
         LogsResult,
+        NetworkDescription,
+        NetworkPolicy,
         Node,
+        NodeDescription,
         Secret,
         ServerInfo,
+        VMTags,
     )
 
 __all__ = [
@@ -68,7 +72,10 @@ __all__ = [
     "FsEntry",
     "HostGroup",
     "LogsResult",
+    "NetworkDescription",
+    "NetworkPolicy",
     "Node",
+    "NodeDescription",
     "Secret",
     "ServerInfo",
     "SlicerAPIError",
@@ -76,6 +83,7 @@ __all__ = [
     "SlicerConnectionError",
     "SlicerResponseError",
     "SlicerTimeoutError",
+    "VMTags",
     "WatchEvent",
     "is_unix_socket",
 ]
@@ -100,9 +108,13 @@ _MODULES = {
     "FsEntry": ".models",
     "HostGroup": ".models",
     "LogsResult": ".models",
+    "NetworkDescription": ".models",
+    "NetworkPolicy": ".models",
     "Node": ".models",
+    "NodeDescription": ".models",
     "Secret": ".models",
     "ServerInfo": ".models",
+    "VMTags": ".models",
 }
 
 

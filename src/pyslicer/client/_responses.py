@@ -25,7 +25,17 @@ T = TypeVar("T")
 Parser = Callable[["httpx.Response"], T]
 
 ResourceName = Literal[
-    "AgentHealth", "CreatedNode", "DeleteResult", "FsEntry", "HostGroup", "LogsResult", "Node", "Secret", "ServerInfo"
+    "AgentHealth",
+    "CreatedNode",
+    "DeleteResult",
+    "FsEntry",
+    "HostGroup",
+    "LogsResult",
+    "Node",
+    "NodeDescription",
+    "Secret",
+    "ServerInfo",
+    "VMTags",
 ]
 """The classes of ``.models`` a response can be parsed into."""
 
