@@ -114,7 +114,8 @@ def test_bad_tag_requests_are_400_naming_the_field(api: httpx.Client, shared_tag
     bad_time = api.patch(f"/vm/{vm}/tags", json={"add": ["expires_at=next-week"]})
     assert_error(bad_time, 400, "add[0]", "RFC 3339")
     assert bad_time.json()["code"] == "invalid_expires_at"
-    two = api.patch(f"/vm/{vm}/tags", json={"add": [f"expires_at={in_seconds(3600)}", f"expires_at={in_seconds(7200)}"]})
+    two_expiries = [f"expires_at={in_seconds(3600)}", f"expires_at={in_seconds(7200)}"]
+    two = api.patch(f"/vm/{vm}/tags", json={"add": two_expiries})
     assert_error(two, 400, "more than one expires_at")
     assert api.get(f"/vm/{vm}/tags").json()["tags"] == SHARED_TAGS, "a refused change changes nothing"
     protected = api.patch("/vm/svc-1/tags", json={"add": [f"expires_at={in_seconds(3600)}"]})

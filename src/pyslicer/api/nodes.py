@@ -11,7 +11,7 @@ from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
 from pyslicer.api.schemas import CreatedNode, CreateNodeBody, DeleteResult, ErrorBody, HostGroupInfo, NodeInfo
 from pyslicer.daemon import Node, NodeRequest, machine_arch
-from pyslicer.durations import parse_go_duration
+from pyslicer.durations import parse_positive_duration
 from pyslicer.errors import InvalidArgument
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -59,15 +59,7 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
 
 
 def wait_timeout(raw: str | None) -> float:
-    if not raw:
-        return DEFAULT_WAIT_TIMEOUT
-    try:
-        timeout = parse_go_duration(raw)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"timeout: {exc.message}", code="invalid_timeout") from None
-    if timeout <= 0:
-        raise InvalidArgument(f"timeout: {raw!r} must be positive", code="invalid_timeout")
-    return timeout
+    return parse_positive_duration(raw, "timeout") if raw else DEFAULT_WAIT_TIMEOUT
 
 
 @router.get("/hostgroup", summary="Host groups and their per-VM ceilings")

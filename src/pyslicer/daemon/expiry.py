@@ -17,8 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import Node
 from pyslicer.daemon.tags import expires_at_of, expires_tag
-from pyslicer.durations import parse_go_duration
-from pyslicer.errors import InvalidArgument
+from pyslicer.durations import parse_positive_duration
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +32,7 @@ def utc_now() -> datetime.datetime:
 def ttl_tag(ttl: str, now: datetime.datetime | None = None) -> str:
     """The ``expires_at=`` tag for a ``ttl`` (a Go duration) from now. Raises InvalidArgument (code
     ``invalid_ttl``) for text Go would not parse, or a duration that is not positive."""
-    try:
-        seconds = parse_go_duration(ttl)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"ttl: {exc.message}", code="invalid_ttl") from None
-    if seconds <= 0:
-        raise InvalidArgument(f"ttl: {ttl!r} must be positive", code="invalid_ttl")
+    seconds = parse_positive_duration(ttl, "ttl")
     return expires_tag((now or utc_now()) + datetime.timedelta(seconds=seconds))  # Go caps it at ~292 years
 
 
