@@ -192,6 +192,10 @@ def node(name: str, tags: list[str], *, protected: bool = False, state: NodeStat
     return made
 
 
+async def kept(node: Node) -> bool:
+    return False
+
+
 def at(offset_seconds: float) -> str:
     return "expires_at=" + format_expires_at(NOW + datetime.timedelta(seconds=offset_seconds))
 
@@ -199,7 +203,7 @@ def at(offset_seconds: float) -> str:
 async def test_due_finds_the_expired_and_the_next_deadline() -> None:
     nodes = [node("gone", [at(-5)]), node("later", [at(60)]), node("soon", [at(30)]), node("never", ["x"])]
     nodes.append(node("svc", [at(-5)], protected=True))
-    reaper = ExpiryReaper(lambda: nodes, remove=lambda n: asyncio.sleep(0), clock=lambda: NOW)
+    reaper = ExpiryReaper(lambda: nodes, remove=kept, clock=lambda: NOW)
     expired, upcoming = reaper.due(NOW)
     assert [n.hostname for n in expired] == ["gone"]
     assert upcoming == NOW + datetime.timedelta(seconds=30)
@@ -209,9 +213,7 @@ async def test_due_finds_the_expired_and_the_next_deadline() -> None:
 async def test_a_booting_node_waits_while_a_create_is_in_flight() -> None:
     nodes = [node("booting", [at(-1)], state=NodeState.BOOTING)]
     creating = True
-    reaper = ExpiryReaper(
-        lambda: nodes, remove=lambda n: asyncio.sleep(0), creating=lambda: creating, clock=lambda: NOW
-    )
+    reaper = ExpiryReaper(lambda: nodes, remove=kept, creating=lambda: creating, clock=lambda: NOW)
     assert reaper.due(NOW) == ([], None)
     creating = False
     assert reaper.due(NOW)[0] == nodes
@@ -224,10 +226,11 @@ async def test_the_reaper_removes_at_the_deadline_and_wakes_when_tags_change() -
     untagged = node("untagged", ["a"])
     nodes = [soon, untagged]
 
-    async def remove(n: Node) -> None:
+    async def remove(n: Node) -> bool:
         removed.append(n.hostname)
         nodes.remove(n)
         done.set()
+        return True
 
     reaper = ExpiryReaper(lambda: nodes, remove)
     reaper.start()
@@ -244,16 +247,20 @@ async def test_the_reaper_removes_at_the_deadline_and_wakes_when_tags_change() -
 
 
 async def test_a_failed_removal_is_logged_and_does_not_stop_the_reaper(caplog: pytest.LogCaptureFixture) -> None:
-    nodes = [node("stuck", [at(-1)]), node("fine", [at(-1)])]
+    nodes = [node("stuck", [at(-1)]), node("fine", [at(-1)]), node("retagged", [at(-1)])]
     removed: list[str] = []
 
-    async def remove(n: Node) -> None:
+    async def remove(n: Node) -> bool:
         if n.hostname == "stuck":
             raise RuntimeError("disk busy")
+        if n.hostname == "retagged":
+            return False  # the daemon found it kept after all
         removed.append(n.hostname)
+        return True
 
     reaper = ExpiryReaper(lambda: nodes, remove, clock=lambda: NOW)
     upcoming = await reaper.reap_once()
     assert removed == ["fine"]
     assert upcoming is not None and upcoming > NOW  # tried again later
     assert "stuck: removing the expired VM failed" in caplog.text
+    assert "fine: removed (expired at" in caplog.text and "retagged: removed" not in caplog.text

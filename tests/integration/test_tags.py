@@ -28,7 +28,7 @@ def in_seconds(seconds: float) -> str:
 def wait_expired(api: httpx.Client, daemon: RunningDaemon, hostname: str, *, log_from: int = 0) -> None:
     """Until the daemon says it removed the VM (its disk goes before it says so); then the VM is unknown."""
     deadline = time.monotonic() + 180
-    while f"{hostname}: removed (expired)" not in daemon.log()[log_from:]:
+    while f"{hostname}: removed (expired at " not in daemon.log()[log_from:]:
         assert time.monotonic() < deadline, f"{hostname} did not expire: {api.get(f'/vm/{hostname}').text}"
         time.sleep(0.5)
     assert_error(api.get(f"/vm/{hostname}"), 404)

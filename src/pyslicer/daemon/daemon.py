@@ -227,7 +227,11 @@ class Daemon:
 
     def _check_name_free(self, name: str, hostname: str | None) -> None:
         holder = next(
-            (n.hostname for n in self.nodes.values() if n.hostname != hostname and name_of(n.record.tags) == name),
+            (
+                n.hostname
+                for n in self.nodes.values()
+                if n.hostname != hostname and n.state is not NodeState.DELETED and name_of(n.record.tags) == name
+            ),
             None,
         )
         if holder is None and name in self._names_being_created:
@@ -293,15 +297,17 @@ class Daemon:
         self._expiry.changed()
         return list(tags)
 
-    async def _expire(self, node: Node) -> None:
-        async with self._tags_lock:  # a re-tag that won the race keeps the node
+    async def _expire(self, node: Node) -> bool:
+        """Remove an expired node, unless a re-tag or a delete got there first; whether it was removed."""
+        async with self._tags_lock:
             deadline = deadline_of(node)
-            if deadline is None or self.nodes.get(node.hostname) is not node or node.state is NodeState.DELETED:
-                return
-            if deadline > self._expiry.now():
-                return
+            if deadline is None or deadline > self._expiry.now():
+                return False
+            if self.nodes.get(node.hostname) is not node or node.state is NodeState.DELETED:
+                return False
             node.transition(NodeState.DELETED)
         await self.fleet.destroy(node)
+        return True
 
     # -- inside a node -------------------------------------------------------------------------
     async def agent_health(self, hostname: str) -> AgentHealth:

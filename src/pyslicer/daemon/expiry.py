@@ -44,7 +44,8 @@ def deadline_of(node: Node) -> datetime.datetime | None:
 
 
 class ExpiryReaper:
-    """Removes expired nodes through ``remove`` (the daemon's normal destroy path).
+    """Removes expired nodes through ``remove`` (the daemon's normal destroy path; False when it found the
+    node kept after all: re-tagged or deleted meanwhile).
 
     ``nodes`` gives the nodes to look at; ``creating`` says whether a create is in flight, during which a
     node that has not settled yet (creating, booting) is left for later: removing it would pull the VM from
@@ -53,7 +54,7 @@ class ExpiryReaper:
     def __init__(
         self,
         nodes: Callable[[], Iterable[Node]],
-        remove: Callable[[Node], Awaitable[None]],
+        remove: Callable[[Node], Awaitable[bool]],
         *,
         creating: Callable[[], bool] = lambda: False,
         clock: Callable[[], datetime.datetime] = utc_now,
@@ -104,15 +105,15 @@ class ExpiryReaper:
         expired, upcoming = self.due(now)
         for node in expired:
             deadline = deadline_of(node)
-            log.info("%s: expired at %s; removing it", node.hostname, deadline.isoformat() if deadline else "?")
             try:
-                await self._remove(node)
+                removed = await self._remove(node)
             except Exception:
                 log.exception("%s: removing the expired VM failed", node.hostname)
                 retry = now + datetime.timedelta(seconds=MAX_SLEEP_SECONDS)
                 upcoming = retry if upcoming is None else min(upcoming, retry)
             else:
-                log.info("%s: removed (expired)", node.hostname)
+                if removed:
+                    log.info("%s: removed (expired at %s)", node.hostname, deadline.isoformat() if deadline else "?")
         return upcoming
 
     async def _run(self) -> None:
