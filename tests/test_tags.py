@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,7 @@ async def test_a_failed_removal_is_logged_and_does_not_stop_the_reaper(caplog: p
         return True
 
     reaper = ExpiryReaper(lambda: nodes, remove, clock=lambda: NOW)
+    caplog.set_level(logging.INFO, logger="pyslicer.daemon.expiry")
     upcoming = await reaper.reap_once()
     assert removed == ["fine"]
     assert upcoming is not None and upcoming > NOW  # tried again later
