@@ -11,7 +11,13 @@ import math
 
 from pyslicer.errors import InvalidArgument
 
-__all__ = ["format_go_duration", "format_go_duration_ns", "parse_go_duration", "parse_go_duration_ns"]
+__all__ = [
+    "format_go_duration",
+    "format_go_duration_ns",
+    "parse_go_duration",
+    "parse_go_duration_ns",
+    "parse_positive_duration",
+]
 
 NANOSECOND = 1
 MICROSECOND = 1000 * NANOSECOND
@@ -154,6 +160,18 @@ def parse_go_duration(text: str) -> float:
     are returned as such; callers that need a positive timeout check the sign themselves.
     """
     return parse_go_duration_ns(text) / SECOND
+
+
+def parse_positive_duration(text: str, field: str) -> float:
+    """Seconds of a Go duration that must be positive (a timeout, a ttl). Raises :class:`InvalidArgument`
+    naming ``field``, with code ``invalid_<field>``."""
+    try:
+        seconds = parse_go_duration(text)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{field}: {exc.message}", code=f"invalid_{field}") from None
+    if seconds <= 0:
+        raise InvalidArgument(f"{field}: {text!r} must be positive", code=f"invalid_{field}")
+    return seconds
 
 
 def _fmt_frac(value: int, prec: int) -> tuple[str, int]:

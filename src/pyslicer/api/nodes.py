@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from starlette.requests import Request
 
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
 from pyslicer.api.schemas import CreatedNode, CreateNodeBody, DeleteResult, ErrorBody, HostGroupInfo, NodeInfo
 from pyslicer.daemon import Node, NodeRequest, machine_arch
-from pyslicer.durations import parse_go_duration
+from pyslicer.durations import parse_positive_duration
 from pyslicer.errors import InvalidArgument
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -53,20 +54,13 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
         tags=tuple(body.tags),
         persistent=body.persistent,
         secrets=tuple(body.secrets) if body.secrets is not None else None,
+        ttl=body.ttl,
     )
 
 
 def wait_timeout(raw: str | None) -> float:
     """The ``timeout`` query (a Go duration) in seconds. Raises InvalidArgument naming it."""
-    if not raw:
-        return DEFAULT_WAIT_TIMEOUT
-    try:
-        timeout = parse_go_duration(raw)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"timeout: {exc.message}", code="invalid_timeout") from None
-    if timeout <= 0:
-        raise InvalidArgument(f"timeout: {raw!r} must be positive", code="invalid_timeout")
-    return timeout
+    return parse_positive_duration(raw, "timeout") if raw else DEFAULT_WAIT_TIMEOUT
 
 
 @router.get("/hostgroup", summary="Host groups and their per-VM ceilings")
@@ -104,6 +98,7 @@ async def list_nodes(daemon: DaemonDep, tag: TagFilter = None, tag_prefix: TagPr
     responses={408: {"model": ErrorBody, "description": "the wait timed out; the VM is removed"}},
 )
 async def create_node(
+    request: Request,
     daemon: DaemonDep,
     name: str,
     body: Annotated[CreateNodeBody, json_body_of(CreateNodeBody)],
@@ -113,6 +108,8 @@ async def create_node(
     timeout: Annotated[str | None, Query(description="Go duration for the wait (30s, 5m, 1m30s); default 5m")] = None,
 ) -> CreatedNode:
     daemon.group(name)
+    if "ttl" in request.query_params:  # the query says how to answer; what the VM is goes in the body
+        raise InvalidArgument('ttl: give it in the JSON body ({"ttl": "10m"}), not the query', code="invalid_ttl")
     seconds = wait_timeout(timeout)
     return created_node(await daemon.create_node(name, node_request(body), wait=wait or None, timeout=seconds))
 

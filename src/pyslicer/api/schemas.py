@@ -71,6 +71,58 @@ class CreateNodeBody(BaseModel):
     tags: list[str] = Field(default_factory=list)
     secrets: list[str] | None = Field(default=None, description="the secrets it may see; omitted: all")
     pci_devices: list[str] = Field(default_factory=list)
+    ttl: str | None = Field(
+        default=None,
+        description="pyslicer: a Go duration (10m, 1h30m) after which the VM is removed; "
+        "stored as an expires_at=<RFC 3339> tag",
+    )
+
+
+class NetworkPolicyBody(BaseModel):
+    allow: list[str] = Field(description="CIDRs the VM may reach")
+    drop: list[str] = Field(description="CIDRs dropped")
+
+
+class NetworkOverrideBody(BaseModel):
+    allow: list[str] | None = None
+    drop: list[str] | None = None
+
+
+class NetworkDescriptionBody(BaseModel):
+    mode: str = Field(description="bridge or isolated")
+    policy_source: str = Field(description="host_group, or override when the VM was created with its own lists")
+    host_group: NetworkPolicyBody
+    override: NetworkOverrideBody | None = None
+    effective: NetworkPolicyBody
+
+
+class NodeDescriptionBody(NodeInfo):
+    """``GET /vm/{hostname}``: the listing's fields and what the VM runs on; the last three are pyslicer's."""
+
+    storage: str = Field(description="image: a copy-on-write overlay over the guest image")
+    image: str
+    commit_id: str = Field(description="empty: this build has no commits yet")
+    parent_commit_id: str
+    network: NetworkDescriptionBody
+    expires_at: str | None = Field(description="RFC 3339, from the expires_at= tag; null: never")
+    disk_bytes: int
+    protected: bool = Field(description="launched from the config file (never expires, cannot be deleted)")
+
+
+class VMTags(BaseModel):
+    hostname: str
+    tags: list[str]
+
+
+class TagPatchBody(BaseModel):
+    """Exactly one of the three. ``name=<value>`` cannot be removed or changed and survives a replace; an added
+    ``expires_at=`` replaces the one there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[str] | None = None
+    remove: list[str] | None = None
+    replace: list[str] | None = Field(default=None, description="every mutable tag; [] clears them")
 
 
 class LifecycleResult(BaseModel):

@@ -80,6 +80,7 @@ def vm_group(api: Api) -> None:
 @click.option(
     "--secret", "secrets", multiple=True, metavar="NAME", help="Grant only these secrets (repeatable) [default: all]."
 )
+@click.option("--ttl", type=Duration(), help="Remove the VM this long after it is created (e.g. 10m, 2h).")
 @click.option("--wait", type=click.Choice(["agent", "userdata"]), help="Return once the agent (or userdata) is ready.")
 @click.option("--timeout", type=Duration(), help="How long --wait may take (e.g. 5m).")
 @api_command
@@ -94,6 +95,7 @@ def vm_add(
     tags: tuple[str, ...],
     persistent: bool | None,
     secrets: tuple[str, ...],
+    ttl: float | None,
     wait: str | None,
     timeout: float | None,
 ) -> None:
@@ -118,10 +120,78 @@ def vm_add(
         tags=list(tags) or None,
         persistent=persistent,
         secrets=list(secrets) or None,
+        ttl=ttl,
         wait="agent" if wait == "agent" else "userdata" if wait == "userdata" else None,
         timeout=format_go_duration(timeout) if timeout is not None else None,
     )
     api.emit(node, lambda: node.hostname)
+
+
+@vm.command("describe")
+@click.argument("hostname")
+@api_command
+def vm_describe(api: Api, hostname: str) -> None:
+    """Show a VM: its resources, image, tags, expiry and network policy."""
+    found = api.client.describe(hostname)
+    network = found.network
+
+    def cidrs(values: list[str] | None) -> str:
+        return ", ".join(values or []) or "-"
+
+    pairs = [
+        ("hostname", found.hostname),
+        ("group", found.hostgroup or "-"),
+        ("status", found.status or "-"),
+        ("ip", found.ip or "-"),
+        ("cpus", str(found.cpus) if found.cpus else "-"),
+        ("ram", human_bytes(found.ram_bytes)),
+        ("disk", human_bytes(found.disk_bytes)),
+        ("persistent", "yes" if found.persistent else "no"),
+        ("created", timestamp(found.created_at)),
+        ("expires", timestamp(found.expires_at) if found.expires_at else "never"),
+        ("tags", ", ".join(found.tags) or "-"),
+        ("storage", found.storage or "-"),
+        ("image", found.image or "-"),
+        ("commit", found.commit_id or "-"),
+        ("parent commit", found.parent_commit_id or "-"),
+        ("network", f"{network.mode or '-'} (policy from {network.policy_source or '-'})"),
+        ("allow", cidrs(network.effective.allow)),
+        ("drop", cidrs(network.effective.drop)),
+    ]
+    api.emit(found, lambda: fields(pairs))
+
+
+@vm.command("tag")
+@click.argument("hostname")
+@click.option("--add", "add", multiple=True, metavar="TAG", help="Add a tag (repeatable).")
+@click.option("--remove", "remove", multiple=True, metavar="TAG", help="Remove a tag (repeatable).")
+@click.option("--replace", "replace", multiple=True, metavar="TAG", help="Replace every tag but name= (repeatable).")
+@click.option("--clear", is_flag=True, help="Remove every tag but name=.")
+@api_command
+def vm_tag(
+    api: Api, hostname: str, add: tuple[str, ...], remove: tuple[str, ...], replace: tuple[str, ...], clear: bool
+) -> None:
+    """Show a VM's tags, or change them with one of --add, --remove, --replace and --clear.
+
+    A name= tag cannot be removed or changed. Tag expires_at=<RFC 3339> to have the VM removed at that time.
+    """
+    chosen = [
+        name
+        for name, given in (("--add", add), ("--remove", remove), ("--replace", replace), ("--clear", clear))
+        if given
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"use one of {', '.join(chosen)}")
+    client = api.client
+    if not chosen:
+        result = client.tags(hostname)
+    elif clear or replace:
+        result = client.update_tags(hostname, replace=list(replace))
+    else:
+        result = (
+            client.update_tags(hostname, add=list(add)) if add else client.update_tags(hostname, remove=list(remove))
+        )
+    api.emit(result, lambda: "\n".join(result.tags))
 
 
 def _group_of(client: SlicerClient, hostname: str) -> str:

@@ -52,11 +52,15 @@ if TYPE_CHECKING:
         HostStats,
         LifecycleResult,
         LogsResult,
+        NetworkDescription,
+        NetworkPolicy,
         Node,
+        NodeDescription,
         NodeStats,
         Secret,
         ServerInfo,
         StatsSnapshot,
+        VMTags,
     )
 
 __all__ = [
@@ -74,7 +78,10 @@ __all__ = [
     "HostStats",
     "LifecycleResult",
     "LogsResult",
+    "NetworkDescription",
+    "NetworkPolicy",
     "Node",
+    "NodeDescription",
     "NodeStats",
     "Secret",
     "ServerInfo",
@@ -84,6 +91,7 @@ __all__ = [
     "SlicerResponseError",
     "SlicerTimeoutError",
     "StatsSnapshot",
+    "VMTags",
     "WatchEvent",
     "is_unix_socket",
 ]
@@ -110,11 +118,15 @@ _MODULES = {
     "HostGroup": ".models",
     "HostStats": ".models",
     "LogsResult": ".models",
+    "NetworkDescription": ".models",
+    "NetworkPolicy": ".models",
     "Node": ".models",
     "NodeStats": ".models",
     "StatsSnapshot": ".models",
+    "NodeDescription": ".models",
     "Secret": ".models",
     "ServerInfo": ".models",
+    "VMTags": ".models",
 }
 
 

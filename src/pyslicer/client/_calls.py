@@ -28,9 +28,11 @@ if TYPE_CHECKING:
         LifecycleResult,
         LogsResult,
         Node,
+        NodeDescription,
         NodeStats,
         Secret,
         ServerInfo,
+        VMTags,
     )
 
 T = TypeVar("T")
@@ -131,6 +133,7 @@ def create_node_call(
     ssh_keys: Sequence[str] | None,
     import_user: str | None,
     secrets: Sequence[str] | None,
+    ttl: str | float | None,
     wait: str | None,
     timeout: str | float | None,
 ) -> Call[CreatedNode]:
@@ -145,6 +148,7 @@ def create_node_call(
         "tags": _str_list(tags, "tags"),
         "ssh_keys": _str_list(ssh_keys, "ssh_keys"),
         "secrets": _str_list(secrets, "secrets"),
+        "ttl": _duration_text(ttl, "ttl"),
     }
     body = {key: value for key, value in fields.items() if value is not None}
     return Call(
@@ -201,6 +205,28 @@ def relaunch_call(hostname: str, wait: str | None, timeout: str | float | None) 
 
 
 # -- one VM ----------------------------------------------------------------------------------------
+
+
+def describe_call(hostname: str) -> Call[NodeDescription]:
+    return Call("GET", f"/vm/{seg(hostname)}", responses.resource("NodeDescription"))
+
+
+def tags_call(hostname: str) -> Call[VMTags]:
+    return Call("GET", f"/vm/{seg(hostname)}/tags", responses.resource("VMTags"))
+
+
+def update_tags_call(
+    hostname: str, add: Sequence[str] | None, remove: Sequence[str] | None, replace: Sequence[str] | None
+) -> Call[VMTags]:
+    given = {
+        "add": _str_list(add, "add"),
+        "remove": _str_list(remove, "remove"),
+        "replace": _str_list(replace, "replace"),
+    }
+    body = {key: value for key, value in given.items() if value is not None}
+    if len(body) != 1:
+        raise ValueError("give exactly one of add, remove and replace (replace=[] clears the tags)")
+    return Call("PATCH", f"/vm/{seg(hostname)}/tags", responses.resource("VMTags"), json=body)
 
 
 def health_call(hostname: str, read_timeout: float | None = None) -> Call[AgentHealth]:

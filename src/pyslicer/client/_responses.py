@@ -36,6 +36,8 @@ ResourceName = Literal[
     "NodeStats",
     "Secret",
     "ServerInfo",
+    "NodeDescription",
+    "VMTags",
 ]
 """The classes of ``.models`` a response can be parsed into."""
 

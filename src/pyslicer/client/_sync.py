@@ -30,6 +30,7 @@ from ._calls import (
     create_secret_call,
     delete_node_call,
     delete_secret_call,
+    describe_call,
     exec_buffered_call,
     exec_params,
     exec_stream_call,
@@ -51,7 +52,9 @@ from ._calls import (
     remove_call,
     secrets_call,
     stat_call,
+    tags_call,
     update_secret_call,
+    update_tags_call,
     vm_stats_call,
     watch_call,
 )
@@ -76,9 +79,11 @@ if TYPE_CHECKING:
         LifecycleResult,
         LogsResult,
         Node,
+        NodeDescription,
         NodeStats,
         Secret,
         ServerInfo,
+        VMTags,
     )
 
 T = TypeVar("T")
@@ -206,11 +211,13 @@ class SlicerClient(BaseClient):
         ssh_keys: Sequence[str] | None = None,
         import_user: str | None = None,
         secrets: Sequence[str] | None = None,
+        ttl: str | float | None = None,
         wait: Literal["agent", "userdata"] | None = None,
         timeout: str | float | None = None,
     ) -> CreatedNode:
         """Launch a VM in ``group``. With ``wait`` the server answers once the agent (or userdata too)
-        is ready, or with 408 after ``timeout`` (a Go duration like ``"30s"``, or seconds)."""
+        is ready, or with 408 after ``timeout`` (a Go duration like ``"30s"``, or seconds). With ``ttl``
+        (pyslicer's; a Go duration or seconds) the VM is removed that long after it was created."""
         return self._send(
             create_node_call(
                 group,
@@ -224,6 +231,7 @@ class SlicerClient(BaseClient):
                 ssh_keys=ssh_keys,
                 import_user=import_user,
                 secrets=secrets,
+                ttl=ttl,
                 wait=wait,
                 timeout=timeout,
             )
@@ -266,6 +274,27 @@ class SlicerClient(BaseClient):
         return self._send(relaunch_call(hostname, wait, timeout))
 
     # -- one VM ------------------------------------------------------------------------------------
+
+    def describe(self, hostname: str) -> NodeDescription:
+        """The VM's listing fields plus its image, storage, lineage and network policy."""
+        return self._send(describe_call(hostname))
+
+    def tags(self, hostname: str) -> VMTags:
+        return self._send(tags_call(hostname))
+
+    def update_tags(
+        self,
+        hostname: str,
+        *,
+        add: Sequence[str] | None = None,
+        remove: Sequence[str] | None = None,
+        replace: Sequence[str] | None = None,
+    ) -> VMTags:
+        """Apply exactly one of ``add``, ``remove`` or ``replace`` (``replace=[]`` clears) and return the tags.
+
+        A ``name=`` tag cannot be removed or changed (``SlicerAPIError`` 409) and survives a replace; an added
+        ``expires_at=<RFC 3339>`` replaces the one there. Raises ``ValueError`` before sending for none or several."""
+        return self._send(update_tags_call(hostname, add, remove, replace))
 
     def health(self, hostname: str) -> AgentHealth:
         return self._send(health_call(hostname))

@@ -27,11 +27,15 @@ __all__ = [
     "HostGroup",
     "HostStats",
     "LogsResult",
+    "NetworkDescription",
+    "NetworkPolicy",
     "Node",
+    "NodeDescription",
     "NodeStats",
     "Secret",
     "ServerInfo",
     "StatsSnapshot",
+    "VMTags",
     "WatchEvent",
 ]
 
@@ -77,6 +81,47 @@ class Node(_Resource):
     tags: list[str] = Field(default_factory=list)
     arch: str = ""
     status: str = ""
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def tags_null_is_empty(cls, value: Any) -> Any:
+        return _none_to_list(value)
+
+
+class NetworkPolicy(_Resource):
+    """Allow and drop lists of CIDRs; in an override, None inherits the host group's list."""
+
+    allow: list[str] | None = None
+    drop: list[str] | None = None
+
+
+class NetworkDescription(_Resource):
+    mode: str = ""
+    policy_source: str = ""
+    host_group: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    override: NetworkPolicy | None = None
+    effective: NetworkPolicy = Field(default_factory=NetworkPolicy)
+
+
+class NodeDescription(Node):
+    """One VM described (``GET /vm/{hostname}``): the listing's fields and what it runs on.
+
+    ``expires_at`` (None: never), ``disk_bytes`` and ``protected`` are pyslicer's; other servers leave them out.
+    """
+
+    storage: str = ""
+    image: str = ""
+    commit_id: str = ""
+    parent_commit_id: str = ""
+    network: NetworkDescription = Field(default_factory=NetworkDescription)
+    expires_at: datetime | None = None
+    disk_bytes: int | None = None
+    protected: bool | None = None
+
+
+class VMTags(_Resource):
+    hostname: str = ""
+    tags: list[str] = Field(default_factory=list)
 
     @field_validator("tags", mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """The daemon: host groups, the node lifecycle, the registry; no HTTP here."""
 
 from pyslicer.daemon.daemon import Daemon, DaemonInfo, machine_arch
+from pyslicer.daemon.describe import NetworkDescription, NetworkOverride, NetworkPolicy, NodeDescription
 from pyslicer.daemon.exec import (
     ExecEvent,
     ExecExited,
@@ -17,6 +18,7 @@ from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.secrets import MAX_SECRET_BYTES, NewSecret, SecretChange, SecretInfo
 from pyslicer.daemon.stats import GuestSnapshot, HostCounters, NodeStats
+from pyslicer.daemon.tags import TagChange, TagOperation, format_expires_at
 
 __all__ = [
     "MAX_SECRET_BYTES",
@@ -35,12 +37,19 @@ __all__ = [
     "HostCounters",
     "HostGroup",
     "LaunchOutcome",
+    "NetworkDescription",
+    "NetworkOverride",
+    "NetworkPolicy",
     "NewSecret",
     "Node",
+    "NodeDescription",
     "NodeRequest",
     "NodeState",
     "NodeStats",
     "SecretChange",
     "SecretInfo",
+    "TagChange",
+    "TagOperation",
+    "format_expires_at",
     "machine_arch",
 ]

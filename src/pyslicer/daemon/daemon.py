@@ -7,9 +7,11 @@ what it raises; ``pyslicer.api.errors`` maps those errors to statuses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +20,21 @@ from pyslicer.config import SlicerConfig
 from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.daemon.data_dir import DataDir
+from pyslicer.daemon.describe import NodeDescription, describe
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
+from pyslicer.daemon.expiry import ExpiryReaper, deadline_of, ttl_tag
 from pyslicer.daemon.fleet import GRACEFUL_STOP_SECONDS, Fleet, LaunchOutcome
 from pyslicer.daemon.fs import GuestFilesystem
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
+from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
 from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
 from pyslicer.daemon.stats import NodeStats, collect
-from pyslicer.errors import ConfigError, InvalidArgument, NotFound, PermissionDenied
+from pyslicer.daemon.tags import EXPIRES_PREFIX, TagChange, apply_change, initial_tags, name_of
+from pyslicer.errors import ConfigError, Conflict, InvalidArgument, NotFound, PermissionDenied
 from pyslicer.image import ensure_image
+from pyslicer.image.manifest import image_label
 from pyslicer.net import NetworkNamespace
 from pyslicer.vmm import Hypervisor
 
@@ -70,6 +77,12 @@ class Daemon:
         self._fleet: Fleet | None = None
         self._registry: Registry | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._tags_lock = asyncio.Lock()  # one tag change at a time, so name= stays unique
+        self._names_being_created: set[str] = set()
+        self._creates_in_flight = 0
+        self._expiry = ExpiryReaper(
+            lambda: list(self.nodes.values()), self._expire, creating=lambda: self._creates_in_flight > 0
+        )
         self.secrets = Secrets(self.data_dir.secrets_dir, lambda: list(self.nodes.values()))
 
     # -- start and stop ------------------------------------------------------------------------
@@ -102,6 +115,7 @@ class Daemon:
         )
         await self._fleet.recover()
         await self._fleet.launch_services()
+        self._expiry.start()  # VMs that expired while no daemon ran go first
         self._housekeeping = asyncio.get_running_loop().create_task(self._keep_logs_bounded())
 
     async def stop(self, *, leave_running: bool = False) -> None:
@@ -112,6 +126,7 @@ class Daemon:
             return  # everything on the data dir belongs to someone else, or to nobody yet
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        await self._expiry.stop()
         # A daemon that failed before it took over the VMs an earlier one left must not touch their network.
         leave_running = leave_running or self._fleet is None
         if self._fleet is not None:
@@ -187,10 +202,52 @@ class Daemon:
         self, group_name: str, request: NodeRequest, *, wait: str | None = None, timeout: float = 300.0
     ) -> Node:
         """Launch a node into a host group; with ``wait`` ("agent" or "userdata"), return once it is
-        ready. Raises NotFound for an unknown group, InvalidArgument for a request beyond its ceilings
-        or a hostname in use, Timeout or AgentError when the wait fails (the node is removed),
+        ready. A ``ttl`` becomes an ``expires_at=`` tag. Raises NotFound for an unknown group,
+        InvalidArgument for a request beyond its ceilings, a hostname in use, a bad tag or ttl (codes
+        ``invalid_tag``, ``invalid_expires_at``, ``invalid_ttl``), Conflict (code ``name_taken``) for a
+        ``name=`` tag another VM holds, Timeout or AgentError when the wait fails (the node is removed),
         HypervisorError or NetworkError when it cannot be launched."""
-        return await self.fleet.create(self.group(group_name), request, wait=wait, timeout=timeout)
+        group = self.group(group_name)
+        tags = initial_tags(request.tags)
+        if request.ttl is not None:
+            if any(tag.startswith(EXPIRES_PREFIX) for tag in tags):
+                raise InvalidArgument("ttl: give either a ttl or an expires_at= tag, not both", code="invalid_ttl")
+            tags = (*tags, ttl_tag(request.ttl))
+        request = dataclasses.replace(request, tags=tags, ttl=None)
+        with self._creating(name_of(tags)):
+            try:
+                return await self.fleet.create(group, request, wait=wait, timeout=timeout)
+            finally:
+                self._expiry.changed()
+
+    @contextlib.contextmanager
+    def _creating(self, name: str | None) -> Iterator[None]:
+        """Hold the create's ``name=`` (Conflict if a VM or another create has it) and tell the reaper a
+        create is in flight."""
+        if name is not None:
+            self._check_name_free(name, None)
+            self._names_being_created.add(name)
+        self._creates_in_flight += 1
+        try:
+            yield
+        finally:
+            self._creates_in_flight -= 1
+            if name is not None:
+                self._names_being_created.discard(name)
+
+    def _check_name_free(self, name: str, hostname: str | None) -> None:
+        holder = next(
+            (
+                n.hostname
+                for n in self.nodes.values()
+                if n.hostname != hostname and n.state is not NodeState.DELETED and name_of(n.record.tags) == name
+            ),
+            None,
+        )
+        if holder is None and name in self._names_being_created:
+            holder = "a VM being created"
+        if holder is not None:
+            raise Conflict(f"name={name} is already the name of {holder}", code="name_taken")
 
     async def delete_node(self, group_name: str, hostname: str) -> None:
         """Stop a node and remove its disk. Raises NotFound when it is not in that group,
@@ -236,6 +293,63 @@ class Daemon:
         if wait is not None:
             await node.wait_ready(timeout, userdata=wait == "userdata")
         return node
+
+    # -- describe and tags ----------------------------------------------------------------------
+    def describe(self, hostname: str) -> NodeDescription:
+        """What the node is, runs on and may reach. Raises NotFound."""
+        node = self.node(hostname)
+        image = self.fleet.image
+        image_bytes = image.manifest.get("outputs", {}).get("rootfs.ext4", {}).get("size", 0)
+        return describe(
+            node,
+            self.groups[node.record.host_group].config,
+            image_label(image.manifest),
+            image_bytes if isinstance(image_bytes, int) else 0,
+        )
+
+    def tags(self, hostname: str) -> list[str]:
+        """The node's tags. Raises NotFound."""
+        return list(self.node(hostname).record.tags)
+
+    async def change_tags(self, hostname: str, change: TagChange) -> list[str]:
+        """Apply one tag change and persist it; the new tags. An ``expires_at=`` tag (re)sets when the node
+        is removed. Raises NotFound, InvalidArgument (naming the field) for a bad tag, too many tags, or an
+        ``expires_at=`` on a service from the config (code ``protected``), Conflict for a change to the
+        ``name=`` tag (code ``name_tag_immutable``) or a name another VM holds (code ``name_taken``)."""
+        async with self._tags_lock:
+            node = self.node(hostname)
+            record = node.record
+            tags = apply_change(hostname, record.tags, change)
+            name = name_of(tags)
+            if name is not None and name != name_of(record.tags):
+                self._check_name_free(name, hostname)
+            added_expiry = next((t for t in tags if t.startswith(EXPIRES_PREFIX) and t not in record.tags), None)
+            if record.protected and added_expiry is not None:
+                raise InvalidArgument(
+                    f"{change.operation}: {hostname} was launched from the config file and never expires",
+                    code="protected",
+                )
+            # No await between the check above and the write: a delete that starts meanwhile removes the
+            # record after this write, never before it.
+            await self.fleet.registry.put(dataclasses.replace(record, tags=tags))
+            if node.state is NodeState.DELETED:
+                await self.fleet.registry.remove(hostname)
+                raise NotFound(f"VM {hostname!r} not found", code="vm_not_found")
+            record.tags = tags
+        self._expiry.changed()
+        return list(tags)
+
+    async def _expire(self, node: Node) -> bool:
+        """Remove an expired node, unless a re-tag or a delete got there first; whether it was removed."""
+        async with self._tags_lock:
+            deadline = deadline_of(node)
+            if deadline is None or deadline > self._expiry.now():
+                return False
+            if self.nodes.get(node.hostname) is not node or node.state is NodeState.DELETED:
+                return False
+            node.transition(NodeState.DELETED)
+        await self.fleet.destroy(node)
+        return True
 
     # -- inside a node -------------------------------------------------------------------------
     async def agent_health(self, hostname: str) -> AgentHealth:

@@ -22,6 +22,7 @@ from pyslicer.daemon.storage import create_overlay, remove_disk
 from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import Conflict, HypervisorError, InvalidArgument, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage
+from pyslicer.image.manifest import image_label
 from pyslicer.net import Lease
 from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
 
@@ -123,6 +124,7 @@ class Fleet:
                 userdata=request.userdata if request.userdata is not None else config.userdata,
                 tags=list(request.tags),
                 secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
+                image=image_label(self.image.manifest),
             )
             node = self._add(record)
         await self._boot(node, failed=LaunchOutcome.FAILED)

@@ -27,6 +27,7 @@ class NodeRequest:
     tags: tuple[str, ...] = ()
     persistent: bool | None = None
     secrets: tuple[str, ...] | None = None  # the secrets it may see; None: all
+    ttl: str | None = None  # a Go duration; the daemon turns it into an expires_at= tag
 
 
 class HostGroup:

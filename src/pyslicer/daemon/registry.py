@@ -38,6 +38,7 @@ class NodeRecord:
     vmm_pid: int = 0  # its VMM while it runs (0: none), told apart from a later process by its start time
     vmm_started: int = 0
     stopped: bool = False  # stopped on purpose (or its VMM died): stays down across daemon restarts
+    image: str = ""  # the guest image its disk was made from (empty in records older than this field)
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:

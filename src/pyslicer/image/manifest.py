@@ -43,6 +43,19 @@ def normalize(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+def image_label(manifest: Mapping[str, Any]) -> str:
+    """A name for the guest image a manifest describes: its distribution and the digest of its rootfs (the
+    same digest names the pinned base under the VM's overlay)."""
+    inputs = manifest.get("inputs")
+    rootfs = inputs.get("rootfs") if isinstance(inputs, Mapping) else None
+    rootfs = rootfs if isinstance(rootfs, Mapping) else {}
+    outputs = manifest.get("outputs")
+    built = outputs.get(ROOTFS) if isinstance(outputs, Mapping) else None
+    digest = built.get("sha256") if isinstance(built, Mapping) else None
+    name = "-".join(str(rootfs[key]) for key in ("suite", "arch") if isinstance(rootfs.get(key), str)) or "unknown"
+    return f"pyslicer/debian-{name}@sha256:{digest}" if isinstance(digest, str) else f"pyslicer/debian-{name}"
+
+
 def kernel_file(manifest: Mapping[str, Any]) -> str | None:
     outputs = manifest.get("outputs")
     if not isinstance(outputs, dict):
