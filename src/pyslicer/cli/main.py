@@ -22,6 +22,7 @@ from ._output import fields
 from .cp import vm_cp
 from .fs import fs
 from .secret import secret
+from .shell import vm_forward, vm_shell
 from .vm import vm
 
 
@@ -123,7 +124,10 @@ def info(api: Api) -> None:
 
 vm.add_command(vm_cp)
 vm.add_command(fs)
+vm.add_command(vm_shell)
+vm.add_command(vm_forward)
 cli.add_command(vm)
+cli.add_command(vm_shell, "shell")
 cli.add_command(secret)
 
 
