@@ -52,6 +52,7 @@ class Shell:
         }
         try:
             connection = unix_connect(endpoint.uds, url, **options) if endpoint.uds else connect(url, **options)
+            connection.__enter__()  # as ``with connect(...)`` does (websockets 17.1 warns otherwise); close() ends it
         except Exception as exc:
             raise handshake_error(exc, url, endpoint) from exc
         shell = cls(connection)

@@ -20,8 +20,9 @@ BAD_GATEWAY = 1014
 # one frame of guest output (64 KiB) plus the shell header, with room to spare; nothing larger is expected
 MAX_MESSAGE = 1024 * 1024
 # what a connection needs from ``websockets``: no compression (terminal bytes are small and latency matters),
-# and keepalive pings, which the server's WebSocket layer answers
-CONNECT_OPTIONS: dict[str, Any] = {"compression": None, "max_size": MAX_MESSAGE, "ping_interval": 20}
+# keepalive pings (the server's WebSocket layer answers them), and no proxy from the environment: the daemon
+# is reached as httpx reaches it for every other call (a unix socket or the URL given)
+CONNECT_OPTIONS: dict[str, Any] = {"compression": None, "max_size": MAX_MESSAGE, "ping_interval": 20, "proxy": None}
 
 
 def websocket_url(endpoint: Endpoint, path: str, params: Sequence[tuple[str, str]] = ()) -> str:
