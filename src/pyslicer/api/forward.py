@@ -15,9 +15,19 @@ towards the upstream; the WebSocket then closes once both ways have ended.
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pyslicer.api.websocket_sessions import BAD_GATEWAY, INTERNAL_ERROR, NORMAL, close, first_of, refuse
+from pyslicer.api.websocket_sessions import (
+    BAD_GATEWAY,
+    INTERNAL_ERROR,
+    NORMAL,
+    close,
+    documented,
+    first_of,
+    refuse,
+    upgrade_required,
+)
 from pyslicer.daemon import Daemon
 from pyslicer.daemon.forward import ForwardClosed, ForwardConnection, ForwardData, ForwardEnd, ForwardTarget
 from pyslicer.errors import AgentError, InvalidArgument, SlicerError, UpstreamUnreachable
@@ -35,6 +45,37 @@ def forward_target(websocket: WebSocket) -> ForwardTarget:
             "the X-Inlets-Upstream header is required (host:port or unix:/path)", code="missing_upstream"
         )
     return ForwardTarget.parse(value)
+
+
+MESSAGES = (
+    "Raw bytes both ways as binary messages. Closes: 1000 when the connection ended, 1014 (bad gateway) with "
+    "the guest's reason when the target refused or could not be reached, 1011 when it broke. With "
+    "`X-Slicer-Half-Close: true` an empty message is EOF (a half-close), either way."
+)
+HEADERS = [
+    {
+        "name": "X-Inlets-Upstream",
+        "in": "header",
+        "required": True,
+        "description": "where the guest connects: host:port, [v6]:port or unix:/path",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-Slicer-Half-Close",
+        "in": "header",
+        "required": False,
+        "description": "true: EOF is an empty message both ways, instead of the upstream's EOF closing",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
+]
+
+
+@router.get(
+    "/vm/{hostname}/forward",
+    **documented("One TCP or unix socket connection from inside the VM, over a WebSocket", MESSAGES, HEADERS),
+)
+async def forward_without_upgrade(hostname: str) -> JSONResponse:
+    return upgrade_required()
 
 
 @router.websocket("/vm/{hostname}/forward")

@@ -14,11 +14,22 @@ from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import ValidationError
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pyslicer import shell_frames
+from pyslicer.api.dependencies import query_parameters
 from pyslicer.api.errors import describe_validation
-from pyslicer.api.websocket_sessions import INTERNAL_ERROR, NORMAL, PROTOCOL_ERROR, close, first_of, refuse
+from pyslicer.api.websocket_sessions import (
+    INTERNAL_ERROR,
+    NORMAL,
+    PROTOCOL_ERROR,
+    close,
+    documented,
+    first_of,
+    refuse,
+    upgrade_required,
+)
 from pyslicer.daemon import Daemon
 from pyslicer.daemon.shell import ShellExited, ShellOutput, ShellRequest, ShellSession
 from pyslicer.errors import AgentError, InvalidArgument, SlicerError
@@ -36,6 +47,22 @@ def shell_request(websocket: WebSocket) -> ShellRequest:
         return ShellRequest.model_validate(values)
     except ValidationError as exc:
         raise describe_validation([{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]) from None
+
+
+MESSAGES = (
+    "Binary messages, one frame each: a 5-byte header (type, big-endian uint32 length) and the payload. "
+    "Types: 0x01 data, 0x02 window size (cols, rows: big-endian uint32), 0x03 shutdown, 0x04 heartbeat, "
+    "0x05 session close (from the daemon: the shell exited; payload its exit code, big-endian int32). "
+    "Closes: 1000 with `exit status N` when the shell exits, 1002 for a malformed frame, 1011 when the agent is lost."
+)
+
+
+@router.get(
+    "/vm/{hostname}/shell",
+    **documented("A login shell on a PTY in the VM, over a WebSocket", MESSAGES, query_parameters(ShellRequest)),
+)
+async def shell_without_upgrade(hostname: str) -> JSONResponse:
+    return upgrade_required()
 
 
 @router.websocket("/vm/{hostname}/shell")

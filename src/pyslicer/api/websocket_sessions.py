@@ -12,9 +12,11 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketState
 
 from pyslicer.api.errors import error_response
+from pyslicer.api.schemas import ErrorBody
 from pyslicer.errors import SlicerError
 
 NORMAL = 1000
@@ -23,6 +25,31 @@ UNSUPPORTED_DATA = 1003
 INTERNAL_ERROR = 1011
 BAD_GATEWAY = 1014
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
+
+
+def upgrade_required() -> JSONResponse:
+    """The answer to a plain GET on a WebSocket route (426, as RFC 9110 has it)."""
+    body = {"error": "this endpoint is a WebSocket: send an upgrade request", "code": "upgrade_required"}
+    return JSONResponse(body, status_code=426, headers={"upgrade": "websocket", "connection": "Upgrade"})
+
+
+def documented(summary: str, messages: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    """The route arguments of the plain-GET twin of a WebSocket route: what the OpenAPI document says of it
+    (FastAPI leaves WebSocket routes out)."""
+    return {
+        "summary": summary,
+        "response_class": JSONResponse,
+        "status_code": 426,
+        "openapi_extra": {"parameters": parameters},
+        "responses": {
+            101: {"description": f"Switching Protocols: a WebSocket. {messages}"},
+            426: {"description": "a plain GET without the upgrade", "model": ErrorBody},
+            401: {"description": "missing or invalid bearer token", "model": ErrorBody},
+            404: {"description": "no such VM", "model": ErrorBody},
+            409: {"description": "the VM is not running", "model": ErrorBody},
+            503: {"description": "the VM's agent is not reachable", "model": ErrorBody},
+        },
+    }
 
 
 async def refuse(websocket: WebSocket, error: SlicerError) -> None:
