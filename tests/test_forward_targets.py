@@ -27,8 +27,25 @@ def test_upstreams(header: str, target: ForwardTarget) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["", "80", "host", "host:", ":80", "host:0", "host:65536", "host:8o", "::1:80", "[::1]", "unix:", "unix:rel.sock",
-     "unix:/" + "x" * 200, "unix:/a\0b", "a/b:80", "a b:80", "x" * 300 + ":80"],
+    [
+        "",
+        "80",
+        "host",
+        "host:",
+        ":80",
+        "host:0",
+        "host:65536",
+        "host:8o",
+        "::1:80",
+        "[::1]",
+        "unix:",
+        "unix:rel.sock",
+        "unix:/" + "x" * 200,
+        "unix:/a\0b",
+        "a/b:80",
+        "a b:80",
+        "x" * 300 + ":80",
+    ],
 )
 def test_bad_upstreams(header: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
@@ -48,7 +65,10 @@ def test_bad_upstreams(header: str) -> None:
             ForwardSpec("127.0.0.2:9000:/var/run/docker.sock", "unix:/var/run/docker.sock", "127.0.0.2", 9000),
         ),
         ("9000:/run/x.sock", ForwardSpec("9000:/run/x.sock", "unix:/run/x.sock", "127.0.0.1", 9000)),
-        ("/tmp/d.sock:/run/d.sock", ForwardSpec("/tmp/d.sock:/run/d.sock", "unix:/run/d.sock", listen_path="/tmp/d.sock")),
+        (
+            "/tmp/d.sock:/run/d.sock",
+            ForwardSpec("/tmp/d.sock:/run/d.sock", "unix:/run/d.sock", listen_path="/tmp/d.sock"),
+        ),
         (
             "./d.sock:/run/d.sock",
             ForwardSpec("./d.sock:/run/d.sock", "unix:/run/d.sock", listen_path=os.path.abspath("d.sock")),

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,9 +148,11 @@ def test_a_port_nothing_listens_on_closes_with_a_reason(
     client: SlicerClient, daemon: RunningDaemon, guest_server: str
 ) -> None:
     headers = {"Authorization": f"Bearer {daemon.token}", "X-Inlets-Upstream": "127.0.0.1:1"}
-    with connect(_ws_url(daemon, guest_server), additional_headers=headers) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=60)
+    with (
+        connect(_ws_url(daemon, guest_server), additional_headers=headers) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        ws.recv(timeout=60)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014
     assert closed.value.rcvd.reason == "127.0.0.1:1: Connection refused"
     stream = client.forward_connection(guest_server, "unix:/run/no-such.sock")
@@ -162,8 +163,13 @@ def test_a_port_nothing_listens_on_closes_with_a_reason(
 
 @pytest.mark.parametrize(
     ("upstream", "status", "code"),
-    [(None, 400, "missing_upstream"), ("no-port", 400, "invalid_upstream"), ("host:99999", 400, "invalid_upstream"),
-     ("unix:relative.sock", 400, "invalid_upstream"), ("::1:80", 400, "invalid_upstream")],
+    [
+        (None, 400, "missing_upstream"),
+        ("no-port", 400, "invalid_upstream"),
+        ("host:99999", 400, "invalid_upstream"),
+        ("unix:relative.sock", 400, "invalid_upstream"),
+        ("::1:80", 400, "invalid_upstream"),
+    ],
 )
 def test_bad_upstreams_are_refused_before_the_upgrade(
     daemon: RunningDaemon, sandbox: str, upstream: str | None, status: int, code: str
@@ -203,9 +209,24 @@ def test_the_cli_serves_fifty_connections_at_once_over_tcp_and_unix_sockets(
     port, closed_port = free_port(), free_port()
     local_socket = tmp_path / "local.sock"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pyslicer.cli.main", "vm", "forward", guest_server,
-         "-L", f"127.0.0.1:{port}:127.0.0.1:{GUEST_PORT}", "-L", f"{local_socket}:{GUEST_SOCKET}",
-         "-L", f"{closed_port}:127.0.0.1:1", "--url", daemon.url, "--token", daemon.token],
+        [
+            sys.executable,
+            "-m",
+            "pyslicer.cli.main",
+            "vm",
+            "forward",
+            guest_server,
+            "-L",
+            f"127.0.0.1:{port}:127.0.0.1:{GUEST_PORT}",
+            "-L",
+            f"{local_socket}:{GUEST_SOCKET}",
+            "-L",
+            f"{closed_port}:127.0.0.1:1",
+            "--url",
+            daemon.url,
+            "--token",
+            daemon.token,
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )

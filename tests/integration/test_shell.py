@@ -51,10 +51,10 @@ def test_a_real_terminal_runs_resizes_interrupts_exits_and_is_restored(
 ) -> None:
     before, after = tmp_path / "before", tmp_path / "after"
     script = (
-        f"stty -g > {before}; {slicer_command(daemon, 'shell', sandbox)}; echo local-rc=$?; stty -g > {after}; "
-        "sleep 30"
+        f"stty -g > {before}; {slicer_command(daemon, 'shell', sandbox)}; echo local-rc=$?; stty -g > {after}; sleep 30"
     )
-    child = pexpect.spawn("/bin/sh", ["-c", script], dimensions=(24, 80), timeout=60, env={**os.environ, "TERM": "xterm"})
+    env = {**os.environ, "TERM": "xterm"}
+    child = pexpect.spawn("/bin/sh", ["-c", script], dimensions=(24, 80), timeout=60, env=env)
     try:
         child.sendline(f"PS1='{PROMPT}'; echo ready-$((6*7))")
         child.expect("ready-42")
@@ -201,6 +201,11 @@ def test_ten_shells_at_once(daemon: RunningDaemon, sandbox: str) -> None:
             return await asyncio.gather(*(one(sdk, i) for i in range(10)))
 
     assert asyncio.run(main()) == list(range(10))
-    result = exec_buffered(httpx.Client(base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.token}"}),
-                           sandbox, "/bin/sh", "-c", "ls /dev/pts | wc -l")
+    result = exec_buffered(
+        httpx.Client(base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.token}"}),
+        sandbox,
+        "/bin/sh",
+        "-c",
+        "ls /dev/pts | wc -l",
+    )
     assert result["exit_code"] == 0
