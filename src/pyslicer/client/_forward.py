@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from ._forward_async import CHUNK, ErrorCallback, Listener, forward_headers, remove_stale_socket
 from ._forward_spec import ForwardSpec, parse_forward_spec
-from ._websocket import CONNECT_OPTIONS, close_error, handshake_error, headers_for, user_agent, vm_path, websocket_url
+from ._websocket import (
+    CONNECT_OPTIONS,
+    close_error,
+    closed_error,
+    handshake_error,
+    headers_for,
+    user_agent,
+    vm_path,
+    websocket_url,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -72,12 +81,23 @@ class ForwardStream:
         return data
 
     def write(self, data: bytes) -> None:
-        for start in range(0, len(data), CHUNK):
-            self._connection.send(data[start : start + CHUNK])
+        """Raises SlicerUpstreamError or SlicerConnectionError once the connection is closed."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for start in range(0, len(data), CHUNK):
+                self._connection.send(data[start : start + CHUNK])
+        except ConnectionClosed as exc:
+            raise closed_error(exc) from None
 
     def close_write(self) -> None:
         """No more bytes for the target: it reads EOF, and may still answer."""
-        self._connection.send(b"")
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._connection.send(b"")
+        except ConnectionClosed as exc:
+            raise closed_error(exc) from None
 
     def close(self) -> None:
         self._connection.close()
@@ -151,18 +171,25 @@ class Forwarder:
 
     def _serve(self, spec: ForwardSpec, local: socket.socket) -> None:
         stream: ForwardStream | None = None
+        errors: list[Exception] = []  # the first of the two directions' is the one reported
         try:
             stream = self._open_stream(spec.upstream)
-            down = threading.Thread(target=self._downstream, args=(spec, stream, local), daemon=True)
+            down = threading.Thread(target=self._downstream, args=(stream, local, errors), daemon=True)
             down.start()
-            while data := local.recv(CHUNK):
-                stream.write(data)
-            stream.close_write()
+            try:
+                while data := local.recv(CHUNK):
+                    stream.write(data)
+                stream.close_write()
+            except Exception as exc:
+                errors.append(exc)
+                with contextlib.suppress(OSError):
+                    local.shutdown(socket.SHUT_RDWR)
             down.join()
         except Exception as exc:
-            if self._on_error is not None and not self._closed.is_set():
-                self._on_error(spec, exc)
+            errors.append(exc)
         finally:
+            if errors and self._on_error is not None and not self._closed.is_set():
+                self._on_error(spec, errors[0])
             with self._lock:
                 self._live.discard(local)
             local.close()
@@ -170,14 +197,14 @@ class Forwarder:
                 with contextlib.suppress(Exception):
                     stream.close()
 
-    def _downstream(self, spec: ForwardSpec, stream: ForwardStream, local: socket.socket) -> None:
+    @staticmethod
+    def _downstream(stream: ForwardStream, local: socket.socket, errors: list[Exception]) -> None:
         try:
             while data := stream.read():
                 local.sendall(data)
             local.shutdown(socket.SHUT_WR)
         except Exception as exc:
-            if self._on_error is not None and not self._closed.is_set():
-                self._on_error(spec, exc)
+            errors.append(exc)
             with contextlib.suppress(OSError):
                 local.shutdown(socket.SHUT_RDWR)  # ends the other direction's recv too
 

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._forward_spec import ForwardSpec, parse_forward_spec
-from ._websocket import CONNECT_OPTIONS, close_error, handshake_error, headers_for, user_agent, vm_path, websocket_url
+from ._websocket import (
+    CONNECT_OPTIONS,
+    close_error,
+    closed_error,
+    handshake_error,
+    headers_for,
+    user_agent,
+    vm_path,
+    websocket_url,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -96,12 +105,23 @@ class AsyncForwardStream:
         return data
 
     async def write(self, data: bytes) -> None:
-        for start in range(0, len(data), CHUNK):
-            await self._connection.send(data[start : start + CHUNK])
+        """Raises SlicerUpstreamError or SlicerConnectionError once the connection is closed."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for start in range(0, len(data), CHUNK):
+                await self._connection.send(data[start : start + CHUNK])
+        except ConnectionClosed as exc:
+            raise closed_error(exc) from None
 
     async def close_write(self) -> None:
         """No more bytes for the target: it reads EOF, and may still answer."""
-        await self._connection.send(b"")
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._connection.send(b"")
+        except ConnectionClosed as exc:
+            raise closed_error(exc) from None
 
     async def close(self) -> None:
         await self._connection.close()

@@ -72,3 +72,10 @@ def shell_params(
 ) -> list[tuple[str, str]]:
     params = [("uid", uid), ("gid", gid), ("shell", shell), ("cwd", cwd), ("term", term)]
     return [(name, str(value)) for name, value in params if value is not None and value != ""]
+
+
+def closed_error(exc: Exception) -> Exception:
+    """What a send on a closed forward or shell raises: the close's own error, else "closed"."""
+    rcvd = getattr(exc, "rcvd", None)
+    error = close_error(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+    return error or SlicerConnectionError("the daemon closed the connection")
