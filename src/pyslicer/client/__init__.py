@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from ._config import DEFAULT_URL, is_unix_socket
     from ._exec_output import ExecFrame, ExecResult, FrameType
     from ._forward import Forwarder, ForwardStream
-    from ._forward_async import AsyncForwarder, AsyncForwardStream, Listener
-    from ._forward_spec import ForwardSpec, parse_forward_spec
+    from ._forward_async import AsyncForwarder, AsyncForwardStream
+    from ._forward_spec import ForwardSpec, Listener, parse_forward_spec
     from ._fs_watch import WatchEvent
     from ._shell import Shell
     from ._shell_async import AsyncShell
@@ -121,7 +121,7 @@ _MODULES = {
     "Forwarder": "._forward",
     "AsyncForwardStream": "._forward_async",
     "AsyncForwarder": "._forward_async",
-    "Listener": "._forward_async",
+    "Listener": "._forward_spec",
     "ForwardSpec": "._forward_spec",
     "parse_forward_spec": "._forward_spec",
     "SlicerAPIError": ".errors",

@@ -10,8 +10,15 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._forward_async import CHUNK, ErrorCallback, Listener, forward_headers, remove_stale_socket
-from ._forward_spec import ForwardSpec, parse_forward_spec
+from ._forward_spec import (
+    CHUNK,
+    ErrorCallback,
+    ForwardSpec,
+    Listener,
+    forward_headers,
+    parse_forward_spec,
+    remove_stale_socket,
+)
 from ._websocket import (
     CONNECT_OPTIONS,
     close_error,

@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._forward_spec import ForwardSpec, parse_forward_spec
+from ._forward_spec import (
+    CHUNK,
+    ErrorCallback,
+    ForwardSpec,
+    Listener,
+    forward_headers,
+    parse_forward_spec,
+    remove_stale_socket,
+)
 from ._websocket import (
     CONNECT_OPTIONS,
     close_error,
@@ -34,28 +39,6 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
     from ._config import Endpoint
-
-CHUNK = 64 * 1024
-
-
-def remove_stale_socket(path: str) -> None:
-    """Remove a socket file left at ``path``; anything else there is not ours (FileExistsError)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket")
-    os.unlink(path)
-
-
-def forward_headers(upstream: str) -> dict[str, str]:
-    return {
-        "X-Inlets-Upstream": upstream,
-        "X-Inlets-Mode": "local",
-        "X-Inlets-Client-ID": socket.gethostname(),
-        "X-Slicer-Half-Close": "true",
-    }
 
 
 class AsyncForwardStream:
@@ -125,17 +108,6 @@ class AsyncForwardStream:
 
     async def close(self) -> None:
         await self._connection.close()
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    spec: str
-    local: str  # 127.0.0.1:8080 or a socket path
-    upstream: str
-    port: int  # the bound TCP port (0 for a unix socket)
-
-
-ErrorCallback = Callable[[ForwardSpec, Exception], None]
 
 
 class AsyncForwarder:

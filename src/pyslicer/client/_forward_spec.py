@@ -1,4 +1,5 @@
-"""``-L`` specs for ``slicer vm forward``, in the Go SDK's formats (``forward.ParseAddressMapping``)::
+"""What both forwarders share (stdlib only, so the blocking one never imports asyncio), and the ``-L`` specs for
+``slicer vm forward``, in the Go SDK's formats (``forward.ParseAddressMapping``)::
 
     127.0.0.1:9000                         listen on 127.0.0.1:9000, forward to 127.0.0.1:9000
     9001:127.0.0.1:9000                    listen on 127.0.0.1:9001, forward to 127.0.0.1:9000
@@ -16,6 +17,9 @@ the network by default is not a choice to copy). Stdlib only.
 from __future__ import annotations
 
 import os
+import socket
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 LOOPBACK = "127.0.0.1"
@@ -75,3 +79,37 @@ def parse_forward_spec(spec: str) -> ForwardSpec:
             text, f"{parts[2]}:{_port(parts[3], text)}", listen_host=parts[0], listen_port=_port(parts[1], text)
         )
     raise ValueError(f"invalid forward spec {spec!r}: expected [LOCAL_ADDR:]LOCAL_PORT:HOST:PORT or socket paths")
+
+
+CHUNK = 64 * 1024
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left at ``path``; anything else there is not ours (FileExistsError)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    os.unlink(path)
+
+
+def forward_headers(upstream: str) -> dict[str, str]:
+    return {
+        "X-Inlets-Upstream": upstream,
+        "X-Inlets-Mode": "local",
+        "X-Inlets-Client-ID": socket.gethostname(),
+        "X-Slicer-Half-Close": "true",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    spec: str
+    local: str  # 127.0.0.1:8080 or a socket path
+    upstream: str
+    port: int  # the bound TCP port (0 for a unix socket)
+
+
+ErrorCallback = Callable[[ForwardSpec, Exception], None]
