@@ -905,12 +905,26 @@ def test_socket_exec_splits_lines_across_chunks(chunks: list[bytes]) -> None:
 
 def test_public_names_resolve() -> None:
     import pyslicer.client as package
-    from pyslicer.client import _async, _base_client, _config, _exec_output, _sync, errors, models
+    from pyslicer.client import (
+        _async,
+        _base_client,
+        _config,
+        _exec_output,
+        _forward,
+        _forward_async,
+        _forward_spec,
+        _shell,
+        _shell_async,
+        _sync,
+        errors,
+        models,
+    )
 
     homes = {"AsyncSlicerClient": _async, "SlicerClient": _sync, "DEFAULT_TIMEOUT": _base_client}
+    modules = (_config, _exec_output, errors, models, _shell, _shell_async, _forward, _forward_async, _forward_spec)
     for name in package.__all__:
         value = getattr(package, name)
-        home = homes.get(name) or next(m for m in (_config, _exec_output, errors, models) if hasattr(m, name))
+        home = homes.get(name) or next(m for m in modules if hasattr(m, name))
         assert value is getattr(home, name), name
     assert set(package.__all__) <= set(dir(package))
     assert models.ExecFrame is package.ExecFrame  # the exec types are in models too, as before

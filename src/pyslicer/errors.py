@@ -14,6 +14,7 @@
      +-- NotSupported             this build cannot do that
      +-- Unavailable              a resource is busy or exhausted, or a peer is unreachable
      |    +-- AgentError          the in-guest agent is unreachable or broke the protocol
+     |    +-- UpstreamUnreachable a forward's target in the guest refused or failed the connection
      +-- InsufficientStorage      the guest's disk cannot hold what was sent (nothing was written)
      +-- ImageError               the guest image could not be built or is incomplete
      +-- HypervisorError          QEMU could not be started or controlled
@@ -85,6 +86,12 @@ class AgentError(Unavailable):
     """The in-guest agent is unreachable or broke the protocol."""
 
     code = "agent_unavailable"
+
+
+class UpstreamUnreachable(Unavailable):
+    """A forward's target inside the guest refused the connection, or could not be reached."""
+
+    code = "upstream_unreachable"
 
 
 class InsufficientStorage(SlicerError):

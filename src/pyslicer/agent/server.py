@@ -55,6 +55,8 @@ SESSIONS: dict[str, tuple[str, str]] = {
     Op.FS_REMOVE: ("pyslicer.agent.fs", "FsSession"),
     Op.FS_WATCH: ("pyslicer.agent.watch", "WatchSession"),
     Op.STATS: ("pyslicer.agent.stats", "StatsSession"),
+    Op.SHELL: ("pyslicer.agent.shell", "ShellSession"),
+    Op.FORWARD: ("pyslicer.agent.forward", "ForwardSession"),
 }
 
 
@@ -202,6 +204,8 @@ class Agent:
             session.on_window(window_increment(frame))
         elif frame_type == FrameType.CLOSE:
             self.cancel(frame.stream)
+        elif frame_type == FrameType.MESSAGE and hasattr(session, "on_message"):  # a shell's resize
+            session.on_message(decode_json(frame))
         else:
             raise ProtocolError(f"unexpected {frame.name} frame from the host")
 

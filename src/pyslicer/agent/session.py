@@ -4,7 +4,9 @@ A session is made for one OPEN with ``(loop, stream, request, send, on_finish)``
 untrusted JSON request, ``send`` queues encoded frames for the host, ``on_finish(session)`` is called once
 the session has sent its last message (it sends the CLOSE), never after ``cancel``. Then ``start`` is
 called. Frames for the stream arrive through ``on_data`` (channel, bytes), ``on_eof`` (channel) and
-``on_window`` (credit for bytes the session may send). ``cancel``: the host is gone or gave up; stop,
+``on_window`` (credit for bytes the session may send); a session that takes MESSAGEs from the host (a
+shell's resize) has ``on_message`` (the untrusted JSON body), any other gets a protocol error. ``cancel``:
+the host is gone or gave up; stop,
 clean up, send nothing more. A session answered by one message sends it and calls ``on_finish`` from
 ``start``.
 """

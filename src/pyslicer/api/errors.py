@@ -25,6 +25,7 @@ from pyslicer.errors import (
     Timeout,
     Unauthenticated,
     Unavailable,
+    UpstreamUnreachable,
 )
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SlicerError], int], ...] = (
     (Conflict, 409),
     (Gone, 410),
     (NotSupported, 501),
+    (UpstreamUnreachable, 502),
     (Unavailable, 503),
     (InsufficientStorage, 413),  # not 507: an answer in 5xx says the daemon failed, and it did not
 )

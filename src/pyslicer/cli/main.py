@@ -23,6 +23,7 @@ from .cp import vm_cp
 from .fs import fs
 from .lifecycle import LIFECYCLE_COMMANDS
 from .secret import secret
+from .shell import vm_forward, vm_shell
 from .top import vm_top
 from .vm import vm
 
@@ -128,7 +129,10 @@ vm.add_command(fs)
 for command in LIFECYCLE_COMMANDS:
     vm.add_command(command)
 vm.add_command(vm_top)
+vm.add_command(vm_shell)
+vm.add_command(vm_forward)
 cli.add_command(vm)
+cli.add_command(vm_shell, "shell")
 cli.add_command(secret)
 
 

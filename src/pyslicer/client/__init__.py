@@ -17,6 +17,10 @@ Modules (all private but ``models`` and ``errors``)::
     _responses.py      parsers and the error mapping: an answer -> a result or a SlicerAPIError
     _exec_output.py    ExecFrame, ExecResult and the NDJSON exec frame decoder (stdlib only)
     _fs_watch.py       WatchEvent and the server-sent-events decoder of fs/watch (stdlib only)
+    _websocket.py      what the WebSocket sessions share: URLs, headers, handshake and close errors
+    _shell_async.py    AsyncShell over /vm/{h}/shell (websockets)     (_shell.py: its blocking twin)
+    _forward_spec.py   -L specs for forward (stdlib only)
+    _forward_async.py  AsyncForwardStream, AsyncForwarder over /vm/{h}/forward (_forward.py: its twin)
     _readiness.py      wait_ready's clock and verdicts
     _stdin.py          what a blocking exec sends as stdin      (_stdin_async.py: its asyncio twin)
     _exchange.py       one full-duplex HTTP/1.1 exchange on a socket, with h11 and no httpx
@@ -40,9 +44,20 @@ if TYPE_CHECKING:
     from ._base_client import DEFAULT_TIMEOUT
     from ._config import DEFAULT_URL, is_unix_socket
     from ._exec_output import ExecFrame, ExecResult, FrameType
+    from ._forward import Forwarder, ForwardStream
+    from ._forward_async import AsyncForwarder, AsyncForwardStream
+    from ._forward_spec import ForwardSpec, Listener, parse_forward_spec
     from ._fs_watch import WatchEvent
+    from ._shell import Shell
+    from ._shell_async import AsyncShell
     from ._sync import SlicerClient
-    from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
+    from .errors import (
+        SlicerAPIError,
+        SlicerConnectionError,
+        SlicerResponseError,
+        SlicerTimeoutError,
+        SlicerUpstreamError,
+    )
     from .models import (
         AgentHealth,
         CreatedNode,
@@ -67,16 +82,23 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "AgentHealth",
+    "AsyncForwardStream",
+    "AsyncForwarder",
+    "AsyncShell",
     "AsyncSlicerClient",
     "CreatedNode",
     "DeleteResult",
     "ExecFrame",
     "ExecResult",
+    "ForwardSpec",
+    "ForwardStream",
+    "Forwarder",
     "FrameType",
     "FsEntry",
     "HostGroup",
     "HostStats",
     "LifecycleResult",
+    "Listener",
     "LogsResult",
     "NetworkDescription",
     "NetworkPolicy",
@@ -85,15 +107,18 @@ __all__ = [
     "NodeStats",
     "Secret",
     "ServerInfo",
+    "Shell",
     "SlicerAPIError",
     "SlicerClient",
     "SlicerConnectionError",
     "SlicerResponseError",
     "SlicerTimeoutError",
+    "SlicerUpstreamError",
     "StatsSnapshot",
     "VMTags",
     "WatchEvent",
     "is_unix_socket",
+    "parse_forward_spec",
 ]
 
 _MODULES = {
@@ -106,10 +131,20 @@ _MODULES = {
     "ExecResult": "._exec_output",
     "FrameType": "._exec_output",
     "WatchEvent": "._fs_watch",
+    "Shell": "._shell",
+    "AsyncShell": "._shell_async",
+    "ForwardStream": "._forward",
+    "Forwarder": "._forward",
+    "AsyncForwardStream": "._forward_async",
+    "AsyncForwarder": "._forward_async",
+    "Listener": "._forward_spec",
+    "ForwardSpec": "._forward_spec",
+    "parse_forward_spec": "._forward_spec",
     "SlicerAPIError": ".errors",
     "SlicerConnectionError": ".errors",
     "SlicerResponseError": ".errors",
     "SlicerTimeoutError": ".errors",
+    "SlicerUpstreamError": ".errors",
     "AgentHealth": ".models",
     "CreatedNode": ".models",
     "DeleteResult": ".models",

@@ -59,16 +59,20 @@ from ._calls import (
 )
 from ._duplex_async import AsyncDuplexTransport
 from ._exec_output import ExecFrame, ExecResult, FrameDecoder, LineDecoder
+from ._forward_async import AsyncForwarder, AsyncForwardStream
 from ._fs_watch import SseDecoder, WatchEvent
 from ._readiness import ReadyPoll
 from ._responses import api_error
+from ._shell_async import AsyncShell
 from ._stdin_async import AsyncStdin, async_stdin_body
+from ._websocket import shell_params
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Callable
 
     from ._copy import CopySource
+    from ._forward_spec import ForwardSpec
     from .models import (
         AgentHealth,
         CreatedNode,
@@ -669,3 +673,45 @@ class AsyncSlicerClient(BaseClient):
             last_event_id=last_event_id,
         )
         return self._decoded(self._http, call, None, SseDecoder())
+
+    # -- interactive sessions ----------------------------------------------------------------------
+
+    async def shell(
+        self,
+        hostname: str,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        shell: str | None = None,
+        cwd: str | None = None,
+        term: str | None = None,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> AsyncShell:
+        """A login shell on a terminal in the VM (``uid``/``gid`` default to the guest's default user, ``shell``
+        to that user's login shell, ``cwd`` to its home). Read, write, ``resize`` and ``close`` it; after the
+        last ``read`` (``b""``) its ``exit_code`` says how the shell ended. Raises SlicerAPIError when the
+        daemon refuses (an unknown VM: 404; a missing shell: 404 ``shell_not_found``)."""
+        params = shell_params(uid, gid, shell, cwd, term)
+        endpoint, connect_timeout = self._endpoint, self._timeout.connect
+        return await AsyncShell.connect(endpoint, self._headers, hostname, params, (cols, rows), connect_timeout)
+
+    async def forward_connection(self, hostname: str, upstream: str) -> AsyncForwardStream:
+        """One connection from inside the VM to ``upstream`` (``host:port`` or ``unix:/path``), as a stream of
+        bytes both ways; ``close_write`` half-closes it. A target that refuses shows at the first ``read``
+        (SlicerUpstreamError, its message the guest's reason)."""
+        endpoint, connect_timeout = self._endpoint, self._timeout.connect
+        return await AsyncForwardStream.connect(endpoint, self._headers, hostname, upstream, connect_timeout)
+
+    async def forward(
+        self,
+        hostname: str,
+        specs: Sequence[str],
+        *,
+        on_error: Callable[[ForwardSpec, Exception], None] | None = None,
+    ) -> AsyncForwarder:
+        """Listen locally as ``specs`` say (``slicer vm forward -L`` specs: ``[LOCAL_ADDR:]LOCAL_PORT:HOST:PORT``
+        or unix socket paths on either side) and forward every connection into the VM until ``close``.
+        ``listeners`` gives the bound addresses; ``on_error`` hears about each connection that failed.
+        Raises ValueError for a bad spec, OSError when a listener cannot be bound."""
+        return await AsyncForwarder.start(lambda upstream: self.forward_connection(hostname, upstream), specs, on_error)

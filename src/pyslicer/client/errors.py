@@ -46,3 +46,10 @@ class SlicerTimeoutError(Timeout):
     """A client-side wait (``wait_ready``) ran out of time."""
 
     code = "timeout"
+
+
+class SlicerUpstreamError(Unavailable):
+    """A forward's target inside the guest refused the connection or could not be reached (the message, the
+    daemon's close reason, says why: ``127.0.0.1:9: Connection refused``)."""
+
+    code = "upstream_unreachable"

@@ -146,6 +146,15 @@ class AgentStream:
             view = view[size:]
             await self._link.drain()
 
+    def send_message(self, body: Mapping[str, Any]) -> None:
+        """A MESSAGE to the agent on this stream (a shell's resize). Raises InvalidArgument for a body that
+        does not fit in one frame."""
+        if not self.closed:
+            try:
+                self._link.send(encode_json(FrameType.MESSAGE, self.id, body))
+            except ValueError:
+                raise InvalidArgument("the message is too large for the agent", code="request_too_large") from None
+
     def close_input(self) -> None:
         """No more stdin."""
         if not self.closed:

@@ -24,12 +24,14 @@ from pyslicer.daemon.describe import NodeDescription, describe
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.expiry import ExpiryReaper, deadline_of, ttl_tag
 from pyslicer.daemon.fleet import GRACEFUL_STOP_SECONDS, Fleet, LaunchOutcome
+from pyslicer.daemon.forward import ForwardConnection, ForwardTarget
 from pyslicer.daemon.fs import GuestFilesystem
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
 from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
+from pyslicer.daemon.shell import ShellRequest, ShellSession
 from pyslicer.daemon.stats import NodeStats, collect
 from pyslicer.daemon.tags import EXPIRES_PREFIX, TagChange, apply_change, initial_tags, name_of
 from pyslicer.errors import ConfigError, Conflict, InvalidArgument, NotFound, PermissionDenied
@@ -411,3 +413,16 @@ class Daemon:
         """The filesystem of a running node, through its agent. Raises NotFound, Conflict when the VM is not
         running, AgentError when its agent is not reachable."""
         return GuestFilesystem(self.node(hostname).agent(), hostname)
+
+    async def shell(self, hostname: str, request: ShellRequest) -> ShellSession:
+        """Start a login shell on a PTY in a node, once it runs. Raises NotFound (the VM; or the shell or cwd:
+        code ``shell_not_found``), PermissionDenied when the shell cannot be run, InvalidArgument for a
+        request the guest refused, Conflict when the VM is not running, AgentError when its agent is not
+        reachable."""
+        return await ShellSession.open(self.node(hostname).agent().open(request.to_wire()))
+
+    async def forward(self, hostname: str, target: ForwardTarget) -> ForwardConnection:
+        """Connect from inside a node to ``target``, once connected. Raises NotFound, Conflict when the VM is
+        not running, AgentError when its agent is not reachable, UpstreamUnreachable when the target refuses
+        or cannot be reached (the message says why)."""
+        return await ForwardConnection.open(self.node(hostname).agent().open(target.to_wire()), target)

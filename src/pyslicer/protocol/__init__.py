@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pyslicer.protocol.messages import ExecExit as ExecExit
     from pyslicer.protocol.messages import ExecRequest as ExecRequest
     from pyslicer.protocol.messages import ExecStarted as ExecStarted
+    from pyslicer.protocol.messages import ForwardRequest as ForwardRequest
     from pyslicer.protocol.messages import FsDone as FsDone
     from pyslicer.protocol.messages import FsEntry as FsEntry
     from pyslicer.protocol.messages import FsError as FsError
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from pyslicer.protocol.messages import SecretsAnswer as SecretsAnswer
     from pyslicer.protocol.messages import SecretsDone as SecretsDone
     from pyslicer.protocol.messages import SecretsRequest as SecretsRequest
+    from pyslicer.protocol.messages import ShellRequest as ShellRequest
     from pyslicer.protocol.messages import StatsRequest as StatsRequest
     from pyslicer.protocol.messages import StatsSnapshot as StatsSnapshot
     from pyslicer.protocol.messages import UserdataAnswer as UserdataAnswer

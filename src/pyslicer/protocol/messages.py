@@ -42,6 +42,8 @@ class Op:
     FS_REMOVE: Final = "fs_remove"
     FS_WATCH: Final = "fs_watch"
     STATS: Final = "stats"
+    SHELL: Final = "shell"
+    FORWARD: Final = "forward"
 
 
 # A watch's event types (fsnotify's), in the agent's events and the daemon's checks alike.
@@ -56,6 +58,8 @@ class Event:
     ERROR: Final = "error"
     SOURCE: Final = "source"  # copy_out: what is about to stream
     DONE: Final = "done"  # secrets, copy_in, copy_out: finished
+    CONNECTED: Final = "connected"  # forward: the guest-side connection is up
+    RESIZE: Final = "resize"  # shell, host -> agent: the terminal's new size
 
 
 if TYPE_CHECKING:
@@ -350,3 +354,53 @@ if TYPE_CHECKING:
         diskSpaceUsed: int
         diskSpaceFree: int  # available to users (the root reserve is neither free nor used)
         diskSpaceUsedPercent: float  # used / total
+
+    # -- shell ---------------------------------------------------------------------------------------
+
+    class ShellRequest(TypedDict):
+        """``shell``: a login shell on a new PTY. MESSAGE ``ExecStarted`` (or ``ExecError``) -> DATA on
+        stdout (the terminal's output) and DATA on stdin from the host (keystrokes), MESSAGE ``ShellResize``
+        from the host at any time -> MESSAGE ``ExecExit`` once the shell has exited and its output is sent ->
+        CLOSE. A CLOSE from the host hangs the terminal up (SIGHUP to the session, SIGKILL to what is left)."""
+
+        op: Literal["shell"]
+        uid: int | None  # None: the guest's default user
+        gid: int | None  # None: the user's account group
+        shell: str | None  # None: the account's login shell, else /bin/bash, else /bin/sh
+        cwd: str | None  # None: the user's home
+        cols: int
+        rows: int
+        term: str  # TERM for the shell
+        window: NotRequired[int]
+
+    class ShellResize(TypedDict):
+        """Host -> agent on a shell stream: set the terminal's size (the shell gets SIGWINCH)."""
+
+        type: Literal["resize"]
+        cols: int
+        rows: int
+
+    # -- forward -------------------------------------------------------------------------------------
+
+    class ForwardRequest(TypedDict):
+        """``forward``: one connection from the guest to ``host``:``port``, or to the unix socket ``path``.
+        MESSAGE ``ForwardConnected`` (or ``ForwardError`` and CLOSE) -> DATA both ways (stdin: to the
+        upstream, stdout: from it), EOF either way is a half-close -> once both ways reached EOF, MESSAGE
+        ``ForwardDone`` -> CLOSE. A reset or write failure is a ``ForwardError`` and CLOSE."""
+
+        op: Literal["forward"]
+        host: NotRequired[str]
+        port: NotRequired[int]
+        path: NotRequired[str]
+        window: NotRequired[int]
+
+    class ForwardConnected(TypedDict):
+        type: Literal["connected"]
+
+    class ForwardError(TypedDict):
+        type: Literal["error"]
+        error: str
+        errno: str  # ECONNREFUSED, ENOENT, ETIMEDOUT, ... ("" when there is none)
+
+    class ForwardDone(TypedDict):
+        type: Literal["done"]

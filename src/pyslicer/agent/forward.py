@@ -1,0 +1,262 @@
+"""One forwarded connection for one stream: the agent dials ``host:port`` (or a unix socket) inside the guest
+and passes bytes both ways, so a host port reaches a guest server with no guest networking at all.
+
+Bytes from the upstream are read only while the host has granted credit; bytes from the host are written as
+the socket takes them, each chunk's credit going back once written. EOF either way is a half-close
+(``shutdown(SHUT_WR)`` towards the upstream); the stream ends once both ways have ended, or at the first
+error (a refused connection, a reset), which the host gets as a ``ForwardError`` with the errno's name.
+Uses ``_socket`` (the C half of ``socket``, without its enum classes) to keep the import cheap under TCG.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import sys
+
+from pyslicer.agent.session import StreamSession
+from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, Event, FrameType, window_payload
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from pyslicer.agent.loop import Timer
+
+CONNECT_TIMEOUT = 10.0
+MAX_UNIX_PATH = 107
+
+
+def errno_name(code: int | None) -> str:
+    return errno.errorcode.get(code or 0, "")
+
+
+def describe(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+class ForwardSession(StreamSession):
+    """Runs ``request`` (a ``ForwardRequest``, untrusted) for ``stream``."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._credit = 0
+        self._read_threshold = MAX_PAYLOAD
+        self._sock: Any = None
+        self._fd = -1
+        self._target = ""
+        self._addresses: list[tuple[int, Any]] = []
+        self._connected = False
+        self._connect_timer: Timer | None = None
+        self._output: list[bytes] = []
+        self._output_offset = 0
+        self._host_eof = False  # the host sent EOF: shut our write side once the queue is written
+        self._upstream_eof = False  # the upstream sent EOF (we sent EOF on stdout)
+        self._wrote_eof = False
+
+    # -- from the host -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._guard(self._start)
+
+    def on_data(self, channel: int, data: bytes) -> None:
+        if channel != Channel.STDIN or self._done or self._host_eof:
+            return
+        self._output.append(data)
+        if self._connected:
+            self._guard(self._write)
+
+    def on_eof(self, channel: int) -> None:
+        if channel == Channel.STDIN and not self._host_eof:
+            self._host_eof = True
+            if self._connected:
+                self._guard(self._write)
+
+    def on_window(self, increment: int) -> None:
+        self._credit += increment
+        self._update_reading()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _guard(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except OSError as exc:
+            self._fail(f"{self._target}: {describe(exc)}", exc.errno)
+        except Exception as exc:  # the host must always see an end to the stream
+            self._fail(f"agent: {exc}", None)
+
+    def _fail(self, message: str, code: int | None) -> None:
+        if self._done or self._cancelled:
+            print(f"slicer-agent: stream {self.stream}: {message}", file=sys.stderr)
+            return
+        self._send_event({"type": Event.ERROR, "error": message, "errno": errno_name(code)})
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._close()
+        if not self._cancelled:
+            self._on_finish(self)
+
+    def _close(self) -> None:
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        if self._fd >= 0:
+            self._loop.forget(self._fd)
+            self._fd = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._output = []
+
+    # -- connecting ----------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._credit = int(self._request.get("window") or INITIAL_WINDOW)
+        self._read_threshold = max(1, min(MAX_PAYLOAD, self._credit))
+        path, host, port = self._request.get("path"), self._request.get("host"), self._request.get("port")
+        if isinstance(path, str) and path:
+            self._target = f"unix:{path}"
+            if "\0" in path or len(os.fsencode(path)) > MAX_UNIX_PATH:
+                self._fail(f"{self._target}: invalid socket path", errno.EINVAL)
+                return
+            self._addresses = [(_socket.AF_UNIX, path)]
+        elif isinstance(host, str) and host and isinstance(port, int) and not isinstance(port, bool):
+            self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if not 0 < port < 65536 or "\0" in host:
+                self._fail(f"{self._target}: invalid address", errno.EINVAL)
+                return
+            try:
+                infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+            except OSError as exc:  # gaierror: the name does not resolve in the guest
+                self._fail(f"{self._target}: {describe(exc)}", errno.EHOSTUNREACH)
+                return
+            self._addresses = [(family, address) for family, _, _, _, address in infos]
+        else:
+            self._fail("a forward needs a host and port, or a path", errno.EINVAL)
+            return
+        self._connect_timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout)
+        self._try_next(None)
+
+    def _try_next(self, last_error: OSError | None) -> None:
+        """Dial the next address (a name can resolve to several: ::1 then 127.0.0.1); fail with the last
+        error once none is left."""
+        self._close_socket()
+        if not self._addresses:
+            error = last_error or OSError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
+            self._fail(f"{self._target}: {describe(error)}", error.errno)
+            return
+        family, address = self._addresses.pop(0)
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        code = sock.connect_ex(address)
+        if code in (0, errno.EISCONN):
+            self._on_connected()
+        elif code in (errno.EINPROGRESS, errno.EAGAIN):
+            self._loop.add_writer(self._fd, self._on_connect_writable)
+        else:
+            self._try_next(OSError(code, os.strerror(code)))
+
+    def _close_socket(self) -> None:
+        if self._fd >= 0:
+            self._loop.forget(self._fd)
+            self._fd = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _on_connect_writable(self) -> None:
+        if self._sock is None:
+            return
+        code = self._sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if code:
+            self._try_next(OSError(code, os.strerror(code)))
+            return
+        self._loop.remove_writer(self._fd)
+        self._on_connected()
+
+    def _on_connect_timeout(self) -> None:
+        self._connect_timer = None
+        if not self._connected:
+            self._addresses = []
+            self._try_next(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)))
+
+    def _on_connected(self) -> None:
+        self._connected = True
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        self._send_event({"type": Event.CONNECTED})
+        self._guard(self._write)
+        self._update_reading()
+
+    # -- upstream -> host ----------------------------------------------------------------------
+    def _update_reading(self) -> None:
+        if self._fd < 0 or not self._connected or self._upstream_eof or self._done:
+            return
+        if self._credit >= self._read_threshold:
+            self._loop.add_reader(self._fd, self._on_readable)
+        else:
+            self._loop.remove_reader(self._fd)
+
+    def _on_readable(self) -> None:
+        self._guard(self._read)
+
+    def _read(self) -> None:
+        if self._sock is None or self._credit < self._read_threshold:
+            return
+        try:
+            data = self._sock.recv(min(self._credit, MAX_PAYLOAD))
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            self._upstream_eof = True
+            self._loop.remove_reader(self._fd)
+            self._send(FrameType.EOF, flags=Channel.STDOUT)
+            self._maybe_done()
+            return
+        self._credit -= len(data)
+        self._send(FrameType.DATA, data, Channel.STDOUT)
+        if self._credit < self._read_threshold:
+            self._loop.remove_reader(self._fd)
+
+    # -- host -> upstream ----------------------------------------------------------------------
+    def _write(self) -> None:
+        while self._output and self._sock is not None:
+            chunk = self._output[0]
+            try:
+                written = self._sock.send(memoryview(chunk)[self._output_offset :])
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._fd, self._on_writable)
+                return
+            self._output_offset += written
+            if self._output_offset == len(chunk):
+                self._output.pop(0)
+                self._output_offset = 0
+                self._send(FrameType.WINDOW, window_payload(len(chunk)))
+        if self._sock is None:
+            return
+        self._loop.remove_writer(self._fd)
+        if self._host_eof and not self._wrote_eof:
+            self._wrote_eof = True
+            try:
+                self._sock.shutdown(_socket.SHUT_WR)
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:  # the upstream is gone already: its EOF is on its way
+                    raise
+            self._maybe_done()
+
+    def _on_writable(self) -> None:
+        self._guard(self._write)
+
+    def _maybe_done(self) -> None:
+        if self._upstream_eof and self._wrote_eof and not self._done:
+            self._send_event({"type": Event.DONE})
+            self._finish()
