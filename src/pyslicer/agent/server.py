@@ -54,6 +54,10 @@ SESSIONS: dict[str, tuple[str, str]] = {
     Op.FS_MKDIR: ("pyslicer.agent.fs", "FsSession"),
     Op.FS_REMOVE: ("pyslicer.agent.fs", "FsSession"),
     Op.FS_WATCH: ("pyslicer.agent.watch", "WatchSession"),
+    **{
+        op: ("pyslicer.agent.background", "BackgroundSession")
+        for op in (Op.BG_START, Op.BG_LIST, Op.BG_INFO, Op.BG_LOGS, Op.BG_KILL, Op.BG_WAIT, Op.BG_DELETE)
+    },
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pyslicer import __version__
 from pyslicer.config import SlicerConfig
+from pyslicer.daemon.background import BackgroundExecs
 from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.daemon.data_dir import DataDir
@@ -248,3 +249,8 @@ class Daemon:
         """The filesystem of a running node, through its agent. Raises NotFound, Conflict when the VM is not
         running, AgentError when its agent is not reachable."""
         return GuestFilesystem(self.node(hostname).agent(), hostname)
+
+    def background(self, hostname: str) -> BackgroundExecs:
+        """The background execs of a running node, kept by its agent. Raises NotFound, Conflict when the VM is
+        not running, AgentError when its agent is not reachable."""
+        return BackgroundExecs(self.node(hostname).agent(), hostname)
