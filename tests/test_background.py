@@ -180,7 +180,7 @@ async def test_execs_survive_a_reconnect_of_the_link(link: AgentLink) -> None:  
     logs = await execs.logs(started.exec_id, follow=True)
     assert link._writer is not None
     link._writer.transport.abort()  # the connection drops under the follower; the link reconnects (HELLO)
-    with pytest.raises(Exception):  # noqa: B017,PT011  (AgentError: the follower's stream is lost)
+    with pytest.raises(Exception):  # noqa: B017  (AgentError: the follower's stream is lost)
         async for _ in logs.records():
             pass
     await link.wait_ready(10)

@@ -82,7 +82,7 @@ class BackgroundExec:
         self.ended_at: str | None = None
         self.listeners: set[Any] = set()
         self._returncode: int | None = None
-        self._outputs = {Channel.STDOUT: -1, Channel.STDERR: -1}
+        self._outputs: dict[int, int] = {Channel.STDOUT: -1, Channel.STDERR: -1}
         self._kill_timer: Timer | None = None
         self._request = request
 
@@ -98,7 +98,9 @@ class BackgroundExec:
                     ours, theirs = os.pipe()
                     self._outputs[channel] = ours
                     child_ends.append(theirs)
-                self.pid = spawn(argv, env, cwd, (None, child_ends[0], child_ends[1]), uid=uid, gid=gid, new_session=True)
+                self.pid = spawn(
+                    argv, env, cwd, (None, child_ends[0], child_ends[1]), uid=uid, gid=gid, new_session=True
+                )
             finally:
                 for fd in child_ends:
                     os.close(fd)
@@ -116,12 +118,18 @@ class BackgroundExec:
             raise
         self._request = {}
         self._add("started", meta={"pid": self.pid, "started_at": self.started_at})
-        for channel, fd in self._outputs.items():
+        for output, fd in self._outputs.items():
             os.set_blocking(fd, False)
-            self.loop.add_reader(fd, lambda channel=channel: self._guard(lambda: self._read(channel)))
+            self.loop.add_reader(fd, self._on_stdout if output == Channel.STDOUT else self._on_stderr)
         watch_exit(self.loop, self.pid, self._on_exit)
 
     # -- output --------------------------------------------------------------------------------
+    def _on_stdout(self) -> None:
+        self._guard(lambda: self._read(Channel.STDOUT))
+
+    def _on_stderr(self) -> None:
+        self._guard(lambda: self._read(Channel.STDERR))
+
     def _guard(self, step: Any) -> None:
         try:
             step()
@@ -200,7 +208,7 @@ class BackgroundExec:
         try:
             os.killpg(self.pid, signo)
         except (ProcessLookupError, PermissionError):
-            pass
+            return  # gone already
 
     def delete(self) -> None:
         self.deleted = True
@@ -422,10 +430,16 @@ class BackgroundSession(StreamSession):
         if name not in SIGNALS:
             raise BackgroundError(f"unknown signal {name!r}: one of {', '.join(SIGNALS)}", "invalid_signal")
         grace = self._request.get("grace_ms")
-        grace_ms = grace if isinstance(grace, int) and not isinstance(grace, bool) and 0 < grace else DEFAULT_GRACE_MS
+        grace_ms = grace if isinstance(grace, int) and not isinstance(grace, bool) and grace > 0 else DEFAULT_GRACE_MS
         sent = bg.kill(name, min(grace_ms, MAX_GRACE_MS))
         self._answer(
-            {"type": Event.DONE, "exec_id": bg.exec_id, "pid": bg.pid, "running": bg.running, "signal_sent": name if sent else ""}
+            {
+                "type": Event.DONE,
+                "exec_id": bg.exec_id,
+                "pid": bg.pid,
+                "running": bg.running,
+                "signal_sent": name if sent else "",
+            }
         )
 
     def _wait(self) -> None:

@@ -18,7 +18,9 @@ REMEMBERED_EVICTIONS = 4096
 class Record:
     __slots__ = ("data", "id", "kind", "meta", "offset", "timestamp")
 
-    def __init__(self, record_id: int, kind: str, data: bytes, meta: dict[str, Any] | None, offset: int, timestamp: str) -> None:
+    def __init__(
+        self, record_id: int, kind: str, data: bytes, meta: dict[str, Any] | None, offset: int, timestamp: str
+    ) -> None:
         self.id = record_id
         self.kind = kind  # started, stdout, stderr, exit
         self.data = data

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from pyslicer import __version__
-from pyslicer.api import cp, fs, nodes, openapi, secrets, system, vm
+from pyslicer.api import background, cp, fs, nodes, openapi, secrets, system, vm
 from pyslicer.api import exec as exec_api
 from pyslicer.api.errors import HANDLERS
 from pyslicer.api.metrics import ApiMetrics
@@ -34,7 +34,16 @@ def create_fastapi(daemon: Daemon) -> FastAPI:
         redirect_slashes=False,  # Slicer: "/nodes/" is not "/nodes"
         exception_handlers=HANDLERS,
     )
-    for module in (exec_api, cp, fs, vm, nodes, secrets, system):  # the hottest first: routing tries them in order
+    for module in (
+        exec_api,
+        background,
+        cp,
+        fs,
+        vm,
+        nodes,
+        secrets,
+        system,
+    ):  # the hottest first: routing tries them in order
         app.include_router(module.router)
     openapi.install(app)
     app.state.daemon = daemon

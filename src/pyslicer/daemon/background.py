@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from pyslicer.daemon.agent_link import AgentLink, AgentStream, Message, Output
 from pyslicer.daemon.exec import ExecRequest
-from pyslicer.daemon.fs import _json_line, _Lines, clean_text
+from pyslicer.daemon.fs import NdjsonLines, clean_text, json_line
 from pyslicer.daemon.guest_input import int_or, str_or
 from pyslicer.errors import AgentError, Conflict, Gone, InvalidArgument, NotFound, SlicerError, Unavailable
 from pyslicer.protocol import Event, Op
@@ -54,7 +54,9 @@ _CODES = {"not_found": "exec_not_found", "gone": "exec_gone", "running": "exec_r
 class BackgroundRequest(ExecRequest):
     """A command to start in the background: an exec request (no stdin) and the size of its output ring."""
 
-    ring_bytes: int = Field(default=0, ge=0, description="the output ring's cap in bytes; 0: the agent's default (1 MiB)")
+    ring_bytes: int = Field(
+        default=0, ge=0, description="the output ring's cap in bytes; 0: the agent's default (1 MiB)"
+    )
     base64: bool = Field(default=True, description="log frames carry base64 (else UTF-8 text)")
 
     def to_background_wire(self) -> protocol.BgStartRequest:
@@ -75,7 +77,9 @@ def _signal_name(value: Any) -> Any:
         from pydantic_core import PydanticCustomError
 
         raise PydanticCustomError(
-            "invalid_signal", "unknown signal {signal!r}: one of {names}", {"signal": value, "names": ", ".join(SIGNALS)}
+            "invalid_signal",
+            "unknown signal {signal!r}: one of {names}",
+            {"signal": value, "names": ", ".join(SIGNALS)},
         )
     return name
 
@@ -210,7 +214,7 @@ class LogGap:
 
     @property
     def message(self) -> str:
-        return f"{self.dropped_frames} frames ({self.dropped_bytes} bytes) were evicted from the ring before they were read"
+        return f"{self.dropped_frames} frames ({self.dropped_bytes} bytes) left the ring before they were read"
 
 
 LogRecord = LogStarted | LogOutput | LogExit | LogGap
@@ -263,7 +267,7 @@ class BackgroundLogs:
         raise AgentError("the agent ended the log stream before it started")
 
     async def records(self) -> AsyncIterator[LogRecord]:
-        lines = _Lines()
+        lines = NdjsonLines()
         try:
             async for event in self._events:
                 if isinstance(event, Message):
@@ -275,7 +279,7 @@ class BackgroundLogs:
                 if not isinstance(event, Output):
                     continue
                 for line in lines.feed(event.data):
-                    record = record_from_guest(_json_line(line))
+                    record = record_from_guest(json_line(line))
                     if record is not None:
                         yield record
                 self._stream.consumed(len(event.data))
