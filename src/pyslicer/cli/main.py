@@ -19,6 +19,7 @@ from pyslicer.errors import SlicerError
 
 from ._common import Api, CliState, api_command, data_dir_option
 from ._output import fields
+from .background import bg
 from .cp import vm_cp
 from .fs import fs
 from .secret import secret
@@ -123,6 +124,7 @@ def info(api: Api) -> None:
 
 vm.add_command(vm_cp)
 vm.add_command(fs)
+vm.add_command(bg)
 cli.add_command(vm)
 cli.add_command(secret)
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._async import AsyncSlicerClient
+    from ._background_logs import LogFrame
     from ._base_client import DEFAULT_TIMEOUT
     from ._config import DEFAULT_URL, is_unix_socket
     from ._exec_output import ExecFrame, ExecResult, FrameType
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from .errors import SlicerAPIError, SlicerConnectionError, SlicerResponseError, SlicerTimeoutError
     from .models import (
         AgentHealth,
+        BackgroundExec,
+        BackgroundExecInfo,
+        BackgroundExit,
+        BackgroundKill,
         CreatedNode,
         DeleteResult,
         FsEntry,
@@ -60,6 +65,10 @@ __all__ = [
     "DEFAULT_URL",
     "AgentHealth",
     "AsyncSlicerClient",
+    "BackgroundExec",
+    "BackgroundExecInfo",
+    "BackgroundExit",
+    "BackgroundKill",
     "CreatedNode",
     "DeleteResult",
     "ExecFrame",
@@ -67,6 +76,7 @@ __all__ = [
     "FrameType",
     "FsEntry",
     "HostGroup",
+    "LogFrame",
     "LogsResult",
     "Node",
     "Secret",
@@ -95,6 +105,11 @@ _MODULES = {
     "SlicerResponseError": ".errors",
     "SlicerTimeoutError": ".errors",
     "AgentHealth": ".models",
+    "BackgroundExec": ".models",
+    "BackgroundExecInfo": ".models",
+    "BackgroundExit": ".models",
+    "BackgroundKill": ".models",
+    "LogFrame": "._background_logs",
     "CreatedNode": ".models",
     "DeleteResult": ".models",
     "FsEntry": ".models",

@@ -25,7 +25,19 @@ T = TypeVar("T")
 Parser = Callable[["httpx.Response"], T]
 
 ResourceName = Literal[
-    "AgentHealth", "CreatedNode", "DeleteResult", "FsEntry", "HostGroup", "LogsResult", "Node", "Secret", "ServerInfo"
+    "AgentHealth",
+    "BackgroundExec",
+    "BackgroundExecInfo",
+    "BackgroundExit",
+    "BackgroundKill",
+    "CreatedNode",
+    "DeleteResult",
+    "FsEntry",
+    "HostGroup",
+    "LogsResult",
+    "Node",
+    "Secret",
+    "ServerInfo",
 ]
 """The classes of ``.models`` a response can be parsed into."""
 
