@@ -8,6 +8,14 @@ import asyncio
 import pytest
 
 from pyslicer.agent.ring import REMEMBERED_EVICTIONS, Ring
+from pyslicer.client._background_logs import LogFrameDecoder
+from pyslicer.client._calls import (
+    background_info_call,
+    background_kill_call,
+    background_logs_call,
+    background_wait_call,
+)
+from pyslicer.client.errors import SlicerResponseError
 from pyslicer.daemon.agent_link import AgentLink
 from pyslicer.daemon.background import (
     BackgroundExecs,
@@ -192,3 +200,40 @@ async def test_execs_survive_a_reconnect_of_the_link(link: AgentLink) -> None:  
     await execs.kill(started.exec_id, KillRequest(signal="KILL"))
     await execs.wait(started.exec_id, timeout=10)
     await execs.delete(started.exec_id)
+
+
+# -- the client ----------------------------------------------------------------------------------------
+
+
+def test_client_decodes_log_frames() -> None:
+    decoder = LogFrameDecoder()
+    lines = [
+        '{"id":1,"type":"started","pid":7,"started_at":"t0","timestamp":"t0"}',
+        "",
+        '{"id":2,"type":"stdout","data":"aGk=","stdout":"aGk=","encoding":"base64","timestamp":"t1"}',
+        '{"id":3,"type":"stderr","data":"plain","timestamp":"t2"}',
+        '{"type":"gap","dropped_bytes":10,"dropped_frames":2,"message":"m","timestamp":"t3"}',
+        '{"id":4,"type":"exit","exit_code":137,"signal":"SIGKILL","ended_at":"t4","timestamp":"t4"}',
+    ]
+    frames = [frame for line in lines for frame in decoder.feed(line)]
+    assert [(f.type, f.id) for f in frames] == [("started", 1), ("stdout", 2), ("stderr", 3), ("gap", 0), ("exit", 4)]
+    assert frames[0].pid == 7 and frames[1].data == b"hi" and frames[2].data == b"plain"
+    assert (frames[3].dropped_bytes, frames[3].dropped_frames) == (10, 2)
+    assert (frames[4].exit_code, frames[4].signal) == (137, "SIGKILL")
+    for bad in ("not json", "[1]", '{"type":"stdout","data":"@@","encoding":"base64"}'):
+        with pytest.raises(SlicerResponseError):
+            list(decoder.feed(bad))
+
+
+def test_client_checks_arguments_before_sending() -> None:
+    with pytest.raises(ValueError):
+        background_wait_call("vm-1", "ex_1", 601)
+    with pytest.raises(ValueError):
+        background_logs_call("vm-1", "ex_1", False, -1)
+    with pytest.raises(ValueError):
+        background_kill_call("vm-1", "ex_1", None, -5)
+    with pytest.raises(ValueError):
+        background_info_call("vm-1", "")
+    assert background_info_call("vm-1", "../x").path == "/vm/vm-1/exec/..%2Fx"
+    assert background_kill_call("vm-1", "ex_1", None, None).json == {}
+    assert background_wait_call("vm-1", "ex_1", 2.5).params == (("timeout", "2.5"),)

@@ -4,6 +4,7 @@ agent dropping and reconnecting. One VM for the module."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ctypes
@@ -12,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pyslicer.client import AsyncSlicerClient, SlicerAPIError, SlicerClient
 from tests.integration.conftest import RunningDaemon
 from tests.integration.helpers import assert_error, created_sandbox, wait_for_agent
 
@@ -310,3 +313,77 @@ def test_survives_the_agent_link_reconnecting(daemon: RunningDaemon, api: httpx.
         frames = log_frames(api, vm, exec_id)
         assert [f["id"] for f in frames] == list(range(1, len(frames) + 1))
         assert output_of(frames).startswith(b"before\n")
+
+
+def test_python_sdk_sync_and_async(daemon: RunningDaemon, vm: str) -> None:
+    with SlicerClient(daemon.url, token=daemon.token) as slicer:
+        started = slicer.exec_background(vm, "sh", ["-c", "echo $GREETING; sleep 600"], env={"GREETING": "hi"})
+        try:
+            assert started.exec_id.startswith("ex_") and started.ring_bytes == 1024 * 1024
+            assert started.exec_id in {e.exec_id for e in slicer.background_execs(vm)}
+            first = next(f for f in slicer.background_logs(vm, started.exec_id, follow=True) if f.type == "stdout")
+            assert first.data == b"hi\n" and first.id == 2
+            assert slicer.background_exec(vm, started.exec_id).running
+            assert slicer.wait_background(vm, started.exec_id, timeout=0.5).timed_out
+            assert slicer.kill_background(vm, started.exec_id, signal="KILL").signal_sent == "KILL"
+            ended = slicer.wait_background(vm, started.exec_id, timeout=30)
+            assert ended.signal == "SIGKILL" and not ended.running and ended.ended_at is not None
+        finally:
+            slicer.kill_background(vm, started.exec_id, signal="KILL")
+            slicer.wait_background(vm, started.exec_id, timeout=30)
+            slicer.delete_background(vm, started.exec_id)
+        with pytest.raises(SlicerAPIError) as raised:
+            slicer.background_exec(vm, started.exec_id)
+        assert raised.value.status == 410
+
+    async def run() -> None:
+        async with AsyncSlicerClient(daemon.url, token=daemon.token) as slicer:
+            bg = await slicer.exec_background(vm, "echo", ["async"], ring_bytes=4096)
+            await slicer.wait_background(vm, bg.exec_id, timeout=30)
+            frames = [f async for f in slicer.background_logs(vm, bg.exec_id, from_id=2)]
+            assert [f.type for f in frames] == ["stdout", "exit"] and frames[0].data == b"async\n"
+            await slicer.delete_background(vm, bg.exec_id)
+
+    asyncio.run(run())
+
+
+def cli(daemon: RunningDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SLICER_URL": daemon.url, "SLICER_TOKEN": daemon.token}
+    return subprocess.run(
+        [sys.executable, "-m", "pyslicer.cli.main", "vm", "bg", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_cli(daemon: RunningDaemon, vm: str) -> None:
+    started = cli(daemon, "exec", vm, "--", "sh", "-c", "echo from-cli; echo to-err >&2; exit 3")
+    assert started.returncode == 0, started.stderr
+    exec_id = started.stdout.strip()
+    assert re.fullmatch(r"ex_[0-9a-f]{16}", exec_id)
+    waited = cli(daemon, "wait", vm, exec_id, "--timeout", "60")
+    assert waited.returncode == 3 and "exited with 3" in waited.stdout
+    listed = cli(daemon, "list", vm)
+    assert exec_id in listed.stdout and "exited (3)" in listed.stdout
+    assert "exited (3)" in cli(daemon, "info", vm, exec_id).stdout
+    logs = cli(daemon, "logs", vm, exec_id)
+    assert logs.stdout == "from-cli\n" and "to-err" in logs.stderr
+    as_json = [json.loads(line) for line in cli(daemon, "logs", vm, exec_id, "--json").stdout.splitlines()]
+    assert as_json[0]["type"] == "started" and as_json[-1]["exit_code"] == 3
+    assert "had ended" in cli(daemon, "kill", vm, exec_id).stdout
+    assert cli(daemon, "rm", vm, exec_id).returncode == 0
+    gone = cli(daemon, "info", vm, exec_id)
+    assert gone.returncode != 0 and "deleted" in gone.stderr
+
+    sleeper = cli(daemon, "exec", vm, "sleep", "600").stdout.strip()
+    try:
+        assert cli(daemon, "wait", vm, sleeper, "--timeout", "0.5").returncode == 124
+        refused = cli(daemon, "rm", vm, sleeper)
+        assert refused.returncode != 0 and "running" in refused.stderr
+        assert "sent KILL" in cli(daemon, "kill", vm, sleeper, "-s", "kill").stdout
+    finally:
+        cli(daemon, "kill", vm, sleeper, "-s", "KILL")
+        cli(daemon, "wait", vm, sleeper)
+        cli(daemon, "rm", vm, sleeper)

@@ -78,7 +78,7 @@ def _signal_name(value: Any) -> Any:
 
         raise PydanticCustomError(
             "invalid_signal",
-            "unknown signal {signal!r}: one of {names}",
+            "unknown signal '{signal}': one of {names}",
             {"signal": value, "names": ", ".join(SIGNALS)},
         )
     return name
