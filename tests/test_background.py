@@ -4,9 +4,11 @@ daemon's ``BackgroundExecs`` through an ``AgentLink``, including a reconnect of 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import pytest
 
+from pyslicer.agent.background import fitted
 from pyslicer.agent.ring import REMEMBERED_EVICTIONS, Ring
 from pyslicer.client._background_logs import LogFrameDecoder
 from pyslicer.client._calls import (
@@ -28,7 +30,11 @@ from pyslicer.daemon.background import (
     LogStarted,
 )
 from pyslicer.errors import Conflict, Gone, InvalidArgument, NotFound, Unavailable
+from pyslicer.protocol.frames import dumps
 from tests.test_agent_link import link  # noqa: F401  (the fixture: a real agent process over a socketpair)
+
+if TYPE_CHECKING:
+    from pyslicer.protocol import BgInfo
 
 # -- the ring -------------------------------------------------------------------------------------------
 
@@ -237,3 +243,26 @@ def test_client_checks_arguments_before_sending() -> None:
     assert background_info_call("vm-1", "../x").path == "/vm/vm-1/exec/..%2Fx"
     assert background_kill_call("vm-1", "ex_1", None, None).json == {}
     assert background_wait_call("vm-1", "ex_1", 2.5).params == (("timeout", "2.5"),)
+
+
+def test_answers_fit_one_frame() -> None:
+    info: BgInfo = {
+        "exec_id": "ex_1",
+        "pid": 1,
+        "command": "c" * 70_000,
+        "args": ["a" * 1000] * 60,
+        "cwd": "/",
+        "uid": 0,
+        "started_at": "",
+        "running": True,
+        "exit_code": None,
+        "ended_at": None,
+        "bytes_written": 0,
+        "bytes_dropped": 0,
+        "next_id": 1,
+        "ring_bytes": 1,
+    }
+    small = fitted(dict(info), 4096)  # type: ignore[arg-type]
+    assert len(dumps(small)) <= 4096 and small["args"] == [] and small["command"].startswith("ccc")
+    roomy = fitted({**info, "command": "sh", "args": ["-c", "x"]}, 4096)
+    assert roomy["args"] == ["-c", "x"] and roomy["command"] == "sh"

@@ -323,6 +323,17 @@ def registry(loop: Loop) -> Registry:
     return _registry
 
 
+def fitted(info: BgInfo, size: int) -> BgInfo:
+    """``info`` within ``size`` encoded bytes, so an answer fits one frame: the echoed command line is cut
+    (arguments dropped from the end, then the command shortened) when it is too long."""
+    while len(dumps(info)) > size and info["args"]:
+        info["args"] = info["args"][: len(info["args"]) // 2]
+    excess = len(dumps(info)) - size
+    if excess > 0:
+        info["command"] = info["command"][: max(0, len(info["command"]) - excess)]
+    return info
+
+
 # -- log records ---------------------------------------------------------------------------------------
 
 
@@ -368,9 +379,12 @@ class BackgroundSession(StreamSession):
             if op == Op.BG_START:
                 self._answer(self._registry.start(self._request))
             elif op == Op.BG_LIST:
-                self._answer({"type": "list", "execs": [bg.info() for bg in self._registry.execs.values()]})
+                infos = [bg.info() for bg in self._registry.execs.values()]
+                share = (MAX_PAYLOAD - 1024) // max(1, len(infos))
+                self._answer({"type": "list", "execs": [fitted(info, share) for info in infos]})
             elif op == Op.BG_INFO:
-                self._answer({"type": "info", **self._registry.get(self._request.get("exec_id")).info()})
+                info = self._registry.get(self._request.get("exec_id")).info()
+                self._answer({"type": "info", **fitted(info, MAX_PAYLOAD - 1024)})
             elif op == Op.BG_DELETE:
                 exec_id = self._request.get("exec_id")
                 self._registry.delete(exec_id)
