@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from ._background_logs import LogFrame
 from ._exec_output import ExecFrame, ExecResult, FrameType
 from ._fs_watch import WatchEvent
 
@@ -29,6 +30,7 @@ __all__ = [
     "FrameType",
     "FsEntry",
     "HostGroup",
+    "LogFrame",
     "LogsResult",
     "Node",
     "Secret",
