@@ -266,3 +266,11 @@ def test_answers_fit_one_frame() -> None:
     assert len(dumps(small)) <= 4096 and small["args"] == [] and small["command"].startswith("ccc")
     roomy = fitted({**info, "command": "sh", "args": ["-c", "x"]}, 4096)
     assert roomy["args"] == ["-c", "x"] and roomy["command"] == "sh"
+
+
+def test_ring_caps_how_many_records_it_holds() -> None:
+    ring = Ring(2048)  # 16 records at most
+    for _ in range(100):
+        ring.append("stdout", b"x")
+    assert len(ring) == ring.max_records == 16 and ring.size == 16
+    assert ring.gap(1) == (84, 84) and [r.id for r in ring.read(1)][0] == 85

@@ -1,7 +1,8 @@
 """A background exec's output ring: records with ids from 1, the oldest evicted once the output outgrows the cap.
 
 Only output bytes count against the cap (``started`` and ``exit`` records cost nothing, but age out with the
-rest); the newest record always stays. A reader keeps a cursor (the id it wants next); when records it has not
+rest), and the number of records is capped too (one per ``BYTES_PER_RECORD`` bytes of the cap); the newest
+record always stays. A reader keeps a cursor (the id it wants next); when records it has not
 had were evicted, ``gap`` says how many and how many bytes, and the reader goes on from the oldest kept.
 """
 
@@ -13,6 +14,10 @@ if TYPE_CHECKING:
 
 # Offsets of evicted records kept to measure a gap exactly for a cursor that far back (8 bytes each).
 REMEMBERED_EVICTIONS = 4096
+# A record costs ~200 bytes besides its output (the object, its timestamp): a child writing a byte at a time must
+# not make a ring hold a million of them, so a ring keeps at most one record per this many bytes of its cap.
+BYTES_PER_RECORD = 128
+MIN_RECORDS = 4
 
 
 class Record:
@@ -34,6 +39,7 @@ class Ring:
         if capacity <= 0:
             raise ValueError("a ring needs a positive capacity")
         self.capacity = capacity
+        self.max_records = max(MIN_RECORDS, capacity // BYTES_PER_RECORD)
         self._records: list[Record] = []
         self._head = 0  # index of the oldest record kept in _records
         self.size = 0  # output bytes held
@@ -59,7 +65,7 @@ class Ring:
         record = Record(self.next_id, kind, data, meta, self.bytes_written, timestamp)
         self.next_id += 1
         self.bytes_written += len(data)
-        while self.size + len(data) > self.capacity and len(self):
+        while len(self) and (self.size + len(data) > self.capacity or len(self) >= self.max_records):
             self._evict()
         self._records.append(record)
         self.size += len(data)
