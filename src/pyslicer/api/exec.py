@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import Field
 from starlette.responses import Response
 from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
+from pyslicer.api import background
 from pyslicer.api.dependencies import DaemonDep, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, error_response
 from pyslicer.api.schemas import ExecFrame, ExecResult
@@ -28,7 +29,7 @@ from pyslicer.api.streaming import alongside, call_on_disconnect
 from pyslicer.daemon import ExecExited, ExecFailed, ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStarted
 from pyslicer.daemon.exec import Flag, OutputStream
 from pyslicer.daemon.timestamps import utc_now
-from pyslicer.errors import AgentError, InvalidArgument, NotSupported, SlicerError
+from pyslicer.errors import AgentError, InvalidArgument, SlicerError
 
 NDJSON = "application/x-ndjson"
 
@@ -38,7 +39,8 @@ class ExecQuery(ExecRequest):
 
     buffered: Flag = False
     stdio: Literal["", "text", "base64"] = ""
-    background: SkipJsonSchema[Flag] = False  # parsed (a bad value is a 400), kept out of the document until it exists
+    background: Flag = Field(default=False, description="start it detached and answer 201 with an exec_id")
+    ring_bytes: int = Field(default=0, ge=0, description="with background: the output ring's cap (0: 1 MiB)")
 
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -71,7 +73,14 @@ router = APIRouter(responses=ERROR_RESPONSES)
 )
 async def exec_command(daemon: DaemonDep, hostname: str, query: Annotated[ExecQuery, query_of(ExecQuery)]) -> Response:
     if query.background:
-        raise NotSupported("background: background exec is not supported on this build yet", code="background")
+        return await background.start(
+            daemon,
+            hostname,
+            query,
+            ring_bytes=query.ring_bytes,
+            use_base64=query.stdio == "base64",
+            buffered=query.buffered,
+        )
     if query.stdin and query.buffered:
         raise InvalidArgument("stdin is not supported with buffered=true", code="invalid_stdin")
     process = daemon.exec(hostname, query)

@@ -14,19 +14,17 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Depends
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from pyslicer.api.dependencies import DaemonDep, json_body_of, query_of, query_parameters
 from pyslicer.api.errors import ERROR_RESPONSES, describe_validation
 from pyslicer.api.schemas import ErrorBody, FsEntryInfo, FsRemoved, FsWatchEventData
-from pyslicer.api.streaming import until_disconnect
+from pyslicer.api.streaming import Emit, StreamedResponse
 from pyslicer.daemon.fs import (
     DirectoryListing,
     FsEntry,
@@ -192,54 +190,7 @@ def sse_comment(text: str) -> bytes:
     return "".join(f": {line}\n" for line in text.splitlines() or [""]).encode() + b"\n"
 
 
-Emit = Callable[[bytes], Awaitable[None]]
-
-
-class _StreamedResponse(Response):
-    """A response that drives ASGI itself: ``produce`` writes the body while a listener waits for the
-    client to leave; whichever ends first ends the other, then ``stop`` releases the guest's side."""
-
-    headers_to_send: ClassVar[dict[str, str]] = {"cache-control": "no-store"}
-
-    def __init__(self) -> None:
-        self.status_code = 200
-        self.background = None
-        self.init_headers(self.headers_to_send)
-
-    async def produce(self, emit: Emit) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        lock = asyncio.Lock()
-
-        async def emit(data: bytes) -> None:
-            async with lock:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        loop = asyncio.get_running_loop()
-        producing = loop.create_task(self.produce(emit))
-        listening = loop.create_task(until_disconnect(receive))
-        client_left = False
-        try:
-            done, _ = await asyncio.wait((producing, listening), return_when=asyncio.FIRST_COMPLETED)
-            client_left = listening in done
-        finally:
-            for task in (producing, listening):
-                task.cancel()
-            for task in (producing, listening):
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task  # OSError: the client went away while we wrote
-            self.stop()
-        if not client_left:
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class ListingResponse(_StreamedResponse):
+class ListingResponse(StreamedResponse):
     """``[entry, ...]`` written as the guest lists; cut short (invalid JSON) if the agent is lost midway."""
 
     media_type = "application/json"
@@ -270,7 +221,7 @@ class ListingResponse(_StreamedResponse):
         self.listing.cancel()
 
 
-class WatchResponse(_StreamedResponse):
+class WatchResponse(StreamedResponse):
     media_type = EVENT_STREAM
     headers_to_send: ClassVar[dict[str, str]] = {"cache-control": "no-store", "x-accel-buffering": "no"}
 

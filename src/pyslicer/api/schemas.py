@@ -221,6 +221,80 @@ class ExecResult(BaseModel):
     signal: str | None = None
 
 
+# -- background exec ---------------------------------------------------------------------------------
+
+
+class ExecBackgroundStarted(BaseModel):
+    """``POST exec?background=true``'s answer (201)."""
+
+    exec_id: str = Field(description="ex_ and 16 hex digits; use it with /vm/{hostname}/exec/{exec_id}/...")
+    pid: int
+    started_at: str
+    ring_bytes: int = Field(description="the output ring's cap in bytes")
+
+
+class ExecBackgroundInfo(BaseModel):
+    exec_id: str
+    pid: int
+    command: str = Field(description="as given")
+    args: list[str]
+    cwd: str
+    uid: int
+    started_at: str
+    running: bool
+    exit_code: int | None
+    signal: str | None = None
+    ended_at: str | None
+    bytes_written: int = Field(description="output bytes the process wrote")
+    bytes_dropped: int = Field(description="of those, evicted from the ring")
+    next_id: int = Field(description="the id the next log frame will get")
+    ring_bytes: int
+
+
+class ExecBackgroundKilled(BaseModel):
+    exec_id: str
+    pid: int
+    running: bool
+    signal_sent: str = Field(description='the signal\'s name (e.g. "TERM"); empty when the exec had ended')
+
+
+class ExecBackgroundExit(BaseModel):
+    """``wait-exit``'s answer: with ``timed_out`` the exec still ran when the timeout passed."""
+
+    exec_id: str
+    running: bool
+    exit_code: int | None
+    signal: str | None = None
+    ended_at: str | None
+    timed_out: bool
+
+
+class ExecBackgroundDeleted(BaseModel):
+    exec_id: str
+    reaped: Literal[True]
+
+
+class ExecLogFrame(BaseModel):
+    """One NDJSON line of ``exec/{exec_id}/logs``: a ring record (``started``, ``stdout``/``stderr``, ``exit``) with
+    its ``id``, or a ``gap`` (no id) where records were evicted before this reader got them."""
+
+    type: Literal["started", "stdout", "stderr", "exit", "gap"]
+    id: int | None = Field(default=None, description="from 1, one per record; absent on gap frames")
+    timestamp: str
+    pid: int | None = None
+    started_at: str | None = None
+    data: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    encoding: Literal["base64"] | None = None
+    exit_code: int | None = None
+    ended_at: str | None = None
+    signal: str | None = None
+    dropped_bytes: int | None = None
+    dropped_frames: int | None = None
+    message: str | None = None
+
+
 # -- secrets -----------------------------------------------------------------------------------------
 
 

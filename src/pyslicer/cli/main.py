@@ -19,6 +19,7 @@ from pyslicer.errors import SlicerError
 
 from ._common import Api, CliState, api_command, data_dir_option
 from ._output import fields
+from .background import bg
 from .cp import vm_cp
 from .fs import fs
 from .lifecycle import LIFECYCLE_COMMANDS
@@ -131,6 +132,7 @@ for command in LIFECYCLE_COMMANDS:
 vm.add_command(vm_top)
 vm.add_command(vm_shell)
 vm.add_command(vm_forward)
+vm.add_command(bg)
 cli.add_command(vm)
 cli.add_command(vm_shell, "shell")
 cli.add_command(secret)

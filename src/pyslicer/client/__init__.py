@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._async import AsyncSlicerClient
+    from ._background_logs import LogFrame
     from ._base_client import DEFAULT_TIMEOUT
     from ._config import DEFAULT_URL, is_unix_socket
     from ._exec_output import ExecFrame, ExecResult, FrameType
@@ -60,6 +61,10 @@ if TYPE_CHECKING:
     )
     from .models import (
         AgentHealth,
+        BackgroundExec,
+        BackgroundExecInfo,
+        BackgroundExit,
+        BackgroundKill,
         CreatedNode,
         DeleteResult,
         FsEntry,
@@ -86,6 +91,10 @@ __all__ = [
     "AsyncForwarder",
     "AsyncShell",
     "AsyncSlicerClient",
+    "BackgroundExec",
+    "BackgroundExecInfo",
+    "BackgroundExit",
+    "BackgroundKill",
     "CreatedNode",
     "DeleteResult",
     "ExecFrame",
@@ -99,6 +108,7 @@ __all__ = [
     "HostStats",
     "LifecycleResult",
     "Listener",
+    "LogFrame",
     "LogsResult",
     "NetworkDescription",
     "NetworkPolicy",
@@ -146,6 +156,11 @@ _MODULES = {
     "SlicerTimeoutError": ".errors",
     "SlicerUpstreamError": ".errors",
     "AgentHealth": ".models",
+    "BackgroundExec": ".models",
+    "BackgroundExecInfo": ".models",
+    "BackgroundExit": ".models",
+    "BackgroundKill": ".models",
+    "LogFrame": "._background_logs",
     "CreatedNode": ".models",
     "DeleteResult": ".models",
     "LifecycleResult": ".models",

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ._exec_output import ExecResult
     from .models import (
         AgentHealth,
+        BackgroundExec,
+        BackgroundExecInfo,
+        BackgroundExit,
+        BackgroundKill,
         CreatedNode,
         DeleteResult,
         FsEntry,
@@ -296,6 +300,78 @@ def exec_stream_call(hostname: str, params: ExecParams) -> Call[None]:
 
 def exec_buffered_call(hostname: str, params: ExecParams) -> Call[ExecResult]:
     return Call("POST", f"/vm/{seg(hostname)}/exec", responses.buffered_exec, params=params, long_running=True)
+
+
+# -- background exec -------------------------------------------------------------------------------
+
+MAX_WAIT_SECONDS = 600
+"""The longest ``wait-exit`` the daemon takes."""
+
+
+def _exec_path(hostname: str, exec_id: str, action: str = "") -> str:
+    path = f"/vm/{seg(hostname)}/exec/{seg(exec_id)}"
+    return f"{path}/{action}" if action else path
+
+
+def background_exec_call(hostname: str, params: ExecParams, ring_bytes: int | None) -> Call[BackgroundExec]:
+    extra: list[tuple[str, str]] = [("background", "true")]
+    if ring_bytes is not None:
+        if isinstance(ring_bytes, bool) or not isinstance(ring_bytes, int) or ring_bytes < 0:
+            raise ValueError(f"ring_bytes must be a non-negative int, not {ring_bytes!r}")
+        extra.append(("ring_bytes", str(ring_bytes)))
+    return Call("POST", f"/vm/{seg(hostname)}/exec", responses.resource("BackgroundExec"), params=(*params, *extra))
+
+
+def background_list_call(hostname: str) -> Call[list[BackgroundExecInfo]]:
+    return Call("GET", f"/vm/{seg(hostname)}/exec", responses.resource_list("BackgroundExecInfo"))
+
+
+def background_info_call(hostname: str, exec_id: str) -> Call[BackgroundExecInfo]:
+    return Call("GET", _exec_path(hostname, exec_id), responses.resource("BackgroundExecInfo"))
+
+
+def background_logs_call(hostname: str, exec_id: str, follow: bool, from_id: int | None) -> Call[None]:
+    """The request half of a log read; the clients read the NDJSON body themselves."""
+    params: list[tuple[str, str]] = []
+    if follow:
+        params.append(("follow", "true"))
+    if from_id is not None:
+        if isinstance(from_id, bool) or not isinstance(from_id, int) or from_id < 0:
+            raise ValueError(f"from_id must be a non-negative int, not {from_id!r}")
+        params.append(("from_id", str(from_id)))
+    return Call(
+        "GET", _exec_path(hostname, exec_id, "logs"), responses.nothing, params=tuple(params), long_running=True
+    )
+
+
+def background_kill_call(hostname: str, exec_id: str, signal: str | None, grace_ms: int | None) -> Call[BackgroundKill]:
+    body: dict[str, Any] = {}
+    if signal is not None:
+        body["signal"] = signal
+    if grace_ms is not None:
+        if isinstance(grace_ms, bool) or not isinstance(grace_ms, int) or grace_ms < 0:
+            raise ValueError(f"grace_ms must be a non-negative int, not {grace_ms!r}")
+        body["grace_ms"] = grace_ms
+    return Call("POST", _exec_path(hostname, exec_id, "kill"), responses.resource("BackgroundKill"), json=body)
+
+
+def background_wait_call(hostname: str, exec_id: str, timeout: float | None) -> Call[BackgroundExit]:
+    params: tuple[tuple[str, str], ...] = ()
+    if timeout is not None:
+        if isinstance(timeout, bool) or not 0 <= timeout <= MAX_WAIT_SECONDS:
+            raise ValueError(f"timeout must be 0 to {MAX_WAIT_SECONDS} seconds, not {timeout!r}")
+        params = (("timeout", f"{timeout:g}"),)
+    return Call(
+        "GET",
+        _exec_path(hostname, exec_id, "wait-exit"),
+        responses.resource("BackgroundExit"),
+        params=params,
+        long_running=True,
+    )
+
+
+def background_delete_call(hostname: str, exec_id: str) -> Call[None]:
+    return Call("DELETE", _exec_path(hostname, exec_id), responses.nothing)
 
 
 # -- secrets ---------------------------------------------------------------------------------------

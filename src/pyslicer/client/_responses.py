@@ -26,6 +26,10 @@ Parser = Callable[["httpx.Response"], T]
 
 ResourceName = Literal[
     "AgentHealth",
+    "BackgroundExec",
+    "BackgroundExecInfo",
+    "BackgroundExit",
+    "BackgroundKill",
     "CreatedNode",
     "DeleteResult",
     "FsEntry",

@@ -18,11 +18,19 @@ import httpx
 
 from pyslicer.errors import SlicerError
 
+from ._background_logs import LogFrame, LogFrameDecoder
 from ._base_client import DEFAULT_TIMEOUT, BaseClient, TimeoutArg, ssl_context
 from ._calls import (
     Call,
     EnvArg,
     SecretValue,
+    background_delete_call,
+    background_exec_call,
+    background_info_call,
+    background_kill_call,
+    background_list_call,
+    background_logs_call,
+    background_wait_call,
     copy_call,
     copy_in_params,
     copy_out_params,
@@ -76,6 +84,10 @@ if TYPE_CHECKING:
     from ._forward_spec import ForwardSpec
     from .models import (
         AgentHealth,
+        BackgroundExec,
+        BackgroundExecInfo,
+        BackgroundExit,
+        BackgroundKill,
         CreatedNode,
         DeleteResult,
         FsEntry,
@@ -423,6 +435,62 @@ class SlicerClient(BaseClient):
             buffered=True,
         )
         return self._send(exec_buffered_call(hostname, params))
+
+    # -- background exec -----------------------------------------------------------------------------
+
+    def exec_background(
+        self,
+        hostname: str,
+        cmd: str,
+        args: Sequence[str] = (),
+        *,
+        env: EnvArg = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        cwd: str | None = None,
+        shell: str | None = None,
+        ring_bytes: int | None = None,
+    ) -> BackgroundExec:
+        """Start a command that the VM's agent keeps running after this call (and this client) is gone; its
+        output goes into a ring of ``ring_bytes`` (default 1 MiB) read with ``background_logs``. Raises
+        ``SlicerAPIError``: 503 when the VM's ring budget is used up (delete ended execs to free it)."""
+        params = exec_params(
+            cmd, args, env=env, uid=uid, gid=gid, cwd=cwd, shell=shell, stdin=False, base64=True, buffered=False
+        )
+        return self._send(background_exec_call(hostname, params, ring_bytes))
+
+    def background_execs(self, hostname: str) -> list[BackgroundExecInfo]:
+        """Every background exec the VM's agent tracks: running, or ended and not deleted."""
+        return self._send(background_list_call(hostname))
+
+    def background_exec(self, hostname: str, exec_id: str) -> BackgroundExecInfo:
+        """One background exec (404 never existed, 410 deleted)."""
+        return self._send(background_info_call(hostname, exec_id))
+
+    def background_logs(
+        self, hostname: str, exec_id: str, *, follow: bool = False, from_id: int | None = None
+    ) -> Generator[LogFrame, None, None]:
+        """The exec's output ring as frames with ids, from ``from_id`` (default: the oldest kept); ``gap``
+        frames say what left the ring unread. With ``follow`` it goes on until the exec ends (or a ``from_id``
+        past the newest frame waits for it). Closing the iterator early closes the connection."""
+        call = background_logs_call(hostname, exec_id, follow, from_id)
+        return self._decoded(self._http, call, None, LogFrameDecoder())
+
+    def kill_background(
+        self, hostname: str, exec_id: str, *, signal: str | None = None, grace_ms: int | None = None
+    ) -> BackgroundKill:
+        """Signal the exec's process group: ``signal`` TERM (the default, then KILL after ``grace_ms``, default
+        5000), KILL, INT, HUP, QUIT, USR1 or USR2. An ended exec is left alone (``signal_sent`` empty)."""
+        return self._send(background_kill_call(hostname, exec_id, signal, grace_ms))
+
+    def wait_background(self, hostname: str, exec_id: str, timeout: float | None = None) -> BackgroundExit:
+        """Wait until the exec ends, or ``timeout`` seconds (server default 30, at most 600): then
+        ``timed_out``."""
+        return self._send(background_wait_call(hostname, exec_id, timeout))
+
+    def delete_background(self, hostname: str, exec_id: str) -> None:
+        """Forget an ended exec and free its ring (409 while it runs: kill it first)."""
+        self._send(background_delete_call(hostname, exec_id))
 
     # -- secrets -----------------------------------------------------------------------------------
 

@@ -13,11 +13,16 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from ._background_logs import LogFrame
 from ._exec_output import ExecFrame, ExecResult, FrameType
 from ._fs_watch import WatchEvent
 
 __all__ = [
     "AgentHealth",
+    "BackgroundExec",
+    "BackgroundExecInfo",
+    "BackgroundExit",
+    "BackgroundKill",
     "CreatedNode",
     "DeleteResult",
     "ExecFrame",
@@ -26,6 +31,7 @@ __all__ = [
     "FsEntry",
     "HostGroup",
     "HostStats",
+    "LogFrame",
     "LogsResult",
     "NetworkDescription",
     "NetworkPolicy",
@@ -288,3 +294,57 @@ class NodeStats(_Resource):
     snapshot: StatsSnapshot | None = None
     error: str | None = None
     host: HostStats | None = None
+
+
+class BackgroundExec(_Resource):
+    """A command started in the background (``exec_background``): use ``exec_id`` with the other calls."""
+
+    exec_id: str
+    pid: int = 0
+    started_at: datetime | None = None
+    ring_bytes: int = 0
+
+
+class BackgroundExecInfo(_Resource):
+    """A background exec as the VM's agent tracks it (running, or ended and not yet deleted)."""
+
+    exec_id: str
+    pid: int = 0
+    command: str = ""
+    args: list[str] = Field(default_factory=list)
+    cwd: str = ""
+    uid: int = 0
+    started_at: datetime | None = None
+    running: bool = False
+    exit_code: int | None = None
+    signal: str | None = None
+    ended_at: datetime | None = None
+    bytes_written: int = 0
+    bytes_dropped: int = 0
+    next_id: int = 0
+    ring_bytes: int = 0
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, value: Any) -> Any:
+        return _none_to_list(value)
+
+
+class BackgroundKill(_Resource):
+    """``signal_sent`` is the signal's name (``TERM``), empty when the exec had ended already."""
+
+    exec_id: str
+    pid: int = 0
+    running: bool = False
+    signal_sent: str = ""
+
+
+class BackgroundExit(_Resource):
+    """``wait_background``'s answer: with ``timed_out`` the exec was still running at the timeout."""
+
+    exec_id: str
+    running: bool = False
+    exit_code: int | None = None
+    signal: str | None = None
+    ended_at: datetime | None = None
+    timed_out: bool = False

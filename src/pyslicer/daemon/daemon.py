@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pyslicer import __version__
 from pyslicer.config import SlicerConfig
+from pyslicer.daemon.background import BackgroundExecs
 from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.daemon.data_dir import DataDir
@@ -426,3 +427,8 @@ class Daemon:
         not running, AgentError when its agent is not reachable, UpstreamUnreachable when the target refuses
         or cannot be reached (the message says why)."""
         return await ForwardConnection.open(self.node(hostname).agent().open(target.to_wire()), target)
+
+    def background(self, hostname: str) -> BackgroundExecs:
+        """The background execs of a running node, kept by its agent. Raises NotFound, Conflict when the VM is
+        not running, AgentError when its agent is not reachable."""
+        return BackgroundExecs(self.node(hostname).agent(), hostname)

@@ -288,7 +288,7 @@ def guest_error(body: dict[str, Any], what: str) -> SlicerError:
     return cls(clean_text(body.get("error"), f"{what} failed"), code=code)
 
 
-class _Lines:
+class NdjsonLines:
     """NDJSON lines split from DATA chunks (a line may span chunks); the caller returns each chunk's credit
     once it has handed on the chunk's lines."""
 
@@ -304,7 +304,7 @@ class _Lines:
         return [line for line in lines if line.strip()]
 
 
-def _json_line(line: bytes) -> dict[str, Any]:
+def json_line(line: bytes) -> dict[str, Any]:
     try:
         body = json.loads(line)
     except ValueError:
@@ -341,13 +341,13 @@ class DirectoryListing:
         raise AgentError(f"the agent ended readdir {self.path} without an answer")
 
     async def entries(self) -> AsyncIterator[FsEntry]:
-        lines = _Lines()
+        lines = NdjsonLines()
         try:
             chunk = self._first
             while True:
                 if chunk is not None:
                     for line in lines.feed(chunk.data):
-                        yield FsEntry.from_guest(_json_line(line))
+                        yield FsEntry.from_guest(json_line(line))
                     self._stream.consumed(len(chunk.data))
                 if self._finished:
                     return
@@ -399,7 +399,7 @@ class FsWatch:
         deadline = loop.time() + timeout / 1e9 if timeout else None
         limit = self.request.limit
         delivered = 0
-        lines = _Lines()
+        lines = NdjsonLines()
         try:
             while True:
                 try:
@@ -427,7 +427,7 @@ class FsWatch:
                 if not isinstance(event, Output):
                     continue
                 for line in lines.feed(event.data):
-                    typed = self._event_from(_json_line(line))
+                    typed = self._event_from(json_line(line))
                     yield typed
                     if typed.is_change:
                         delivered += 1

@@ -31,6 +31,15 @@ from pyslicer.protocol.messages import Event, Op
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pyslicer.protocol.messages import BgError as BgError
+    from pyslicer.protocol.messages import BgIdRequest as BgIdRequest
+    from pyslicer.protocol.messages import BgInfo as BgInfo
+    from pyslicer.protocol.messages import BgKillRequest as BgKillRequest
+    from pyslicer.protocol.messages import BgLogRecord as BgLogRecord
+    from pyslicer.protocol.messages import BgLogsRequest as BgLogsRequest
+    from pyslicer.protocol.messages import BgStarted as BgStarted
+    from pyslicer.protocol.messages import BgStartRequest as BgStartRequest
+    from pyslicer.protocol.messages import BgWaitRequest as BgWaitRequest
     from pyslicer.protocol.messages import ExecError as ExecError
     from pyslicer.protocol.messages import ExecEvent as ExecEvent
     from pyslicer.protocol.messages import ExecExit as ExecExit

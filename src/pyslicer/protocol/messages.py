@@ -44,6 +44,14 @@ class Op:
     STATS: Final = "stats"
     SHELL: Final = "shell"
     FORWARD: Final = "forward"
+    # Background execs: processes kept by the agent (not by a stream), each with an output ring.
+    BG_START: Final = "bg_start"
+    BG_LIST: Final = "bg_list"
+    BG_INFO: Final = "bg_info"
+    BG_LOGS: Final = "bg_logs"
+    BG_KILL: Final = "bg_kill"
+    BG_WAIT: Final = "bg_wait"
+    BG_DELETE: Final = "bg_delete"
 
 
 # A watch's event types (fsnotify's), in the agent's events and the daemon's checks alike.
@@ -404,3 +412,96 @@ if TYPE_CHECKING:
 
     class ForwardDone(TypedDict):
         type: Literal["done"]
+
+    # -- background execs ----------------------------------------------------------------------------
+    # The processes belong to the agent, not to a stream: they outlive the stream that started them, a HELLO
+    # (a host reconnect) and the host's whole connection; only an agent restart loses them. Each answer is one
+    # MESSAGE then CLOSE, except bg_logs and bg_wait; a failure is one ``BgError``.
+
+    class BgStartRequest(ExecRequest, total=False):
+        """``bg_start``: an ``ExecRequest`` (``stdin`` is ignored: the child reads /dev/null) plus its ring."""
+
+        ring_bytes: int  # the output ring's cap; 0 or absent: the agent's default (1 MiB)
+        stdio: str  # "base64" or "text": how log frames of this exec are encoded for clients
+
+    class BgIdRequest(TypedDict):
+        """``bg_info``, ``bg_delete``."""
+
+        op: Literal["bg_info", "bg_delete"]
+        exec_id: str
+        window: NotRequired[int]
+
+    class BgLogsRequest(TypedDict):
+        """``bg_logs``: MESSAGE ``{"type": "started", "stdio"}``, then NDJSON ``BgLogRecord`` lines in DATA on
+        stdout under the host's credit, until the ring is drained (or, with ``follow``, until the exit record
+        went out or the exec was deleted), then EOF, MESSAGE ``{"type": "done"}``, CLOSE."""
+
+        op: Literal["bg_logs"]
+        exec_id: str
+        follow: bool
+        from_id: int  # 0: from the oldest record still in the ring
+        window: NotRequired[int]
+
+    class BgKillRequest(TypedDict):
+        op: Literal["bg_kill"]
+        exec_id: str
+        signal: str  # TERM, KILL, INT, HUP, QUIT, USR1 or USR2
+        grace_ms: int  # TERM only: SIGKILL to the group if it still runs this long after
+        window: NotRequired[int]
+
+    class BgWaitRequest(TypedDict):
+        """``bg_wait``: answered once the exec has ended or ``timeout`` seconds passed (``timed_out``)."""
+
+        op: Literal["bg_wait"]
+        exec_id: str
+        timeout: float
+        window: NotRequired[int]
+
+    class BgStarted(TypedDict):
+        type: Literal["started"]
+        exec_id: str  # "ex_" and 16 hex digits
+        pid: int
+        started_at: str
+        ring_bytes: int
+
+    class BgInfo(TypedDict):
+        """One exec as ``bg_info`` answers it (``{"type": "info", ...}``) and ``bg_list`` lists it (in
+        ``{"type": "list", "execs": [...]}``)."""
+
+        exec_id: str
+        pid: int
+        command: str  # as given
+        args: list[str]
+        cwd: str
+        uid: int
+        started_at: str
+        running: bool
+        exit_code: int | None
+        signal: NotRequired[str]
+        ended_at: str | None
+        bytes_written: int  # output bytes the process wrote
+        bytes_dropped: int  # of those, evicted from the ring
+        next_id: int  # the id the next record will get
+        ring_bytes: int
+
+    class BgLogRecord(TypedDict, total=False):
+        """A record of the ring (ids from 1, one per record), or a ``gap`` (no id) where records were evicted
+        before the reader got them. ``data`` is base64."""
+
+        id: int
+        type: Required[Literal["started", "stdout", "stderr", "exit", "gap"]]
+        timestamp: str
+        data: str  # stdout, stderr
+        pid: int  # started
+        started_at: str  # started
+        exit_code: int  # exit
+        ended_at: str  # exit
+        signal: str  # exit, when killed
+        dropped_bytes: int  # gap
+        dropped_frames: int  # gap
+
+    class BgError(TypedDict):
+        type: Literal["error"]
+        error: str
+        code: str  # not_found, gone, running, budget_exhausted, too_many, invalid_ring, invalid_signal, launch_failed
+        exit_code: NotRequired[int]  # launch_failed: 127 not found, 126 not executable
