@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._forward_spec import (
     CHUNK,
@@ -20,12 +20,10 @@ from ._forward_spec import (
     remove_stale_socket,
 )
 from ._websocket import (
-    CONNECT_OPTIONS,
     close_error,
     closed_error,
+    connect_options,
     handshake_error,
-    headers_for,
-    user_agent,
     vm_path,
     websocket_url,
 )
@@ -53,12 +51,7 @@ class ForwardStream:
         from websockets.sync.client import connect, unix_connect
 
         url = websocket_url(endpoint, vm_path(hostname, "forward"))
-        options: dict[str, Any] = {
-            **CONNECT_OPTIONS,
-            "additional_headers": headers_for(headers, forward_headers(upstream)),
-            "user_agent_header": user_agent(headers),
-            "open_timeout": open_timeout,
-        }
+        options = connect_options(headers, forward_headers(upstream), open_timeout)
         try:
             connection = unix_connect(endpoint.uds, url, **options) if endpoint.uds else connect(url, **options)
             connection.__enter__()  # as ``with connect(...)`` does (websockets 17.1 warns otherwise); close() ends it

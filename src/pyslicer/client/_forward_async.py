@@ -23,12 +23,10 @@ from ._forward_spec import (
     remove_stale_socket,
 )
 from ._websocket import (
-    CONNECT_OPTIONS,
     close_error,
     closed_error,
+    connect_options,
     handshake_error,
-    headers_for,
-    user_agent,
     vm_path,
     websocket_url,
 )
@@ -54,12 +52,7 @@ class AsyncForwardStream:
         from websockets.asyncio.client import connect, unix_connect
 
         url = websocket_url(endpoint, vm_path(hostname, "forward"))
-        options: dict[str, Any] = {
-            **CONNECT_OPTIONS,
-            "additional_headers": headers_for(headers, forward_headers(upstream)),
-            "user_agent_header": user_agent(headers),
-            "open_timeout": open_timeout,
-        }
+        options = connect_options(headers, forward_headers(upstream), open_timeout)
         try:
             connection = await (unix_connect(endpoint.uds, url, **options) if endpoint.uds else connect(url, **options))
         except Exception as exc:

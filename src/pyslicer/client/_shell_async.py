@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyslicer import shell_frames
 
-from ._websocket import CONNECT_OPTIONS, close_error, handshake_error, headers_for, user_agent, vm_path, websocket_url
+from ._websocket import close_error, connect_options, handshake_error, vm_path, websocket_url
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -47,12 +47,7 @@ class AsyncShell:
         from websockets.asyncio.client import connect, unix_connect
 
         url = websocket_url(endpoint, vm_path(hostname, "shell"), params)
-        options: dict[str, Any] = {
-            **CONNECT_OPTIONS,
-            "additional_headers": headers_for(headers),
-            "user_agent_header": user_agent(headers),
-            "open_timeout": open_timeout,
-        }
+        options = connect_options(headers, None, open_timeout)
         try:
             connection = await (unix_connect(endpoint.uds, url, **options) if endpoint.uds else connect(url, **options))
         except Exception as exc:

@@ -25,6 +25,18 @@ MAX_MESSAGE = 1024 * 1024
 CONNECT_OPTIONS: dict[str, Any] = {"compression": None, "max_size": MAX_MESSAGE, "ping_interval": 20, "proxy": None}
 
 
+def connect_options(
+    headers: Mapping[str, str], extra: Mapping[str, str] | None, open_timeout: float | None
+) -> dict[str, Any]:
+    """The keyword arguments of a ``websockets`` connect for a daemon's WebSocket."""
+    return {
+        **CONNECT_OPTIONS,
+        "additional_headers": headers_for(headers, extra),
+        "user_agent_header": user_agent(headers),
+        "open_timeout": open_timeout,
+    }
+
+
 def websocket_url(endpoint: Endpoint, path: str, params: Sequence[tuple[str, str]] = ()) -> str:
     base = endpoint.base_url
     scheme = "wss" if base.startswith("https:") else "ws"
