@@ -1,6 +1,7 @@
-"""A query string sent inside the path (``/hostgroup/g/nodes%3Ftag=x``) is read as the query.
+"""A query string sent inside the path of a node listing (``/hostgroup/g/nodes%3Ftag=x``) is read as the query.
 
-The Go SDK's filtered GetHostGroupNodes builds its URL that way; Slicer answers it as ``?tag=x``.
+The Go SDK's filtered GetHostGroupNodes builds its URL that way; Slicer answers it as ``?tag=x``. Elsewhere an
+encoded ``?`` is part of a path segment (a background exec id, a file name) and stays one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ class QueryInPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes | None = scope.get("raw_path")
-        if scope["type"] in ("http", "websocket") and raw_path and (match := _ENCODED_QUESTION_MARK.search(raw_path)):
+        match = _ENCODED_QUESTION_MARK.search(raw_path) if scope["type"] == "http" and raw_path else None
+        if match is not None and raw_path is not None and raw_path[: match.start()].endswith(b"/nodes"):
             path, query = raw_path[: match.start()], unquote_to_bytes(raw_path[match.end() :])
             existing: bytes = scope.get("query_string", b"")
             scope = {
