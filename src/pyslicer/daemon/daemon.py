@@ -113,6 +113,7 @@ class Daemon:
             self.hypervisor,
             image,
             self._registry,
+            self.netns,
             kernel=self.config.kernel_file,
             on_agent_ready=self.secrets.sync_at_ready,
         )

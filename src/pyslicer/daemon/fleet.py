@@ -23,7 +23,7 @@ from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import Conflict, HypervisorError, InvalidArgument, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage
 from pyslicer.image.manifest import image_label
-from pyslicer.net import Lease
+from pyslicer.net import Lease, NetworkNamespace
 from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class Fleet:
         hypervisor: Hypervisor,
         image: GuestImage,
         registry: Registry,
+        netns: NetworkNamespace,
         *,
         kernel: Path | None = None,
         on_agent_ready: Callable[[Node], Awaitable[None]] | None = None,
@@ -57,6 +58,7 @@ class Fleet:
         self.hypervisor = hypervisor
         self.image = image
         self.registry = registry
+        self.netns = netns  # every group's network is in it
         self.kernel = kernel or image.kernel
         self.on_agent_ready = on_agent_ready
         self.nodes: dict[str, Node] = {}
@@ -213,8 +215,7 @@ class Fleet:
         shutil.rmtree(node.spec.run_dir, ignore_errors=True)
         await self._release_lease(node)
         record = node.record
-        record.vmm_pid = record.vmm_started = 0
-        record.tap = ""
+        record.end_run()
         if not record.persistent and not record.protected:
             why = "shut down" if on_purpose else "its VM ended"
             log.info("%s: %s; an ephemeral sandbox goes with its disk", node.hostname, why)
@@ -243,8 +244,7 @@ class Fleet:
                 self._remove_files(record.hostname)
                 await self.registry.remove(record.hostname)
                 continue
-            record.vmm_pid = record.vmm_started = 0
-            record.tap = ""
+            record.end_run()
             node = self._add(record)
             if record.stopped and not record.protected:  # services run whenever the config lists them
                 node.transition(NodeState.STOPPED)
@@ -271,9 +271,16 @@ class Fleet:
             if lease is None:
                 raise HypervisorError(f"its tap {record.tap!r} or address {record.ip!r} is not its group's")
             vm = await self.hypervisor.adopt(spec, identity)
-            paused = await vm.paused()
         except HypervisorError as exc:
             log.warning("%s: not adopted: %s", record.hostname, exc)
+            # Whatever still runs there must go before its disk is booted again.
+            await self.hypervisor.reclaim(spec.run_dir)
+            return False
+        try:
+            paused = await vm.paused()
+        except HypervisorError as exc:
+            log.warning("%s: not adopted, its QEMU does not answer: %s", record.hostname, exc)
+            await vm.kill()
             return False
         self.leases[record.hostname] = lease
         node = self._add(record, lease)
@@ -299,8 +306,7 @@ class Fleet:
                     await node.wait_ready(GRACEFUL_STOP_SECONDS, userdata=False)
                 await node.stop(graceful_timeout=GRACEFUL_STOP_SECONDS)
             shutil.rmtree(spec.run_dir, ignore_errors=True)  # (its tap goes in the sweep)
-        record.vmm_pid = record.vmm_started = 0
-        record.tap = ""
+        record.end_run()
         record.stopped = True
         await self.registry.put(record)
         self.retired.add(record.hostname)
@@ -321,11 +327,9 @@ class Fleet:
                 await self.hypervisor.reclaim(run_dir)
                 shutil.rmtree(run_dir, ignore_errors=True)
         owned = {lease.tap for lease in self.leases.values()}
-        for group in self.groups.values():  # all groups share the daemon's namespace
-            for tap in await group.network.netns.taps() - owned:
-                log.info("removing tap %s: no VM owns it", tap)
-                await group.network.release(tap)
-            break
+        for tap in await self.netns.taps() - owned:
+            log.info("removing tap %s: no VM owns it", tap)
+            await self.netns.remove_link(tap)
         for hostname in self.data_dir.disk_owners() - recorded:
             log.warning("%s: removing its disk and log: no record owns them", hostname)
             self._remove_files(hostname)
@@ -349,8 +353,7 @@ class Fleet:
         if not node.record.persistent:
             await self._forget(node)
         elif node.record.vmm_pid:
-            node.record.vmm_pid = node.record.vmm_started = 0
-            node.record.tap = ""
+            node.record.end_run()
             await self.registry.put(node.record)
 
     async def detach_all(self) -> None:

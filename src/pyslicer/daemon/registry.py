@@ -38,6 +38,12 @@ class NodeRecord:
     vmm_pid: int = 0  # its VMM while it runs (0: none), told apart from a later process by its start time
     vmm_started: int = 0
     stopped: bool = False  # stopped on purpose (or its VMM died): stays down across daemon restarts
+
+    def end_run(self) -> None:
+        """Forget what belonged to the VM's run (its VMM and tap), once it has ended."""
+        self.vmm_pid = self.vmm_started = 0
+        self.tap = ""
+
     image: str = ""  # the guest image its disk was made from (empty in records older than this field)
 
     @classmethod

@@ -65,16 +65,20 @@ class NetworkNamespace:
             await ip("netns", "add", self.name)
         await ip("-n", self.name, "link", "set", "lo", "up")
 
-    async def links(self) -> set[str]:
-        """The names of the links in it."""
-        return {str(link["ifname"]) for link in await ip_json("-n", self.name, "link", "show") if "ifname" in link}
+    async def links(self, *kind: str) -> set[str]:
+        """The names of the links in it (of one ``type``, e.g. ``"tun"``, when given)."""
+        found = await ip_json("-n", self.name, "link", "show", *(("type", *kind) if kind else ()))
+        return {str(link["ifname"]) for link in found if "ifname" in link}
 
     async def taps(self) -> set[str]:
         """The names of the taps in it (none when it does not exist)."""
-        if not self.exists:
-            return set()
-        found = await ip_json("-n", self.name, "link", "show", "type", "tun")
-        return {str(link["ifname"]) for link in found if "ifname" in link}
+        return await self.links("tun") if self.exists else set()
+
+    async def remove_link(self, name: str) -> None:
+        """Delete a link; nothing happens when it (or the namespace) is already gone."""
+        if self.exists:
+            with contextlib.suppress(NetworkError):
+                await ip("-n", self.name, "link", "delete", name)
 
     async def delete(self) -> None:
         if self.exists:
@@ -164,9 +168,7 @@ class GroupNetwork:
         return Lease(address=guest, gateway=gateway.ip, tap=tap, mac=mac_of(hostname), netns=self.netns.name)
 
     async def release(self, tap: str) -> None:
-        if self.netns.exists:
-            with contextlib.suppress(NetworkError):  # already gone with its VM
-                await ip("-n", self.netns.name, "link", "delete", tap)
+        await self.netns.remove_link(tap)  # (may be gone with its VM already)
 
 
 def mac_of(hostname: str) -> str:
