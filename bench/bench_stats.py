@@ -68,7 +68,7 @@ def qemu_pids(daemon_pid: int) -> list[int]:
     for task in Path(f"/proc/{daemon_pid}/task").glob("*"):
         with contextlib.suppress(OSError):
             for child in map(int, (task / "children").read_text().split()):
-                # `ip netns exec` execs QEMU in place, so the child is QEMU itself
+                # QEMU daemonizes and is reparented to the daemon, its subreaper
                 if Path(f"/proc/{child}/comm").read_text().startswith("qemu-system"):
                     pids.append(child)
     return pids

@@ -125,7 +125,7 @@ class Node:
         await vm.wait()
         if self.state is NodeState.DELETED or self._stopping:
             return
-        log.warning("%s: QEMU exited (%s)", self.hostname, "from inside the guest or killed")
+        log.warning("%s: QEMU exited (the guest powered off, or it was killed)", self.hostname)
         await self._release()
         self.vm = None
         await vm.kill()  # closes what watched it
