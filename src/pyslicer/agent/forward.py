@@ -16,7 +16,7 @@ import os
 import sys
 
 from pyslicer.agent.session import StreamSession
-from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, Event, FrameType, window_payload
+from pyslicer.protocol import HEADER, INITIAL_WINDOW, MAX_PAYLOAD, Channel, Event, FrameType, window_payload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from pyslicer.agent.loop import Timer
 
 CONNECT_TIMEOUT = 10.0
+# A unix socket whose listen backlog is full refuses a non-blocking connect with EAGAIN (a blocking one would
+# wait for room): dial again after this, until CONNECT_TIMEOUT.
+BACKLOG_RETRY = 0.01
 MAX_UNIX_PATH = 107
 
 
@@ -48,13 +51,16 @@ class ForwardSession(StreamSession):
         self._fd = -1
         self._target = ""
         self._addresses: list[tuple[int, Any]] = []
+        self._address: Any = None
         self._connected = False
         self._connect_timer: Timer | None = None
+        self._retry_timer: Timer | None = None
         self._output: list[bytes] = []
         self._output_offset = 0
         self._host_eof = False  # the host sent EOF: shut our write side once the queue is written
         self._upstream_eof = False  # the upstream sent EOF (we sent EOF on stdout)
         self._wrote_eof = False
+        self._frame: memoryview | None = None  # a DATA frame's header and room for its payload, reused
 
     # -- from the host -------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,12 +113,7 @@ class ForwardSession(StreamSession):
         if self._connect_timer is not None:
             self._connect_timer.cancel()
             self._connect_timer = None
-        if self._fd >= 0:
-            self._loop.forget(self._fd)
-            self._fd = -1
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
         self._output = []
 
     # -- connecting ----------------------------------------------------------------------------
@@ -156,15 +157,30 @@ class ForwardSession(StreamSession):
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
-        code = sock.connect_ex(address)
+        self._address = address
+        self._dial()
+
+    def _dial(self) -> None:
+        assert self._sock is not None
+        code = self._sock.connect_ex(self._address)
         if code in (0, errno.EISCONN):
             self._on_connected()
-        elif code in (errno.EINPROGRESS, errno.EAGAIN):
+        elif code == errno.EINPROGRESS:
             self._loop.add_writer(self._fd, self._on_connect_writable)
+        elif code == errno.EAGAIN and self._sock.family == _socket.AF_UNIX:
+            self._retry_timer = self._loop.call_later(BACKLOG_RETRY, self._on_retry)
         else:
             self._try_next(OSError(code, os.strerror(code)))
 
+    def _on_retry(self) -> None:
+        self._retry_timer = None
+        if self._sock is not None:
+            self._guard(self._dial)
+
     def _close_socket(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         if self._fd >= 0:
             self._loop.forget(self._fd)
             self._fd = -1
@@ -212,18 +228,24 @@ class ForwardSession(StreamSession):
     def _read(self) -> None:
         if self._sock is None or self._credit < self._read_threshold:
             return
+        if self._frame is None:
+            self._frame = memoryview(bytearray(HEADER.size + MAX_PAYLOAD))
+        # Received straight after the frame's header, so the bytes are copied once in the guest, not three
+        # times (recv's buffer, the frame, the link's outbox only for what the port does not take at once).
         try:
-            data = self._sock.recv(min(self._credit, MAX_PAYLOAD))
+            size = self._sock.recv_into(self._frame[HEADER.size :], min(self._credit, MAX_PAYLOAD))
         except (BlockingIOError, InterruptedError):
             return
-        if not data:
+        if not size:
             self._upstream_eof = True
             self._loop.remove_reader(self._fd)
             self._send(FrameType.EOF, flags=Channel.STDOUT)
             self._maybe_done()
             return
-        self._credit -= len(data)
-        self._send(FrameType.DATA, data, Channel.STDOUT)
+        self._credit -= size
+        HEADER.pack_into(self._frame, 0, FrameType.DATA, Channel.STDOUT, self.stream, size)
+        if not self._cancelled:
+            self._send_frame(self._frame[: HEADER.size + size])
         if self._credit < self._read_threshold:
             self._loop.remove_reader(self._fd)
 
