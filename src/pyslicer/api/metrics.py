@@ -117,6 +117,8 @@ GUEST_SERIES = (
 HOST_SERIES = (
     ("slicer_vm_host_cpu_seconds", "CPU time of the VM's QEMU process", "counter", "cpu_seconds"),
     ("slicer_vm_host_rss_bytes", "resident memory of the VM's QEMU process", "gauge", "rss_bytes"),
+    ("slicer_vm_host_pss_bytes", "proportional set size of the VM's QEMU process", "gauge", "pss_bytes"),
+    ("slicer_vm_host_private_bytes", "memory only the VM's QEMU process holds", "gauge", "private_bytes"),
     ("slicer_vm_host_network_received_bytes", "bytes the VM received through its tap", "counter", "net_rx_bytes"),
     ("slicer_vm_host_network_sent_bytes", "bytes the VM sent through its tap", "counter", "net_tx_bytes"),
     ("slicer_vm_host_disk_read_bytes", "bytes QEMU read for the VM's disk", "counter", "disk_read_bytes"),
