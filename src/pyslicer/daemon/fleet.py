@@ -95,8 +95,9 @@ class Fleet:
         """Launch a node and, when asked, wait for its agent (``wait="agent"``) or its userdata.
 
         Raises InvalidArgument for a request beyond the group's ceilings or a hostname in use, Conflict when
-        the host's memory cannot take it (``admission``), Timeout when the wait runs out and AgentError when the VM stops first (the node is removed in both
-        cases), HypervisorError or NetworkError when it cannot be launched."""
+        the host's memory cannot take it (``admission``), Timeout when the wait runs out and AgentError when
+        the VM stops first (the node is removed in both cases), HypervisorError or NetworkError when it cannot
+        be launched."""
         group.check(request)
         node = await self.launch(group, request, admit=True)
         if wait is not None:
