@@ -63,7 +63,8 @@ def protect_from_oom_killer() -> None:
         with open("/proc/self/oom_score_adj", "w") as file:
             file.write(str(DAEMON_OOM_SCORE_ADJ))
     except OSError as exc:  # lowering it needs CAP_SYS_RESOURCE
-        log.warning("cannot lower the daemon's oom_score_adj: %s", exc)
+        log.warning("cannot lower the daemon's oom_score_adj (needs CAP_SYS_RESOURCE): %s; its QEMUs are still "
+                    "raised above it", exc)  # fmt: skip
 
 
 def memory_tuning(config: SlicerConfig) -> MemoryTuning:
