@@ -131,3 +131,14 @@ def test_qemu_goes_before_the_daemon_under_memory_pressure(dense: RunningDaemon,
     for pid in dense.qemu_pids():
         assert int(Path(f"/proc/{pid}/oom_score_adj").read_text()) == 300
         assert daemon_score < 300
+
+
+def test_metrics_show_the_commitment_against_the_limit(dense_api: httpx.Client, guest: str) -> None:
+    text = dense_api.get("/metrics").text
+    figures = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("slicer_host_memory_committed_bytes ", "slicer_host_memory_commit_limit_bytes "))
+    }
+    assert figures["slicer_host_memory_committed_bytes"] == RAM + VMM_OVERHEAD_BYTES + TB_SIZE  # the one guest
+    assert abs(figures["slicer_host_memory_commit_limit_bytes"] - ONE_AND_A_HALF) < MIB

@@ -49,6 +49,18 @@ class DaemonCollector(Collector):
             running.add_metric(list(key), count)
         yield running
 
+        commitment = self.daemon.memory_commitment()
+        yield GaugeMetricFamily(
+            "slicer_host_memory_committed_bytes",
+            "RAM + VMM overhead of every VM holding memory, as the admission check counts it",
+            value=commitment.committed_bytes,
+        )
+        yield GaugeMetricFamily(
+            "slicer_host_memory_commit_limit_bytes",
+            "memory_overcommit_ratio x host RAM: a create past it is refused",
+            value=commitment.limit_bytes,
+        )
+
         gpus = GaugeMetricFamily("slicer_vm_gpu_count", "GPUs per host group", labels=["host_group"])
         for name in self.daemon.groups:
             gpus.add_metric([name], 0)

@@ -53,6 +53,14 @@ def _size(value: int) -> str:
     return f"{value / GIB:.1f} GiB" if value >= GIB else f"{value // MIB} MiB"
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryCommitment:
+    """What the VMs have committed against the limit, and the limit itself."""
+
+    committed_bytes: int
+    limit_bytes: int
+
+
 class MemoryAdmission:
     def __init__(
         self,
@@ -68,6 +76,11 @@ class MemoryAdmission:
     def commitment(self, ram_bytes: int) -> int:
         """What one VM of ``ram_bytes`` counts against the limit."""
         return ram_bytes + self.vmm_overhead_bytes
+
+    def commitment_of(self, running: Iterable[int]) -> MemoryCommitment:
+        """The VMs of the sizes in ``running`` against the limit (reads /proc/meminfo)."""
+        limit = int(self._read().total_bytes * self.ratio)
+        return MemoryCommitment(sum(self.commitment(ram) for ram in running), limit)
 
     def check(self, hostname: str, ram_bytes: int, running: Iterable[int]) -> None:
         """Admit a new VM of ``ram_bytes`` beside VMs of the sizes in ``running``. Raises Conflict (code

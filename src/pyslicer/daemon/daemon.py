@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyslicer import __version__
 from pyslicer.config import SlicerConfig
-from pyslicer.daemon.admission import VMM_OVERHEAD_BYTES, MemoryAdmission
+from pyslicer.daemon.admission import VMM_OVERHEAD_BYTES, MemoryAdmission, MemoryCommitment
 from pyslicer.daemon.background import BackgroundExecs
 from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
@@ -171,6 +171,11 @@ class Daemon:
     @property
     def launch_counts(self) -> dict[tuple[str, LaunchOutcome], int]:
         return self._fleet.launch_counts if self._fleet is not None else {}
+
+    def memory_commitment(self) -> MemoryCommitment:
+        """The memory the VMs have committed against the admission limit (``memory_overcommit_ratio``)."""
+        running = self._fleet.committed_ram() if self._fleet is not None else []
+        return self._admission().commitment_of(running)
 
     def info(self) -> DaemonInfo:
         arch = machine_arch()

@@ -78,6 +78,10 @@ class Fleet:
             raise NotFound(f"VM {hostname!r} not found", code="vm_not_found")
         return node
 
+    def committed_ram(self) -> list[int]:
+        """The RAM size of every VM that holds (or may hold) host memory: not stopped, suspended or deleted."""
+        return [node.record.ram_bytes for node in self.nodes.values() if node.state not in _HOLDING_NO_MEMORY]
+
     def count(self, group: str, outcome: LaunchOutcome) -> None:
         self.launch_counts[(group, outcome)] = self.launch_counts.get((group, outcome), 0) + 1
 
@@ -122,7 +126,7 @@ class Fleet:
             if request.hostname is not None and request.hostname in taken:
                 raise InvalidArgument(f"hostname: {request.hostname!r} is already in use", code="hostname")
             if admit and self.admission is not None:  # under the lock: two creates cannot both take the last room
-                running = [n.record.ram_bytes for n in self.nodes.values() if n.state not in _HOLDING_NO_MEMORY]
+                running = self.committed_ram()
                 self.admission.check(
                     request.hostname or f"a new {group.name} VM", request.ram_bytes or config.ram_bytes, running
                 )
