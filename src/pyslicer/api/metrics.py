@@ -49,6 +49,18 @@ class DaemonCollector(Collector):
             running.add_metric(list(key), count)
         yield running
 
+        commitment = self.daemon.memory_commitment()
+        yield GaugeMetricFamily(
+            "slicer_host_memory_committed_bytes",
+            "RAM + VMM overhead of every VM holding memory, as the admission check counts it",
+            value=commitment.committed_bytes,
+        )
+        yield GaugeMetricFamily(
+            "slicer_host_memory_commit_limit_bytes",
+            "memory_overcommit_ratio x host RAM: a create past it is refused",
+            value=commitment.limit_bytes,
+        )
+
         gpus = GaugeMetricFamily("slicer_vm_gpu_count", "GPUs per host group", labels=["host_group"])
         for name in self.daemon.groups:
             gpus.add_metric([name], 0)
@@ -117,6 +129,8 @@ GUEST_SERIES = (
 HOST_SERIES = (
     ("slicer_vm_host_cpu_seconds", "CPU time of the VM's QEMU process", "counter", "cpu_seconds"),
     ("slicer_vm_host_rss_bytes", "resident memory of the VM's QEMU process", "gauge", "rss_bytes"),
+    ("slicer_vm_host_pss_bytes", "proportional set size of the VM's QEMU process", "gauge", "pss_bytes"),
+    ("slicer_vm_host_private_bytes", "memory only the VM's QEMU process holds", "gauge", "private_bytes"),
     ("slicer_vm_host_network_received_bytes", "bytes the VM received through its tap", "counter", "net_rx_bytes"),
     ("slicer_vm_host_network_sent_bytes", "bytes the VM sent through its tap", "counter", "net_tx_bytes"),
     ("slicer_vm_host_disk_read_bytes", "bytes QEMU read for the VM's disk", "counter", "disk_read_bytes"),

@@ -379,6 +379,12 @@ class HostCounters(BaseModel):
 
     cpu_seconds: float | None = Field(default=None, description="QEMU's user + system CPU time")
     rss_bytes: int | None = Field(default=None, description="QEMU's resident memory")
+    pss_bytes: int | None = Field(
+        default=None, description="QEMU's proportional set size: its share of pages shared with other processes"
+    )
+    private_bytes: int | None = Field(
+        default=None, description="memory only this QEMU holds (private clean + dirty): what its end gives back"
+    )
     net_rx_bytes: int | None = Field(default=None, description="bytes the VM received")
     net_tx_bytes: int | None = Field(default=None, description="bytes the VM sent")
     disk_read_bytes: int | None = Field(default=None, description="read from the VM's disk, as QEMU counts")

@@ -274,6 +274,8 @@ class HostStats(_Resource):
 
     cpu_seconds: float | None = None
     rss_bytes: int | None = None
+    pss_bytes: int | None = None
+    private_bytes: int | None = None
     net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
     disk_read_bytes: int | None = None

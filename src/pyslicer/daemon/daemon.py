@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pyslicer import __version__
 from pyslicer.config import SlicerConfig
+from pyslicer.daemon.admission import VMM_OVERHEAD_BYTES, MemoryAdmission, MemoryCommitment
 from pyslicer.daemon.background import BackgroundExecs
 from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
@@ -88,6 +89,12 @@ class Daemon:
         )
         self.secrets = Secrets(self.data_dir.secrets_dir, lambda: list(self.nodes.values()))
 
+    def _admission(self) -> MemoryAdmission:
+        overhead = VMM_OVERHEAD_BYTES
+        if self.hypervisor.accel == "tcg":
+            overhead += self.hypervisor.memory.tcg_tb_size_mib * 1024 * 1024
+        return MemoryAdmission(self.config.memory_overcommit_ratio, vmm_overhead_bytes=overhead)
+
     # -- start and stop ------------------------------------------------------------------------
     async def start(self) -> None:
         """Hold the data dir, build the guest image if needed, set up the networks, adopt the VMs an earlier
@@ -116,6 +123,7 @@ class Daemon:
             self.netns,
             kernel=self.config.kernel_file,
             on_agent_ready=self.secrets.sync_at_ready,
+            admission=self._admission(),
         )
         await self._fleet.recover()
         await self._fleet.launch_services()
@@ -164,6 +172,11 @@ class Daemon:
     def launch_counts(self) -> dict[tuple[str, LaunchOutcome], int]:
         return self._fleet.launch_counts if self._fleet is not None else {}
 
+    def memory_commitment(self) -> MemoryCommitment:
+        """The memory the VMs have committed against the admission limit (``memory_overcommit_ratio``)."""
+        running = self._fleet.committed_ram() if self._fleet is not None else []
+        return self._admission().commitment_of(running)
+
     def info(self) -> DaemonInfo:
         arch = machine_arch()
         return DaemonInfo(
@@ -209,7 +222,8 @@ class Daemon:
         ready. A ``ttl`` becomes an ``expires_at=`` tag. Raises NotFound for an unknown group,
         InvalidArgument for a request beyond its ceilings, a hostname in use, a bad tag or ttl (codes
         ``invalid_tag``, ``invalid_expires_at``, ``invalid_ttl``), Conflict (code ``name_taken``) for a
-        ``name=`` tag another VM holds, Timeout or AgentError when the wait fails (the node is removed),
+        ``name=`` tag another VM holds or (codes ``memory_overcommit``, ``host_memory_low``) when the host's memory
+        cannot take the VM, Timeout or AgentError when the wait fails (the node is removed),
         HypervisorError or NetworkError when it cannot be launched."""
         group = self.group(group_name)
         tags = initial_tags(request.tags)

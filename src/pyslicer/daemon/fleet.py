@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from pyslicer.daemon.admission import MemoryAdmission
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
@@ -29,6 +30,7 @@ from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
 log = logging.getLogger(__name__)
 
 GRACEFUL_STOP_SECONDS = 20.0
+_HOLDING_NO_MEMORY = (NodeState.SUSPENDED, NodeState.STOPPED, NodeState.DELETED)
 
 
 class LaunchOutcome(enum.StrEnum):
@@ -52,6 +54,7 @@ class Fleet:
         *,
         kernel: Path | None = None,
         on_agent_ready: Callable[[Node], Awaitable[None]] | None = None,
+        admission: MemoryAdmission | None = None,
     ) -> None:
         self.groups = groups
         self.data_dir = data_dir
@@ -61,6 +64,7 @@ class Fleet:
         self.netns = netns  # every group's network is in it
         self.kernel = kernel or image.kernel
         self.on_agent_ready = on_agent_ready
+        self.admission = admission
         self.nodes: dict[str, Node] = {}
         self.leases: dict[str, Lease] = {}
         self.launch_counts: dict[tuple[str, LaunchOutcome], int] = {}
@@ -73,6 +77,10 @@ class Fleet:
         if node is None or node.state is NodeState.DELETED:
             raise NotFound(f"VM {hostname!r} not found", code="vm_not_found")
         return node
+
+    def committed_ram(self) -> list[int]:
+        """The RAM size of every VM that holds (or may hold) host memory: not stopped, suspended or deleted."""
+        return [node.record.ram_bytes for node in self.nodes.values() if node.state not in _HOLDING_NO_MEMORY]
 
     def count(self, group: str, outcome: LaunchOutcome) -> None:
         self.launch_counts[(group, outcome)] = self.launch_counts.get((group, outcome), 0) + 1
@@ -90,11 +98,12 @@ class Fleet:
     async def create(self, group: HostGroup, request: NodeRequest, *, wait: str | None, timeout: float) -> Node:
         """Launch a node and, when asked, wait for its agent (``wait="agent"``) or its userdata.
 
-        Raises InvalidArgument for a request beyond the group's ceilings or a hostname in use, Timeout
-        when the wait runs out and AgentError when the VM stops first (the node is removed in both
-        cases), HypervisorError or NetworkError when it cannot be launched."""
+        Raises InvalidArgument for a request beyond the group's ceilings or a hostname in use, Conflict when
+        the host's memory cannot take it (``admission``), Timeout when the wait runs out and AgentError when
+        the VM stops first (the node is removed in both cases), HypervisorError or NetworkError when it cannot
+        be launched."""
         group.check(request)
-        node = await self.launch(group, request)
+        node = await self.launch(group, request, admit=True)
         if wait is not None:
             try:
                 await node.wait_ready(timeout, userdata=wait == "userdata")
@@ -105,14 +114,22 @@ class Fleet:
         self.count(group.name, LaunchOutcome.CREATED)
         return node
 
-    async def launch(self, group: HostGroup, request: NodeRequest, *, service: bool = False) -> Node:
+    async def launch(
+        self, group: HostGroup, request: NodeRequest, *, service: bool = False, admit: bool = False
+    ) -> Node:
         """Start a new node's VM (its agent connects in the background). Raises InvalidArgument for a
-        hostname in use, HypervisorError or NetworkError when the VM cannot be started (nothing of it is left)."""
+        hostname in use, Conflict when ``admit`` and the host's memory cannot take it, HypervisorError or
+        NetworkError when the VM cannot be started (nothing of it is left)."""
         config = group.config
         async with self._lock:
             taken = self.nodes.keys() | self.retired
             if request.hostname is not None and request.hostname in taken:
                 raise InvalidArgument(f"hostname: {request.hostname!r} is already in use", code="hostname")
+            if admit and self.admission is not None:  # under the lock: two creates cannot both take the last room
+                running = self.committed_ram()
+                self.admission.check(
+                    request.hostname or f"a new {group.name} VM", request.ram_bytes or config.ram_bytes, running
+                )
             hostname = request.hostname or group.new_hostname(taken)
             record = NodeRecord(
                 hostname=hostname,
