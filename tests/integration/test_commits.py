@@ -8,9 +8,11 @@ filesystem without touching the host's."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pyslicer.client import SlicerAPIError, SlicerClient
 from tests.integration.conftest import RunningDaemon, start_daemon, stop_daemon
 from tests.integration.helpers import assert_error, sh, wait_for_agent
 
@@ -283,6 +286,55 @@ def test_a_full_disk_refuses_a_commit_and_a_fork_cleanly(api: httpx.Client, box:
         assert relaunched.status_code == 200, relaunched.text
         assert sh(api, source, "cat /root/kept.txt").strip() == "kept"
     assert api.delete(f"/vm/commits/{commit_id}").status_code == 200
+
+
+def cli(box: RunningDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SLICER_URL": box.url, "SLICER_TOKEN": box.token}
+    command = [sys.executable, "-m", "pyslicer.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_sdk_and_the_cli(api: httpx.Client, box: RunningDaemon) -> None:
+    with stopped_source(api, "echo from-sdk > /root/sdk.txt", tags=["kind=sdk"]) as source:
+        with SlicerClient(box.url, token=box.token) as slicer:
+            with pytest.raises(ValueError, match="invalid commit id"):
+                slicer.fork("../etc")
+            with pytest.raises(ValueError, match="fixups"):
+                slicer.fork("cmt-x", fixups=["kernel"])
+            made = slicer.commit(source, tags=["sdk"], labels={"by": "test"}, cache_key=" ck ")
+            assert made.mode == "cold" and made.cache_key == "ck" and made.parent_status == "stopped"
+            [info] = slicer.commits(tags=["sdk"], cache_key="ck", source=source, mode="cold")
+            assert info.commit_id == made.commit_id and info.created_at is not None and info.size_bytes
+            assert slicer.commits(tags=["other"]) == []
+            child = slicer.fork(made.commit_id, tags=["via=sdk"], fixups=["hostname"], persistent=False)
+            assert child.child_status == "running" and child.persistent is False
+            assert slicer.tags(child.hostname).tags == ["kind=sdk", "via=sdk"]
+            with pytest.raises(SlicerAPIError) as refused:
+                slicer.delete_commit(made.commit_id)
+            assert refused.value.status == 409 and child.hostname in refused.value.message
+            with pytest.raises(SlicerAPIError) as missing:
+                slicer.fork("cmt-ffffffffffffffff")
+            assert missing.value.status == 404
+
+        listed = cli(box, "commit", "list", "--json", "--cache-key", "ck")
+        assert listed.returncode == 0, listed.stderr
+        assert [c["commit_id"] for c in json.loads(listed.stdout)] == [made.commit_id]
+        table = cli(box, "commit", "list", "--source", source)
+        assert made.commit_id in table.stdout and "USED BY" in table.stdout and child.hostname in table.stdout
+        forked = cli(box, "vm", "fork", made.commit_id, "--tag", "via=cli", "--replace-tags", "--ephemeral")
+        assert forked.returncode == 0, forked.stderr
+        hostname = forked.stdout.strip()
+        assert sh(api, hostname, "cat /root/sdk.txt; hostname").split() == ["from-sdk", hostname]
+        assert api.get(f"/vm/{hostname}/tags").json()["tags"] == ["via=cli"]
+        busy = cli(box, "commit", "rm", made.commit_id)
+        assert busy.returncode != 0 and "in use" in busy.stderr
+        running = cli(box, "vm", "commit", hostname)
+        assert running.returncode != 0 and "Running" in running.stderr
+        delete(api, hostname, child.hostname)
+    removed = cli(box, "commit", "rm", made.commit_id)
+    assert removed.returncode == 0 and f"{made.commit_id} deleted" in removed.stdout, removed.stderr
+    again = cli(box, "vm", "commit", "box-404")
+    assert again.returncode != 0 and "box-404" in again.stderr
 
 
 def test_a_daemon_killed_mid_fork_leaves_no_fork(api: httpx.Client, box: RunningDaemon, guest_image: Path) -> None:
