@@ -20,6 +20,10 @@ from pyslicer.vmm.process import ProcessHandle, ProcessIdentity, become_subreape
 
 log = logging.getLogger(__name__)
 
+# TCG emulates ``rep movsb``/``rep stosb`` a byte at a time, and with ERMS advertised the guest's kernel and glibc
+# use them for every copy and page clear: measured in a guest, 64 KiB copies ran 8x faster without it, a
+# socketpair 3x, /dev/zero to /dev/null 6x (0.17 -> 1.1 GB/s). So the TCG guest's CPU does not advertise it.
+TCG_CPU = "max,erms=off"
 MIB = 1024 * 1024
 LAUNCH_TIMEOUT = 60.0  # until QEMU has set the machine up and daemonized
 QMP_CONNECT_TIMEOUT = 10.0
@@ -66,7 +70,7 @@ def build_command(binary: str, spec: VMSpec, accel: Accel) -> list[str]:
         "-name", spec.name,
         "-M", "microvm",
         "-accel", "kvm" if accel == "kvm" else "tcg",
-        "-cpu", "host" if accel == "kvm" else "max",
+        "-cpu", "host" if accel == "kvm" else TCG_CPU,
         "-m", str(max(1, spec.ram_bytes // MIB)),
         "-smp", str(spec.vcpus),
         "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
