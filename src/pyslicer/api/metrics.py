@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pyslicer.daemon import Daemon, LaunchOutcome, NodeStats
+from pyslicer.daemon import CommitFilter, Daemon, LaunchOutcome, NodeStats
 
 # Slicer labels launches with the status its create answered.
 LAUNCH_CODES = {
@@ -60,6 +60,19 @@ class DaemonCollector(Collector):
             "memory_overcommit_ratio x host RAM: a create past it is refused",
             value=commitment.limit_bytes,
         )
+        commits = GaugeMetricFamily("slicer_commits", "commits kept on this host, by mode", labels=["mode"])
+        commit_bytes = GaugeMetricFamily(
+            "slicer_commit_bytes", "bytes the commits' files take on the host's disk, by mode", labels=["mode"]
+        )
+        by_mode: dict[str, tuple[int, int]] = {}
+        for info in self.daemon.list_commits(CommitFilter()):
+            count, size = by_mode.get(info.commit.mode, (0, 0))
+            by_mode[info.commit.mode] = (count + 1, size + info.commit.size_bytes)
+        for mode, (count, size) in sorted(by_mode.items()):
+            commits.add_metric([mode], count)
+            commit_bytes.add_metric([mode], size)
+        yield commits
+        yield commit_bytes
 
         gpus = GaugeMetricFamily("slicer_vm_gpu_count", "GPUs per host group", labels=["host_group"])
         for name in self.daemon.groups:
