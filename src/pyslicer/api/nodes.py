@@ -42,8 +42,6 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
         raise InvalidArgument("gpu_count: this host has no GPUs to pass through", code="gpu_count")
     if body.pci_devices:
         raise InvalidArgument("pci_devices: PCI passthrough is not supported on this build", code="pci_devices")
-    if body.ip:
-        raise InvalidArgument("ip: static addresses are not supported on this build", code="ip")
     if body.disk_image:
         raise InvalidArgument("disk_image: custom disk images are not supported on this build", code="disk_image")
     return NodeRequest(
@@ -55,6 +53,9 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
         persistent=body.persistent,
         secrets=tuple(body.secrets) if body.secrets is not None else None,
         ttl=body.ttl,
+        ip=body.ip.strip() or None,
+        allow=tuple(body.network.allow) if body.network is not None and body.network.allow is not None else None,
+        drop=tuple(body.network.drop) if body.network is not None and body.network.drop is not None else None,
     )
 
 

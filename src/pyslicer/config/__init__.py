@@ -15,13 +15,23 @@ Import from here; the modules are private.
 """
 
 from pyslicer.config._loading import DEFAULT_CONFIG_RESOURCE, load_config, parse_config
-from pyslicer.config._models import MIN_RAM_BYTES, ApiConfig, HostGroupConfig, NetworkConfig, SlicerConfig
+from pyslicer.config._models import (
+    LINK_LOCAL,
+    MIN_RAM_BYTES,
+    ApiConfig,
+    DaemonNetworkConfig,
+    HostGroupConfig,
+    NetworkConfig,
+    SlicerConfig,
+)
 from pyslicer.config._values import is_unix_socket_address, parse_size
 
 __all__ = [
     "DEFAULT_CONFIG_RESOURCE",
+    "LINK_LOCAL",
     "MIN_RAM_BYTES",
     "ApiConfig",
+    "DaemonNetworkConfig",
     "HostGroupConfig",
     "NetworkConfig",
     "SlicerConfig",

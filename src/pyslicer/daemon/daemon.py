@@ -38,7 +38,7 @@ from pyslicer.daemon.tags import EXPIRES_PREFIX, TagChange, apply_change, initia
 from pyslicer.errors import ConfigError, Conflict, InvalidArgument, NotFound, PermissionDenied
 from pyslicer.image import ensure_image
 from pyslicer.image.manifest import image_label
-from pyslicer.net import NetworkNamespace
+from pyslicer.net import NetworkNamespace, Policy, Uplink
 from pyslicer.vmm import Hypervisor
 
 CONSOLE_CHECK_SECONDS = 5.0
@@ -74,8 +74,10 @@ class Daemon:
         self.progress = progress
         self.data_dir = DataDir(data_dir)
         self.hypervisor = hypervisor
-        self.netns = NetworkNamespace(self.data_dir.path)
-        self.groups = host_groups(config, self.netns)
+        self.netns = NetworkNamespace(self.data_dir.path, host=config.network.host_namespace)
+        self.uplink = Uplink(config.network, self.netns)
+        self.groups = host_groups(config, self.netns, self.uplink)
+        self.policy = Policy(self.netns, [group.network for group in self.groups.values()], uplink=self.uplink.enabled)
         self.token: str | None = None
         self._fleet: Fleet | None = None
         self._registry: Registry | None = None
@@ -107,6 +109,8 @@ class Daemon:
         await self.netns.create()
         for group in self.groups.values():
             await group.network.create()
+        await self.uplink.create()
+        await self.policy.ensure()
         self._fleet = Fleet(
             self.groups,
             self.data_dir,
@@ -114,6 +118,7 @@ class Daemon:
             image,
             self._registry,
             self.netns,
+            self.policy,
             kernel=self.config.kernel_file,
             on_agent_ready=self.secrets.sync_at_ready,
         )
@@ -140,6 +145,10 @@ class Daemon:
             await self._registry.close()
             self._registry = None
         if not leave_running:
+            if self.netns.host:  # only what the daemon made there
+                await self.policy.delete()
+                for group in self.groups.values():
+                    await group.network.delete()
             await self.netns.delete()
         self.data_dir.release(keep_run_dirs=leave_running)
 

@@ -1,7 +1,7 @@
 """What ``GET /vm/{hostname}`` tells about one VM: its record, what it runs on, and its network policy.
 
-The network record is shaped for a per-VM override (a create's ``network.allow``/``drop``) although none exists
-yet: ``effective`` is the override's list where it gives one, else the host group's.
+The network record says where the VM's policy comes from: a create's ``network.allow``/``drop`` override the
+host group's lists one by one (omitted: inherited, ``[]``: empty); ``effective`` is what nftables enforces.
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ def network_description(config: HostGroupConfig, override: NetworkOverride | Non
     )
 
 
+def override_of(allow: list[str] | None, drop: list[str] | None) -> NetworkOverride | None:
+    if allow is None and drop is None:
+        return None
+    return NetworkOverride(
+        allow=tuple(allow) if allow is not None else None, drop=tuple(drop) if drop is not None else None
+    )
+
+
 def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int) -> NodeDescription:
     record = node.record
     return NodeDescription(
@@ -83,7 +91,7 @@ def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int) 
         image=record.image or image,
         commit_id="",
         parent_commit_id="",
-        network=network_description(config),
+        network=network_description(config, override_of(record.network_allow, record.network_drop)),
         expires_at=deadline_of(node),
         disk_bytes=max(record.disk_bytes, image_bytes),  # an overlay is never smaller than its base
     )

@@ -23,7 +23,7 @@ from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import Conflict, HypervisorError, InvalidArgument, NotFound, SlicerError, Timeout
 from pyslicer.image import GuestImage
 from pyslicer.image.manifest import image_label
-from pyslicer.net import Lease, NetworkNamespace
+from pyslicer.net import Lease, NetworkNamespace, Policy, VMPolicy, parse_cidrs
 from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,10 @@ class LaunchOutcome(enum.StrEnum):
     FAILED = "failed"  # the VM could not be launched at all
 
 
+def _cidrs(entries: tuple[str, ...] | None, field: str) -> list[str] | None:
+    return [str(net) for net in parse_cidrs(entries, f"network.{field}")] if entries is not None else None
+
+
 class Fleet:
     def __init__(
         self,
@@ -49,6 +53,7 @@ class Fleet:
         image: GuestImage,
         registry: Registry,
         netns: NetworkNamespace,
+        policy: Policy,
         *,
         kernel: Path | None = None,
         on_agent_ready: Callable[[Node], Awaitable[None]] | None = None,
@@ -59,6 +64,7 @@ class Fleet:
         self.image = image
         self.registry = registry
         self.netns = netns  # every group's network is in it
+        self.policy = policy
         self.kernel = kernel or image.kernel
         self.on_agent_ready = on_agent_ready
         self.nodes: dict[str, Node] = {}
@@ -114,6 +120,8 @@ class Fleet:
             if request.hostname is not None and request.hostname in taken:
                 raise InvalidArgument(f"hostname: {request.hostname!r} is already in use", code="hostname")
             hostname = request.hostname or group.new_hostname(taken)
+            if request.ip is not None:
+                group.network.check_wanted(request.ip, self._addresses_taken(None))
             record = NodeRecord(
                 hostname=hostname,
                 host_group=group.name,
@@ -127,6 +135,9 @@ class Fleet:
                 tags=list(request.tags),
                 secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
                 image=image_label(self.image.manifest),
+                ip=request.ip or "",
+                network_allow=_cidrs(request.allow, "allow"),
+                network_drop=_cidrs(request.drop, "drop"),
             )
             node = self._add(record)
         await self._boot(node, failed=LaunchOutcome.FAILED)
@@ -162,10 +173,11 @@ class Fleet:
         group = self.groups[record.host_group]
         try:
             async with self._lock:
-                taken = {lease.address.ip.compressed for lease in self.leases.values()}
+                taken = self._addresses_taken(node)
                 lease = await group.network.lease(record.hostname, next(group.taps), taken, wanted=record.ip)
                 self.leases[record.hostname] = lease
             record.ip, record.tap = str(lease.address.ip), lease.tap
+            await self.policy.add(self.vm_policy(record, lease))
             node.spec = spec = self._spec(record, lease)
             if not spec.disk.exists():
                 await create_overlay(await self.data_dir.pinned_base(self.image), spec.disk, record.disk_bytes or None)
@@ -190,6 +202,25 @@ class Fleet:
                 await self._release_lease(node)
                 shutil.rmtree(node.spec.run_dir, ignore_errors=True)
             raise
+
+    def _addresses_taken(self, node: Node | None) -> set[str]:
+        """Addresses no other VM may take: those of running VMs, and those kept by stopped persistent ones."""
+        taken = {
+            lease.address.ip.compressed for name, lease in self.leases.items() if node is None or name != node.hostname
+        }
+        taken |= {other.record.ip for other in self.nodes.values() if other is not node and other.record.ip}
+        return taken
+
+    def vm_policy(self, record: NodeRecord, lease: Lease) -> VMPolicy:
+        """The VM's effective allow/drop lists: its own where its create gave them, else its group's."""
+        network = self.groups[record.host_group].network
+        return VMPolicy(
+            hostname=record.hostname,
+            lease=lease,
+            group=network,
+            allow=parse_cidrs(record.network_allow, "allow") if record.network_allow is not None else network.allow,
+            drop=parse_cidrs(record.network_drop, "drop") if record.network_drop is not None else network.drop,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def shut_down(self, node: Node, *, timeout: float = GRACEFUL_STOP_SECONDS) -> None:
@@ -258,6 +289,14 @@ class Fleet:
             indexes = [group.network.tap_index(lease.tap) for lease in self.leases.values()]
             group.taps = itertools.count(max([index for index in indexes if index is not None], default=0) + 1)
         await self._sweep({record.hostname for record in await self.registry.all()})
+        # One transaction replaces what an earlier daemon left: the VMs adopted keep their rules throughout.
+        await self.policy.install(
+            [
+                self.vm_policy(self.nodes[name].record, lease)
+                for name, lease in self.leases.items()
+                if name in self.nodes
+            ]
+        )
 
     @staticmethod
     def _is_configured_service(group: HostGroup, hostname: str) -> bool:
@@ -327,7 +366,12 @@ class Fleet:
                 await self.hypervisor.reclaim(run_dir)
                 shutil.rmtree(run_dir, ignore_errors=True)
         owned = {lease.tap for lease in self.leases.values()}
-        for tap in await self.netns.taps() - owned:
+        ours = {
+            tap
+            for tap in await self.netns.taps()
+            if not self.netns.host or any(g.network.tap_index(tap) is not None for g in self.groups.values())
+        }
+        for tap in ours - owned:
             log.info("removing tap %s: no VM owns it", tap)
             await self.netns.remove_link(tap)
         for hostname in self.data_dir.disk_owners() - recorded:
@@ -372,7 +416,9 @@ class Fleet:
     async def _release_lease(self, node: Node) -> None:
         lease = self.leases.pop(node.hostname, None)
         if lease is not None:
-            await self.groups[node.record.host_group].network.release(lease.tap)
+            network = self.groups[node.record.host_group].network
+            await self.policy.remove(node.hostname, lease, network)
+            await network.release(lease.tap)
 
     async def _forget(self, node: Node) -> None:
         if self.nodes.get(node.hostname) is node:

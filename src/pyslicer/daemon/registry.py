@@ -45,6 +45,9 @@ class NodeRecord:
         self.tap = ""
 
     image: str = ""  # the guest image its disk was made from (empty in records older than this field)
+    # A create's own network.allow/drop: None inherits the host group's, [] is an empty override.
+    network_allow: list[str] | None = None
+    network_drop: list[str] | None = None
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:
