@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import ctypes
 import hashlib
 import ipaddress
+import os
 import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pyroute2 import AsyncIPRoute
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pyslicer.config import DaemonNetworkConfig, HostGroupConfig
@@ -53,11 +57,12 @@ class NetworkNamespace:
         return self.host or Path("/run/netns", self.name).exists()
 
     @contextlib.asynccontextmanager
-    async def netlink(self, netns: str | None = None) -> AsyncIterator[AsyncIPRoute]:
-        """A netlink socket in this namespace (or in ``netns``). Raises NetworkError when it cannot be opened."""
+    async def netlink(self, netns: str | None = None) -> AsyncIterator[Netlink]:
+        """A netlink socket in this namespace (or in ``netns``). Raises NetworkError when it cannot be opened
+        or a call fails."""
         target = self.name if netns is None else netns
         try:
-            async with AsyncIPRoute(**({"netns": target} if target else {})) as ipr:
+            async with Netlink.open(target) as ipr:
                 yield ipr
         except (NetlinkError, OSError) as exc:
             raise NetworkError(f"netlink in namespace {target or '(host)'}: {exc}") from None
@@ -101,7 +106,7 @@ class NetworkNamespace:
             return set()
         found: set[str] = set()
         async with self.netlink() as ipr:
-            async for link in await ipr.link("dump"):
+            for link in await ipr.link("dump"):
                 info = link.get_attr("IFLA_LINKINFO")
                 if kind is None or (info is not None and info.get_attr("IFLA_INFO_KIND") == kind):
                     found.add(str(link.get_attr("IFLA_IFNAME")))
@@ -110,7 +115,7 @@ class NetworkNamespace:
     async def taps(self) -> set[str]:
         return await self.links("tun")
 
-    async def index_of(self, ipr: AsyncIPRoute, name: str) -> int | None:
+    async def index_of(self, ipr: Netlink, name: str) -> int | None:
         found = await ipr.link_lookup(ifname=name)
         return int(found[0]) if found else None
 
@@ -134,8 +139,70 @@ class NetworkNamespace:
                 raise NetworkError(f"ip netns delete {self.name}: {stderr.decode(errors='replace').strip()}")
 
 
-async def ensure_address(ipr: AsyncIPRoute, index: int, address: ipaddress.IPv4Interface) -> None:
-    present = {(str(a.get_attr("IFA_ADDRESS")), int(a["prefixlen"])) async for a in await ipr.addr("dump", index=index)}
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(name: str) -> None:
+    """Move the calling thread (only it) into the named network namespace."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into {name}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+class Netlink:
+    """pyroute2's blocking ``IPRoute``, its calls run on a thread of its own (pyroute2's asyncio socket does not
+    run on uvloop, which has no AF_NETLINK datagram transport). The thread enters the namespace itself: pyroute2's
+    ``netns=`` forks a helper, and a child sharing uvloop's signal wakeup fd makes the daemon see signals it never
+    got. Dumps come back as lists."""
+
+    def __init__(self, executor: concurrent.futures.ThreadPoolExecutor, ipr: Any) -> None:
+        self._executor = executor
+        self._ipr = ipr
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, netns: str) -> AsyncIterator[Netlink]:
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink") as executor:
+
+            def connect() -> Any:
+                if netns:
+                    _enter_netns(netns)
+                return IPRoute()
+
+            ipr = await loop.run_in_executor(executor, connect)
+            try:
+                yield cls(executor, ipr)
+            finally:
+                await loop.run_in_executor(executor, ipr.close)
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        def call() -> Any:
+            answer = getattr(self._ipr, method)(*args, **kwargs)
+            return list(answer) if args and args[0] == "dump" else answer
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def link(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("link", *args, **kwargs)
+
+    async def addr(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("addr", *args, **kwargs)
+
+    async def route(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("route", *args, **kwargs)
+
+    async def link_lookup(self, **kwargs: Any) -> list[int]:
+        found = await self._call("link_lookup", **kwargs)
+        return [int(index) for index in found]
+
+
+async def ensure_address(ipr: Netlink, index: int, address: ipaddress.IPv4Interface) -> None:
+    present = {(str(a.get_attr("IFA_ADDRESS")), int(a["prefixlen"])) for a in await ipr.addr("dump", index=index)}
     if (str(address.ip), address.network.prefixlen) not in present:
         await ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
 

@@ -14,9 +14,11 @@ isolated VM's /30 or the uplink's /30; ``allow`` opens what it names, ``drop`` c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,7 +79,11 @@ class Policy:
 
     async def _apply(self, commands: list[dict[str, Any]]) -> None:
         """One nft transaction: all of it applies, or none. Raises NetworkError."""
-        await self.netns.nsexec("nft", "-j", "-f", "-", stdin=json.dumps({"nftables": commands}).encode())
+        # A file, not stdin: nft opens /dev/stdin, which a socket (asyncio's pipe) cannot be opened as.
+        with tempfile.NamedTemporaryFile("w", prefix="pyslicer-nft-", suffix=".json") as script:
+            await asyncio.to_thread(json.dump, {"nftables": commands}, script)
+            await asyncio.to_thread(script.flush)
+            await self.netns.nsexec("nft", "-j", "-f", script.name)
 
     def entries(self, vm: VMPolicy) -> list[tuple[ipaddress.IPv4Network, Verdict]]:
         """The VM's destinations in the order nft checks them: most specific first, on a tie an explicit drop,
