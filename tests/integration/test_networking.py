@@ -269,3 +269,41 @@ def test_nothing_is_left_after_the_daemon_stops(guest_image: Path, tmp_path: Pat
     assert not namespace.exists
     assert peer not in subprocess.run(["ip", "-n", outside, "-br", "link"], capture_output=True, text=True).stdout
     assert not any(identity.is_alive() for identity in qemus)
+
+
+def test_a_killed_daemon_is_followed_by_one_that_keeps_the_vms_connected(
+    guest_image: Path, tmp_path: Path, outside: str
+) -> None:
+    template = config_for(outside, "10.254.252.1/30")
+    first = start_daemon(tmp_path, guest_image, config_template=template)
+    daemons = [first]
+    namespace = NetworkNamespace(first.data_dir.absolute()).name
+    try:
+        with first.client() as api:
+            created = create(api, "br", network={"drop": ["198.51.100.0/24"]})
+            hostname = created["hostname"]
+        first.process.kill()
+        first.process.wait()
+        # What no VM owns must go at the next start: a stray tap and a stray VM chain.
+        subprocess.run(["ip", "-n", namespace, "tuntap", "add", "dev", "tbr99", "mode", "tap"], check=True)
+        stray = "add chain inet pyslicer vm_ghost-1"
+        subprocess.run(["ip", "netns", "exec", namespace, "nft", stray], check=True)
+
+        second = start_daemon(tmp_path, guest_image, config_template=template)
+        daemons.append(second)
+        with second.client() as api:
+            assert api.get(f"/vm/{hostname}").json()["ip"] == created["ip"]
+            assert connect(api, hostname, OUTSIDE_ADDRESS, 8080) == "10.254.252.1", "still out through NAT"
+            assert api.get(f"/vm/{hostname}").json()["network"]["effective"]["drop"] == ["198.51.100.0/24"]
+        links = subprocess.run(["ip", "-n", namespace, "-br", "link"], capture_output=True, text=True).stdout
+        assert "tbr99" not in links
+        table = subprocess.run(
+            ["ip", "netns", "exec", namespace, "nft", "list", "table", "inet", "pyslicer"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert f"vm_{hostname}" in table and "vm_ghost-1" not in table and "198.51.100.0/24 drop" in table
+    finally:
+        for running in reversed(daemons):
+            stop_daemon(running)
+    assert not NetworkNamespace(first.data_dir.absolute()).exists
