@@ -307,3 +307,41 @@ def test_a_killed_daemon_is_followed_by_one_that_keeps_the_vms_connected(
         for running in reversed(daemons):
             stop_daemon(running)
     assert not NetworkNamespace(first.data_dir.absolute()).exists
+
+
+def test_ssh_login_as_the_default_user_with_an_injected_key(
+    napi: httpx.Client, net_daemon: RunningDaemon, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    public = key.with_name("id_ed25519.pub").read_text().strip()
+    refused = napi.post("/hostgroup/br/nodes", json={"github_user": "alexellis"})
+    assert refused.status_code == 501 and "needs the internet" in refused.json()["error"], refused.text
+    bad_key = napi.post("/hostgroup/br/nodes", json={"ssh_keys": [public, "not a key"]})
+    assert bad_key.status_code == 400 and bad_key.json()["error"].startswith("ssh_keys[1]: "), bad_key.text
+
+    created = create(napi, "br", ssh_keys=[public])
+    hostname, address = created["hostname"], created["ip"]
+    namespace = NetworkNamespace(net_daemon.data_dir.absolute()).name
+    options = ["-i", str(key), "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    try:
+        login = ["ip", "netns", "exec", namespace, "ssh", "-o", "StrictHostKeyChecking=no", *options]
+        for _ in range(60):  # sshd starts (niced) after the agent
+            done = subprocess.run(
+                [*login, f"ubuntu@{address}", "id -u; sudo -n id -u"], capture_output=True, text=True, timeout=60
+            )
+            if done.returncode == 0:
+                break
+            time.sleep(1)
+        assert (done.returncode, done.stdout) == (0, "1000\n0\n"), done.stderr
+
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLICER_URL": net_daemon.url, "SLICER_TOKEN": net_daemon.token}
+        cli = [sys.executable, "-m", "pyslicer.cli.main", "vm", "ssh", hostname, *options, "id", "-un"]
+        through_cli = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=60)
+        assert (through_cli.returncode, through_cli.stdout) == (0, "ubuntu\n"), through_cli.stderr
+
+        as_default = exec_buffered(napi, hostname, "/usr/bin/id", "-un", uid=4294967295, gid=4294967295)
+        assert as_default["stdout"] == "ubuntu\n", as_default
+        assert exec_buffered(napi, hostname, "/usr/bin/id", "-un")["stdout"] == "root\n"
+    finally:
+        napi.delete(f"/hostgroup/br/nodes/{hostname}")

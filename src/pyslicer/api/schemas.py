@@ -104,6 +104,9 @@ class NetworkDescriptionBody(BaseModel):
     host_group: NetworkPolicyBody
     override: NetworkOverrideBody | None = None
     effective: NetworkPolicyBody
+    namespace: str = Field(
+        default="", description="pyslicer: the network namespace its tap is in (ip netns exec ...); empty: the host's"
+    )
 
 
 class NodeDescriptionBody(NodeInfo):

@@ -33,6 +33,7 @@ from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import Registry
 from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
 from pyslicer.daemon.shell import ShellRequest, ShellSession
+from pyslicer.daemon.ssh_keys import check_keys, install_keys
 from pyslicer.daemon.stats import NodeStats, collect
 from pyslicer.daemon.tags import EXPIRES_PREFIX, TagChange, apply_change, initial_tags, name_of
 from pyslicer.errors import ConfigError, Conflict, InvalidArgument, NotFound, PermissionDenied
@@ -77,6 +78,15 @@ class Daemon:
         self.netns = NetworkNamespace(self.data_dir.path, host=config.network.host_namespace)
         self.uplink = Uplink(config.network, self.netns)
         self.groups = host_groups(config, self.netns, self.uplink)
+        if config.github_user:
+            raise ConfigError(
+                f"config.github_user: importing SSH keys for {config.github_user!r} needs the internet, which this "
+                "daemon does not reach; list the public keys in config.ssh_keys instead"
+            )
+        try:
+            self.ssh_keys = check_keys(config.ssh_keys, "config.ssh_keys")
+        except InvalidArgument as exc:
+            raise ConfigError(exc.message) from None
         self.policy = Policy(self.netns, [group.network for group in self.groups.values()], uplink=self.uplink.enabled)
         self.token: str | None = None
         self._fleet: Fleet | None = None
@@ -120,7 +130,7 @@ class Daemon:
             self.netns,
             self.policy,
             kernel=self.config.kernel_file,
-            on_agent_ready=self.secrets.sync_at_ready,
+            on_agent_ready=self._prepare_guest,
         )
         await self._fleet.recover()
         await self._fleet.launch_services()
@@ -151,6 +161,11 @@ class Daemon:
                     await group.network.delete()
             await self.netns.delete()
         self.data_dir.release(keep_run_dirs=leave_running)
+
+    async def _prepare_guest(self, node: Node) -> None:
+        """What a guest needs each time its agent says READY (wait=agent waits for it): its secrets, its SSH keys."""
+        await self.secrets.sync_at_ready(node)
+        await install_keys(node, (*self.ssh_keys, *node.record.ssh_keys))
 
     async def _keep_logs_bounded(self) -> None:
         while True:
@@ -318,6 +333,7 @@ class Daemon:
             self.groups[node.record.host_group].config,
             image_label(image.manifest),
             image_bytes if isinstance(image_bytes, int) else 0,
+            self.netns.name,
         )
 
     def tags(self, hostname: str) -> list[str]:

@@ -6,6 +6,7 @@ host group's lists one by one (omitted: inherited, ``[]``: empty); ``effective``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass
 from typing import Literal
@@ -40,6 +41,7 @@ class NetworkDescription:
     host_group: NetworkPolicy
     override: NetworkOverride | None
     effective: NetworkPolicy
+    namespace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ def override_of(allow: list[str] | None, drop: list[str] | None) -> NetworkOverr
     )
 
 
-def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int) -> NodeDescription:
+def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int, namespace: str = "") -> NodeDescription:
     record = node.record
     return NodeDescription(
         node=node,
@@ -91,7 +93,9 @@ def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int) 
         image=record.image or image,
         commit_id="",
         parent_commit_id="",
-        network=network_description(config, override_of(record.network_allow, record.network_drop)),
+        network=dataclasses.replace(
+            network_description(config, override_of(record.network_allow, record.network_drop)), namespace=namespace
+        ),
         expires_at=deadline_of(node),
         disk_bytes=max(record.disk_bytes, image_bytes),  # an overlay is never smaller than its base
     )

@@ -138,6 +138,7 @@ class Fleet:
                 ip=request.ip or "",
                 network_allow=_cidrs(request.allow, "allow"),
                 network_drop=_cidrs(request.drop, "drop"),
+                ssh_keys=list(request.ssh_keys),
             )
             node = self._add(record)
         await self._boot(node, failed=LaunchOutcome.FAILED)

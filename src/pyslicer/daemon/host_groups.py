@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from pyslicer.config import MIN_RAM_BYTES, HostGroupConfig, SlicerConfig
 from pyslicer.daemon.secrets import check_grant
+from pyslicer.daemon.ssh_keys import check_keys
 from pyslicer.errors import ConfigError, InvalidArgument
 from pyslicer.net import GroupNetwork, NetworkNamespace, Uplink, check_networks, parse_cidrs
 
@@ -31,6 +32,7 @@ class NodeRequest:
     ip: str | None = None  # an address of the group's network; None: the next free one
     allow: tuple[str, ...] | None = None  # network.allow; None: the host group's
     drop: tuple[str, ...] | None = None  # network.drop; None: the host group's
+    ssh_keys: tuple[str, ...] = ()  # for the default user, besides the config's
 
 
 class HostGroup:
@@ -67,6 +69,7 @@ class HostGroup:
             check_grant(request.secrets)
         if request.hostname is not None and not HOSTNAME_RE.fullmatch(request.hostname):
             raise InvalidArgument(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
+        check_keys(request.ssh_keys)
         for field, entries in (("allow", request.allow), ("drop", request.drop)):
             if entries is not None:
                 try:

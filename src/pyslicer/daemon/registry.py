@@ -48,6 +48,7 @@ class NodeRecord:
     # A create's own network.allow/drop: None inherits the host group's, [] is an empty override.
     network_allow: list[str] | None = None
     network_drop: list[str] | None = None
+    ssh_keys: list[str] = field(default_factory=list)  # a create's own, besides the config's
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:
