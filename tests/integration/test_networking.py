@@ -345,3 +345,59 @@ def test_ssh_login_as_the_default_user_with_an_injected_key(
         assert exec_buffered(napi, hostname, "/usr/bin/id", "-un")["stdout"] == "root\n"
     finally:
         napi.delete(f"/hostgroup/br/nodes/{hostname}")
+
+
+HOST_CONFIG = """
+config:
+  host_groups:
+  - name: hb
+    count: 0
+    vcpu: 1
+    ram_mb: 256
+    storage_size: 2G
+    persistent: false
+    network:
+      bridge: brhost0
+      tap_prefix: thb
+      gateway: 10.79.0.1/24
+  network:
+    host_namespace: true
+  hypervisor: qemu
+  api:
+    bind_address: {address}
+    port: {port}
+"""
+
+
+def test_bridges_in_the_host_namespace(guest_image: Path, tmp_path: Path) -> None:
+    """The daemon runs inside a namespace this test makes, which is its "host": the bridge, the tap and the policy
+    table land there, the host reaches the VM directly, and a stop takes away only what the daemon made."""
+    host = f"pst-host-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", host], check=True)
+    try:
+        subprocess.run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", host, "link", "add", "keepme0", "type", "bridge"], check=True)
+        running = start_daemon(
+            tmp_path, guest_image, unix_socket=True, config_template=HOST_CONFIG, prefix=["ip", "netns", "exec", host]
+        )
+        try:
+            with running.client() as api:
+                created = create(api, "hb")
+                assert api.get(f"/vm/{created['hostname']}").json()["network"]["namespace"] == ""
+                listen(api, created["hostname"])
+                probe = f"import socket; print(socket.create_connection(({created['ip']!r}, 7000), timeout=10).recv(9))"
+                reached = subprocess.run(
+                    ["ip", "netns", "exec", host, sys.executable, "-c", probe], capture_output=True, text=True
+                )
+                assert reached.stdout.strip() == "b'hello'", reached.stderr
+                tag = NetworkNamespace(running.data_dir.absolute()).tag
+                tables = subprocess.run(["ip", "netns", "exec", host, "nft", "list", "tables"], capture_output=True)
+                assert f"inet pyslicer_{tag}" in tables.stdout.decode()
+        finally:
+            stop_daemon(running)
+        links = subprocess.run(["ip", "-n", host, "-br", "link"], capture_output=True, text=True).stdout
+        assert "brhost0" not in links and "thb" not in links and "keepme0" in links
+        tables = subprocess.run(["ip", "netns", "exec", host, "nft", "list", "tables"], capture_output=True)
+        assert b"pyslicer" not in tables.stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", host], check=False)
