@@ -316,7 +316,7 @@ def test_ssh_login_as_the_default_user_with_an_injected_key(
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     public = key.with_name("id_ed25519.pub").read_text().strip()
     refused = napi.post("/hostgroup/br/nodes", json={"github_user": "alexellis"})
-    assert refused.status_code == 501 and "needs the internet" in refused.json()["error"], refused.text
+    assert refused.status_code == 400 and "needs the internet" in refused.json()["error"], refused.text
     bad_key = napi.post("/hostgroup/br/nodes", json={"ssh_keys": [public, "not a key"]})
     assert bad_key.status_code == 400 and bad_key.json()["error"].startswith("ssh_keys[1]: "), bad_key.text
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pyslicer.daemon.exec import ExecExited, ExecRequest
 from pyslicer.daemon.node import Node
-from pyslicer.errors import InvalidArgument, NotSupported, SlicerError
+from pyslicer.errors import InvalidArgument, SlicerError
 from pyslicer.image.rootfs import DEFAULT_UID
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,11 @@ def check_keys(keys: Sequence[str], field: str = "ssh_keys") -> tuple[str, ...]:
 
 
 def refuse_import(github_user: str, import_user: str) -> None:
-    """Raises NotSupported naming the field when a create asks to fetch keys from the internet."""
+    """Raises InvalidArgument naming the field when a create asks to fetch keys from the internet (a 400, not a
+    5xx: the daemon is fine, the request cannot be met here)."""
     for field, value in (("github_user", github_user), ("import_user", import_user)):
         if value:
-            raise NotSupported(
+            raise InvalidArgument(
                 f"{field}: importing SSH keys for {value!r} needs the internet, which this daemon does not reach; "
                 "pass the public keys in ssh_keys instead",
                 code="offline",
