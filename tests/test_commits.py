@@ -208,7 +208,7 @@ def test_a_second_commit_of_a_vm_is_refused_while_the_first_runs(tmp_path: Path)
         data_dir.hold()
         registry = await Registry.open(data_dir.path / "state.db")
         image = GuestImage(tmp_path / "k", tmp_path / "i", tmp_path / "r", {})
-        fleet = Fleet({}, data_dir, None, image, registry, None)  # type: ignore[arg-type]
+        fleet = Fleet({}, data_dir, None, image, registry, None, None)  # type: ignore[arg-type]
         record = NodeRecord("box-1", "box", 1, 256 * MIB, 0, "2026-12-02T00:00:00Z", False, True)
         spec = VMSpec("box-1", 1, 256 * MIB, image.kernel, image.initrd, data_dir.disk("box-1"), tmp_path, tmp_path)
         node = Node(record, spec)

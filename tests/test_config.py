@@ -1152,3 +1152,55 @@ def test_host_group_model_round_trips() -> None:
 def test_slicer_config_model_round_trips() -> None:
     config = load_config(None)
     assert SlicerConfig.model_validate(config.model_dump()) == config
+
+
+def test_addresses_pool_and_dns_servers() -> None:
+    network = (
+        parse(
+            group_yaml(
+                network="{gateway: 10.1.0.1/24, addresses: [10.1.0.5, 10.1.0.6/24], dns_servers: [203.0.113.53]}"
+            )
+        )
+        .host_groups[0]
+        .network
+    )
+    assert network is not None and network.egress is True
+    assert network.addresses == [ipaddress.IPv4Address("10.1.0.5"), ipaddress.IPv4Address("10.1.0.6")]
+    assert network.dns_servers == [ipaddress.IPv4Address("203.0.113.53")]
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ("{addresses: [10.1.0.5]}", "network.addresses: needs a gateway"),
+        ("{gateway: 10.1.0.1/24, addresses: [10.2.0.5]}", "network.addresses[0]: 10.2.0.5 is not a host address"),
+        ("{gateway: 10.1.0.1/24, addresses: [10.1.0.255]}", "network.addresses[0]: 10.1.0.255 is not a host address"),
+        ("{gateway: 10.1.0.1/24, addresses: [10.1.0.1]}", "network.addresses[0]: 10.1.0.1 is the gateway's own"),
+        ("{gateway: 10.1.0.1/24, addresses: [10.1.0.3, 10.1.0.3]}", "network.addresses[1]: 10.1.0.3 is listed twice"),
+        ("{gateway: 10.1.0.1/24, addresses: [nope]}", "network.addresses[0]: 'nope' is not an IPv4 address"),
+        ("{mode: isolated, range: 10.0.0.0/24}", "network.range: 10.0.0.0/24 is not inside 169.254.0.0/16"),
+        ("{mode: isolated, range: 169.254.1.0/24, addresses: [169.254.1.2]}", "network.addresses: is for bridge"),
+        ("{dns_servers: [1.1.1.1, 1.0.0.1, 8.8.8.8, 8.8.4.4]}", "network.dns_servers: "),
+        ("{egress: maybe}", "network.egress: "),
+    ],
+)
+def test_bad_network_fields_are_named(network: str, message: str) -> None:
+    assert message in network_error(network)
+
+
+def test_daemon_network_section() -> None:
+    config = parse(MINIMAL + "  network: {uplink: outside, uplink_address: 10.9.9.1/29}\n")
+    assert config.network.uplink == "outside" and str(config.network.uplink_address) == "10.9.9.1/29"
+    assert parse(MINIMAL).network.uplink == "" and not parse(MINIMAL).network.host_namespace
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ("{uplink: 'a b'}", "config.network.uplink: 'a b' is not host, empty, or a network namespace name"),
+        ("{uplink: host, host_namespace: true}", "config.network.uplink: cannot be used with host_namespace"),
+        ("{uplink_address: 10.0.0.1/31}", "config.network.uplink_address: 10.0.0.1/31 needs a /30 or larger"),
+    ],
+)
+def test_bad_daemon_network(network: str, message: str) -> None:
+    assert error(MINIMAL + f"  network: {network}\n").startswith(message)

@@ -71,9 +71,10 @@ def test_frames_fit_the_stated_models() -> None:
     assert frames[1]["stdout"] == "hi" and frames[2]["stderr"] == "aGk="
 
 
-def test_the_go_sdk_default_user_sentinel_means_not_given() -> None:
+def test_the_go_sdk_default_user_sentinel_means_the_default_user() -> None:
     request = ExecRequest.model_validate({"cmd": "id", "uid": "4294967295", "gid": 4294967295})
-    assert request.uid is None and request.gid is None
+    assert request.uid == 1000 and request.gid is None
+    assert ExecRequest.model_validate({"cmd": "id"}).uid is None
     assert ExecRequest.model_validate({"cmd": "id", "uid": "0"}).uid == 0
     for bad in (
         {"cmd": "id", "uid": "4294967296"},

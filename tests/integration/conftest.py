@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,10 +113,18 @@ config:
 """
 
 
-def start_daemon(tmp: Path, images: Path, *, unix_socket: bool = False, config_template: str = CONFIG) -> RunningDaemon:
+def start_daemon(
+    tmp: Path,
+    images: Path,
+    *,
+    unix_socket: bool = False,
+    config_template: str = CONFIG,
+    prefix: Sequence[str] = (),
+) -> RunningDaemon:
     """A daemon on tmp/data; a data dir left by an earlier daemon there is taken over as it is.
     With unix_socket the API listens on tmp/api.sock (no auth) instead of loopback TCP. The config
-    template has ``{address}`` and ``{port}`` for the API."""
+    template has ``{address}`` and ``{port}`` for the API. ``prefix`` runs it through a command (e.g.
+    ``ip netns exec NS``)."""
     data_dir = tmp / "data"
     if not data_dir.exists():
         data_dir.mkdir(parents=True)
@@ -128,7 +136,7 @@ def start_daemon(tmp: Path, images: Path, *, unix_socket: bool = False, config_t
     log_path = tmp / "daemon.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pyslicer.cli.main", "up", str(config), "--data-dir", str(data_dir)],
+            [*prefix, sys.executable, "-m", "pyslicer.cli.main", "up", str(config), "--data-dir", str(data_dir)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -145,11 +145,11 @@ def test_disk_is_grown_to_storage_size(api: httpx.Client, sandbox: str) -> None:
     assert size > 2.5 * 1024**3
 
 
-def test_the_go_sdk_default_user_sentinel_means_not_given(api: httpx.Client, sandbox: str) -> None:
+def test_the_go_sdk_default_user_sentinel_means_the_default_user(api: httpx.Client, sandbox: str) -> None:
     sentinel = str(2**32 - 1)  # what every Go RemoteCmd sends when no user is set
     params = {"cmd": "id", "args": ["-u"], "uid": sentinel, "gid": sentinel, "buffered": "true", "stdio": "base64"}
     result = api.post(f"/vm/{sandbox}/exec", params=params).json()
-    assert result["exit_code"] == 0 and base64.b64decode(result["stdout"]) == b"0\n", result  # the default: root
+    assert result["exit_code"] == 0 and base64.b64decode(result["stdout"]) == b"1000\n", result  # ubuntu
     assert result["pid"] > 0 and result["started_at"] and result["ended_at"]
 
 

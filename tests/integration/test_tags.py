@@ -60,7 +60,9 @@ def test_describe_has_the_listing_fields_and_what_the_vm_runs_on(api: httpx.Clie
         "host_group": {"allow": [], "drop": []},
         "override": None,
         "effective": {"allow": [], "drop": []},
+        "namespace": body["network"]["namespace"],
     }
+    assert body["network"]["namespace"].startswith("pyslicer-")
     assert body["expires_at"] is None and body["protected"] is False
     assert body["disk_bytes"] == 3 * 1024**3  # the group's storage_size
     service = api.get("/vm/svc-1").json()

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
 from pyslicer.api.schemas import CreatedNode, CreateNodeBody, DeleteResult, ErrorBody, HostGroupInfo, NodeInfo
-from pyslicer.daemon import Node, NodeRequest, machine_arch
+from pyslicer.daemon import Node, NodeRequest, machine_arch, refuse_import
 from pyslicer.durations import parse_positive_duration
 from pyslicer.errors import InvalidArgument
 
@@ -42,8 +42,7 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
         raise InvalidArgument("gpu_count: this host has no GPUs to pass through", code="gpu_count")
     if body.pci_devices:
         raise InvalidArgument("pci_devices: PCI passthrough is not supported on this build", code="pci_devices")
-    if body.ip:
-        raise InvalidArgument("ip: static addresses are not supported on this build", code="ip")
+    refuse_import(body.github_user, body.import_user)
     if body.disk_image:
         raise InvalidArgument("disk_image: custom disk images are not supported on this build", code="disk_image")
     return NodeRequest(
@@ -55,6 +54,10 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
         persistent=body.persistent,
         secrets=tuple(body.secrets) if body.secrets is not None else None,
         ttl=body.ttl,
+        ip=body.ip.strip() or None,
+        ssh_keys=tuple(body.ssh_keys),
+        allow=tuple(body.network.allow) if body.network is not None and body.network.allow is not None else None,
+        drop=tuple(body.network.drop) if body.network is not None and body.network.drop is not None else None,
     )
 
 

@@ -51,6 +51,13 @@ class NodeInfo(BaseModel):
     persistent: bool
 
 
+class NetworkRequestBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    allow: list[str] | None = Field(default=None, description="CIDRs it may reach; omitted: the host group's")
+    drop: list[str] | None = Field(default=None, description="CIDRs dropped; omitted: the host group's")
+
+
 class CreateNodeBody(BaseModel):
     """Slicer's create request. Fields this build cannot honour are accepted when empty."""
 
@@ -71,6 +78,9 @@ class CreateNodeBody(BaseModel):
     tags: list[str] = Field(default_factory=list)
     secrets: list[str] | None = Field(default=None, description="the secrets it may see; omitted: all")
     pci_devices: list[str] = Field(default_factory=list)
+    network: NetworkRequestBody | None = Field(
+        default=None, description="this VM's own allow/drop lists (each omitted: inherited, []: none)"
+    )
     ttl: str | None = Field(
         default=None,
         description="pyslicer: a Go duration (10m, 1h30m) after which the VM is removed; "
@@ -94,6 +104,9 @@ class NetworkDescriptionBody(BaseModel):
     host_group: NetworkPolicyBody
     override: NetworkOverrideBody | None = None
     effective: NetworkPolicyBody
+    namespace: str = Field(
+        default="", description="pyslicer: the network namespace its tap is in (ip netns exec ...); empty: the host's"
+    )
 
 
 class NodeDescriptionBody(NodeInfo):

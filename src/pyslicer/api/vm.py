@@ -86,6 +86,7 @@ async def describe(daemon: DaemonDep, hostname: str) -> NodeDescriptionBody:
                 drop=None if network.override.drop is None else list(network.override.drop),
             ),
             effective=NetworkPolicyBody(allow=list(network.effective.allow), drop=list(network.effective.drop)),
+            namespace=network.namespace,
         ),
         expires_at=format_expires_at(found.expires_at) if found.expires_at is not None else None,
         disk_bytes=found.disk_bytes,

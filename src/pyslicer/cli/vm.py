@@ -161,6 +161,33 @@ def vm_describe(api: Api, hostname: str) -> None:
     api.emit(found, lambda: fields(pairs))
 
 
+@vm.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("hostname")
+@click.option("--user", "-u", default="ubuntu", show_default=True, help="The guest account to log in as.")
+@click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
+@api_command
+def vm_ssh(api: Api, hostname: str, user: str, ssh_args: tuple[str, ...]) -> None:
+    """Log in to a VM with the local OpenSSH client (run inside the daemon's network namespace, so this must
+    run on the daemon's host, as root). Arguments after the hostname go to ssh: `slicer vm ssh vm-1 -i KEY id`."""
+    import os
+    import shutil
+
+    found = api.client.describe(hostname)
+    if not found.ip:
+        raise click.ClickException(f"{hostname} has no address")
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise click.ClickException("ssh: the OpenSSH client is not installed (Debian: apt-get install openssh-client)")
+    argv = [ssh, "-o", "StrictHostKeyChecking=accept-new", "-l", user, found.ip, *ssh_args]
+    if found.network.namespace:
+        ip = shutil.which("ip")
+        if ip is None:
+            raise click.ClickException("ip: iproute2 is not installed")
+        argv = [ip, "netns", "exec", found.network.namespace, *argv]
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
 @vm.command("tag")
 @click.argument("hostname")
 @click.option("--add", "add", multiple=True, metavar="TAG", help="Add a tag (repeatable).")

@@ -111,6 +111,7 @@ class NetworkDescription(_Resource):
     host_group: NetworkPolicy = Field(default_factory=NetworkPolicy)
     override: NetworkPolicy | None = None
     effective: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    namespace: str = ""  # pyslicer: the network namespace the VM's tap is in ("" for the host's)
 
 
 class NodeDescription(Node):

@@ -7,6 +7,7 @@ blamed on one field with :class:`FieldError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from pyslicer.config._values import (
     GatewayInterface,
     GroupName,
     InterfaceName,
+    IPv4AddressField,
     IPv4NetworkField,
     TapPrefix,
     is_unix_socket_address,
@@ -32,12 +34,16 @@ from pyslicer.errors import ConfigError
 __all__ = [
     "DEFAULT_OVERCOMMIT_RATIO",
     "DEFAULT_TCG_TB_SIZE",
+    "LINK_LOCAL",
     "MIN_RAM_BYTES",
     "ApiConfig",
+    "DaemonNetworkConfig",
     "HostGroupConfig",
     "NetworkConfig",
     "SlicerConfig",
 ]
+
+LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 
 MIN_RAM_BYTES = 64 * MIB
 # TCG's translation cache per VM (QEMU's own default is 1 GiB, which a long-lived guest fills): docs/sizing.md
@@ -96,15 +102,23 @@ class _Model(BaseModel):
 
 
 class NetworkConfig(_Model):
-    """A host group's network: a bridge with one tap per VM, or isolated /30s carved from ``range``."""
+    """A host group's network: a bridge with one tap per VM, or isolated /30s carved from ``range``.
+
+    ``addresses`` (bridge mode) is the pool VMs take addresses from (default: every host of the gateway's
+    subnet); ``allow``/``drop`` refine what a VM may reach (the most specific entry wins, ``drop`` on a tie);
+    ``egress`` lets VMs out through the daemon's uplink; ``dns_servers`` go into the guest's resolv.conf.
+    """
 
     bridge: InterfaceName | None = None
     tap_prefix: TapPrefix | None = None
     gateway: GatewayInterface | None = None
+    addresses: list[IPv4AddressField] = Field(default_factory=list)
     mode: Literal["bridge", "isolated"] = "bridge"
     range: IPv4NetworkField | None = None
     allow: list[IPv4NetworkField] = Field(default_factory=list)
     drop: list[IPv4NetworkField] = Field(default_factory=list)
+    egress: bool = True
+    dns_servers: list[IPv4AddressField] = Field(default_factory=list, max_length=3)  # resolv.conf reads three
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +132,58 @@ class NetworkConfig(_Model):
                 raise FieldError("range", "is required when mode is isolated (e.g. 169.254.100.0/22)")
             if self.range.prefixlen > 30:
                 raise FieldError("range", f"{self.range} is too small: each VM needs its own /30")
+            if not self.range.subnet_of(LINK_LOCAL):
+                raise FieldError("range", f"{self.range} is not inside {LINK_LOCAL} (isolated VMs use link-local /30s)")
+            if self.addresses:
+                raise FieldError("addresses", "is for bridge mode; an isolated VM takes the next free /30 of range")
+        elif self.addresses:
+            if self.gateway is None:
+                raise FieldError("addresses", "needs a gateway (e.g. 192.168.137.1/24) whose subnet holds them")
+            subnet = self.gateway.network
+            for index, address in enumerate(self.addresses):
+                if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+                    raise FieldError(("addresses", index), f"{address} is not a host address of {subnet}")
+                if address == self.gateway.ip:
+                    raise FieldError(("addresses", index), f"{address} is the gateway's own address")
+                if address in self.addresses[:index]:
+                    raise FieldError(("addresses", index), f"{address} is listed twice")
+        return self
+
+
+class DaemonNetworkConfig(_Model):
+    """pyslicer's ``config.network``: where the group networks live and how guests get out.
+
+    ``uplink``: "" (no way out: guests reach only what is inside the daemon's namespace), ``host`` (a veth into
+    the namespace the daemon runs in) or the name of a network namespace (``ip netns``) that plays the outside.
+    Egress is NAT on the daemon's end of it, ``uplink_address``; the far end takes the other host address of
+    that /30. ``host_namespace: true`` puts the bridges and taps in the daemon's own namespace instead (the
+    host reaches VMs directly; no uplink then: the host routes, and its firewall is the operator's).
+    """
+
+    host_namespace: bool = False
+    uplink: str = ""
+    uplink_address: GatewayInterface = ipaddress.IPv4Interface("10.254.254.1/30")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _drop_nulls(data)
+
+    @field_validator("uplink")
+    @classmethod
+    def _check_uplink(cls, value: str) -> str:
+        if value not in ("", "host") and (len(value) > 64 or not value.replace("-", "").replace("_", "").isalnum()):
+            raise invalid(
+                "uplink", f"{value!r} is not host, empty, or a network namespace name (letters, digits, -, _)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> DaemonNetworkConfig:
+        if self.host_namespace and self.uplink:
+            raise FieldError("uplink", "cannot be used with host_namespace: the host itself routes its VMs out")
+        if self.uplink_address.network.num_addresses < 4 or self.uplink_address.network.prefixlen > 30:
+            raise FieldError("uplink_address", f"{self.uplink_address} needs a /30 or larger")
         return self
 
 
@@ -275,6 +341,7 @@ class SlicerConfig(_Model):
     tcg_tb_size: int = DEFAULT_TCG_TB_SIZE
     free_page_reporting: bool = True
     memory_overcommit_ratio: float = DEFAULT_OVERCOMMIT_RATIO
+    network: DaemonNetworkConfig = Field(default_factory=DaemonNetworkConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -23,6 +23,7 @@ __all__ = [
     "BindAddress",
     "GatewayInterface",
     "GroupName",
+    "IPv4AddressField",
     "IPv4NetworkField",
     "InterfaceName",
     "TapPrefix",
@@ -122,6 +123,18 @@ def parse_ipv4_network(value: Any) -> ipaddress.IPv4Network:
         raise invalid("ipv4_network", f"{value!r} is not an IPv4 network like 10.0.0.0/24") from None
 
 
+def parse_ipv4_address(value: Any) -> ipaddress.IPv4Address:
+    """``10.0.0.2`` (a prefix, as in ``10.0.0.2/24``, is allowed and dropped: the network says it)."""
+    if isinstance(value, ipaddress.IPv4Address):
+        return value
+    if not isinstance(value, str):
+        raise invalid("ipv4_address", "Input should be an IPv4 address like 192.168.137.2")
+    try:
+        return ipaddress.IPv4Interface(value.strip()).ip
+    except ValueError:
+        raise invalid("ipv4_address", f"{value!r} is not an IPv4 address like 192.168.137.2") from None
+
+
 def parse_gateway(value: Any) -> ipaddress.IPv4Interface:
     """A bridge's own address with its prefix (``192.168.137.1/24``), which must be a host address."""
     if isinstance(value, ipaddress.IPv4Interface):
@@ -187,6 +200,7 @@ def check_group_name(value: str) -> str:
 
 
 BindAddress = Annotated[str, AfterValidator(check_bind_address)]
+IPv4AddressField = Annotated[ipaddress.IPv4Address, BeforeValidator(parse_ipv4_address)]
 IPv4NetworkField = Annotated[ipaddress.IPv4Network, BeforeValidator(parse_ipv4_network)]
 GatewayInterface = Annotated[ipaddress.IPv4Interface, BeforeValidator(parse_gateway)]
 InterfaceName = Annotated[str, AfterValidator(check_interface_name)]

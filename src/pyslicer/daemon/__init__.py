@@ -18,6 +18,7 @@ from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.secrets import MAX_SECRET_BYTES, NewSecret, SecretChange, SecretInfo
+from pyslicer.daemon.ssh_keys import refuse_import
 from pyslicer.daemon.stats import GuestSnapshot, HostCounters, NodeStats
 from pyslicer.daemon.tags import TagChange, TagOperation, format_expires_at
 
@@ -61,4 +62,5 @@ __all__ = [
     "TagOperation",
     "format_expires_at",
     "machine_arch",
+    "refuse_import",
 ]

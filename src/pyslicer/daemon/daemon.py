@@ -35,12 +35,13 @@ from pyslicer.daemon.node import AgentHealth, Node
 from pyslicer.daemon.registry import FIXUPS, Registry
 from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
 from pyslicer.daemon.shell import ShellRequest, ShellSession
+from pyslicer.daemon.ssh_keys import check_keys, install_keys
 from pyslicer.daemon.stats import NodeStats, collect
 from pyslicer.daemon.tags import EXPIRES_PREFIX, TagChange, apply_change, initial_tags, name_of
 from pyslicer.errors import ConfigError, Conflict, InvalidArgument, NotFound, PermissionDenied
 from pyslicer.image import ensure_image
 from pyslicer.image.manifest import image_label
-from pyslicer.net import NetworkNamespace
+from pyslicer.net import NetworkNamespace, Policy, Uplink
 from pyslicer.vmm import Hypervisor
 
 CONSOLE_CHECK_SECONDS = 5.0
@@ -95,8 +96,19 @@ class Daemon:
         self.progress = progress
         self.data_dir = DataDir(data_dir)
         self.hypervisor = hypervisor
-        self.netns = NetworkNamespace(self.data_dir.path)
-        self.groups = host_groups(config, self.netns)
+        self.netns = NetworkNamespace(self.data_dir.path, host=config.network.host_namespace)
+        self.uplink = Uplink(config.network, self.netns)
+        self.groups = host_groups(config, self.netns, self.uplink)
+        if config.github_user:
+            raise ConfigError(
+                f"config.github_user: importing SSH keys for {config.github_user!r} needs the internet, which this "
+                "daemon does not reach; list the public keys in config.ssh_keys instead"
+            )
+        try:
+            self.ssh_keys = check_keys(config.ssh_keys, "config.ssh_keys")
+        except InvalidArgument as exc:
+            raise ConfigError(exc.message) from None
+        self.policy = Policy(self.netns, [group.network for group in self.groups.values()], uplink=self.uplink.enabled)
         self.token: str | None = None
         self._fleet: Fleet | None = None
         self._registry: Registry | None = None
@@ -134,6 +146,8 @@ class Daemon:
         await self.netns.create()
         for group in self.groups.values():
             await group.network.create()
+        await self.uplink.create()
+        await self.policy.ensure()
         self._fleet = Fleet(
             self.groups,
             self.data_dir,
@@ -141,8 +155,9 @@ class Daemon:
             image,
             self._registry,
             self.netns,
+            self.policy,
             kernel=self.config.kernel_file,
-            on_agent_ready=self.secrets.sync_at_ready,
+            on_agent_ready=self._prepare_guest,
             admission=self._admission(),
         )
         await self._fleet.recover()
@@ -168,8 +183,17 @@ class Daemon:
             await self._registry.close()
             self._registry = None
         if not leave_running:
+            if self.netns.host:  # only what the daemon made there
+                await self.policy.delete()
+                for group in self.groups.values():
+                    await group.network.delete()
             await self.netns.delete()
         self.data_dir.release(keep_run_dirs=leave_running)
+
+    async def _prepare_guest(self, node: Node) -> None:
+        """What a guest needs each time its agent says READY (wait=agent waits for it): its secrets, its SSH keys."""
+        await self.secrets.sync_at_ready(node)
+        await install_keys(node, (*self.ssh_keys, *node.record.ssh_keys))
 
     async def _keep_logs_bounded(self) -> None:
         while True:
@@ -385,9 +409,6 @@ class Daemon:
         given = list(request.tags or ())
         tags = initial_tags(given if request.tag_mode == "replace" else [*inherited_tags(commit.source_tags), *given])
         network = request.network
-        override = None
-        if network is not None and (network.allow is not None or network.drop is not None):
-            override = {"allow": network.allow, "drop": network.drop}
         secrets = commit.secrets if request.secrets is None else request.secrets
         node_request = NodeRequest(
             cpus=request.vcpu or commit.cpus,
@@ -396,9 +417,11 @@ class Daemon:
             tags=tags,
             persistent=request.persistent,
             secrets=None if secrets is None else tuple(secrets),
+            allow=None if network is None or network.allow is None else tuple(network.allow),
+            drop=None if network is None or network.drop is None else tuple(network.drop),
         )
         fixups = FIXUPS if request.fixups is None else tuple(request.fixups)
-        plan = ForkPlan(commit, fixups, override)
+        plan = ForkPlan(commit, fixups)
         with self._creating(name_of(tags)):
             try:
                 node = await self.fleet.fork(group, node_request, plan, wait=wait, timeout=timeout)
@@ -418,6 +441,7 @@ class Daemon:
             self.groups[node.record.host_group].config,
             image_label(image.manifest),
             image_bytes if isinstance(image_bytes, int) else 0,
+            self.netns.name,
         )
 
     def tags(self, hostname: str) -> list[str]:

@@ -1,11 +1,12 @@
 """What ``GET /vm/{hostname}`` tells about one VM: its record, what it runs on, and its network policy.
 
-A VM may have its own network lists (a fork's ``network.allow``/``drop``): ``effective`` is the override's list
-where it gives one, else the host group's.
+A VM may have its own network lists (a create's or a fork's ``network.allow``/``drop``), which override the
+host group's one by one (omitted: inherited, ``[]``: empty); ``effective`` is what nftables enforces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass
 from typing import Literal
@@ -40,6 +41,7 @@ class NetworkDescription:
     host_group: NetworkPolicy
     override: NetworkOverride | None
     effective: NetworkPolicy
+    namespace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +77,15 @@ def network_description(config: HostGroupConfig, override: NetworkOverride | Non
     )
 
 
-def override_of(lists: dict[str, list[str] | None] | None) -> NetworkOverride | None:
-    if lists is None:
+def override_of(allow: list[str] | None, drop: list[str] | None) -> NetworkOverride | None:
+    if allow is None and drop is None:
         return None
-    allow, drop = lists.get("allow"), lists.get("drop")
-    return NetworkOverride(allow=None if allow is None else tuple(allow), drop=None if drop is None else tuple(drop))
+    return NetworkOverride(
+        allow=tuple(allow) if allow is not None else None, drop=tuple(drop) if drop is not None else None
+    )
 
 
-def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int) -> NodeDescription:
+def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int, namespace: str = "") -> NodeDescription:
     record = node.record
     return NodeDescription(
         node=node,
@@ -90,7 +93,9 @@ def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int) 
         image=record.image or image,
         commit_id=record.commit_id,
         parent_commit_id=record.parent_commit_id,
-        network=network_description(config, override_of(record.network_override)),
+        network=dataclasses.replace(
+            network_description(config, override_of(record.network_allow, record.network_drop)), namespace=namespace
+        ),
         expires_at=deadline_of(node),
         disk_bytes=max(record.disk_bytes, image_bytes),  # an overlay is never smaller than its base
     )

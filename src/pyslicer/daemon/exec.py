@@ -18,6 +18,7 @@ from pyslicer.daemon.agent_link import AgentStream, Message, Output
 from pyslicer.daemon.guest_input import int_or, str_or
 from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import Unavailable
+from pyslicer.image.rootfs import DEFAULT_UID
 from pyslicer.protocol import Channel, Event, Op
 
 if TYPE_CHECKING:
@@ -36,6 +37,14 @@ def _optional_id(value: Any) -> Any:
     if value in ("", None) or str(value).strip() == str(NOT_GIVEN_ID):
         return None
     return value
+
+
+def _optional_uid(value: Any) -> Any:
+    # The Go SDK's sentinel asks for the guest's default user (the image's, uid 1000, as on Slicer); an omitted
+    # uid is root, as Slicer's REST reference says.
+    if value not in ("", None) and str(value).strip() == str(NOT_GIVEN_ID):
+        return DEFAULT_UID
+    return _optional_id(value)
 
 
 def _flag(value: Any) -> Any:
@@ -60,6 +69,11 @@ UserId = Annotated[
     BeforeValidator(_optional_id),
     Field(description=f"numeric id; omitted or {NOT_GIVEN_ID} means the guest's default user"),
 ]
+ExecUserId = Annotated[
+    Annotated[int, Field(ge=0, le=MAX_ID)] | None,
+    BeforeValidator(_optional_uid),
+    Field(description=f"numeric id; omitted: root; {NOT_GIVEN_ID}: the guest's default user (uid {DEFAULT_UID})"),
+]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
@@ -75,7 +89,7 @@ class ExecRequest(BaseModel):
     env: Annotated[
         list[str], AfterValidator(_env_entries), Field(default_factory=list, description="KEY=VALUE, repeated")
     ]
-    uid: UserId = None
+    uid: ExecUserId = None
     gid: UserId = None
     cwd: str | None = Field(default=None, description="working directory (default: the user's home)")
     shell: str | None = Field(default=None, description="run cmd as a command line of this shell")

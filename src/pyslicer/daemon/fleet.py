@@ -44,7 +44,7 @@ from pyslicer.errors import (
 )
 from pyslicer.image import GuestImage
 from pyslicer.image.manifest import image_label
-from pyslicer.net import Lease, NetworkNamespace
+from pyslicer.net import Lease, NetworkNamespace, Policy, VMPolicy, parse_cidrs
 from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,10 @@ class ForkPlan:
 
     commit: CommitRecord
     fixups: tuple[str, ...]
-    network: dict[str, list[str] | None] | None = None
+
+
+def _cidrs(entries: tuple[str, ...] | None, field: str) -> list[str] | None:
+    return [str(net) for net in parse_cidrs(entries, f"network.{field}")] if entries is not None else None
 
 
 class Fleet:
@@ -80,6 +83,7 @@ class Fleet:
         image: GuestImage,
         registry: Registry,
         netns: NetworkNamespace,
+        policy: Policy,
         *,
         kernel: Path | None = None,
         on_agent_ready: Callable[[Node], Awaitable[None]] | None = None,
@@ -91,6 +95,7 @@ class Fleet:
         self.image = image
         self.registry = registry
         self.netns = netns  # every group's network is in it
+        self.policy = policy
         self.kernel = kernel or image.kernel
         self.on_agent_ready = on_agent_ready
         self.admission = admission
@@ -173,6 +178,8 @@ class Fleet:
                     request.hostname or f"a new {group.name} VM", request.ram_bytes or config.ram_bytes, running
                 )
             hostname = request.hostname or group.new_hostname(taken)
+            if request.ip is not None:
+                group.network.check_wanted(request.ip, self._addresses_taken(None))
             record = NodeRecord(
                 hostname=hostname,
                 host_group=group.name,
@@ -187,6 +194,10 @@ class Fleet:
                 secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
                 image=image_label(self.image.manifest),
                 machine_id=uuid.uuid4().hex,
+                ip=request.ip or "",
+                network_allow=_cidrs(request.allow, "allow"),
+                network_drop=_cidrs(request.drop, "drop"),
+                ssh_keys=list(request.ssh_keys),
             )
             if fork is not None:
                 commit = fork.commit
@@ -195,7 +206,6 @@ class Fleet:
                 record.fixups = list(fork.fixups)
                 record.machine_id = record.machine_id if "machine-id" in fork.fixups else ""
                 record.ssh_keys_pending = "ssh-host-keys" in fork.fixups
-                record.network_override = fork.network
                 record.unfinished = True
             node = self._add(record)
         await self._boot(node, failed=LaunchOutcome.FAILED)
@@ -237,10 +247,11 @@ class Fleet:
         group = self.groups[record.host_group]
         try:
             async with self._lock:
-                taken = {lease.address.ip.compressed for lease in self.leases.values()}
+                taken = self._addresses_taken(node)
                 lease = await group.network.lease(record.hostname, next(group.taps), taken, wanted=record.ip)
                 self.leases[record.hostname] = lease
             record.ip, record.tap = str(lease.address.ip), lease.tap
+            await self.policy.add(self.vm_policy(record, lease))
             node.spec = spec = self._spec(record, lease)
             if not spec.disk.exists():
                 if record.backing_commit_id:  # (sized as its commit)
@@ -270,6 +281,25 @@ class Fleet:
                 await self._release_lease(node)
                 shutil.rmtree(node.spec.run_dir, ignore_errors=True)
             raise
+
+    def _addresses_taken(self, node: Node | None) -> set[str]:
+        """Addresses no other VM may take: those of running VMs, and those kept by stopped persistent ones."""
+        taken = {
+            lease.address.ip.compressed for name, lease in self.leases.items() if node is None or name != node.hostname
+        }
+        taken |= {other.record.ip for other in self.nodes.values() if other is not node and other.record.ip}
+        return taken
+
+    def vm_policy(self, record: NodeRecord, lease: Lease) -> VMPolicy:
+        """The VM's effective allow/drop lists: its own where its create gave them, else its group's."""
+        network = self.groups[record.host_group].network
+        return VMPolicy(
+            hostname=record.hostname,
+            lease=lease,
+            group=network,
+            allow=parse_cidrs(record.network_allow, "allow") if record.network_allow is not None else network.allow,
+            drop=parse_cidrs(record.network_drop, "drop") if record.network_drop is not None else network.drop,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def shut_down(self, node: Node, *, timeout: float = GRACEFUL_STOP_SECONDS) -> None:
@@ -474,6 +504,14 @@ class Fleet:
             indexes = [group.network.tap_index(lease.tap) for lease in self.leases.values()]
             group.taps = itertools.count(max([index for index in indexes if index is not None], default=0) + 1)
         await self._sweep({record.hostname for record in await self.registry.all()})
+        # One transaction replaces what an earlier daemon left: the VMs adopted keep their rules throughout.
+        await self.policy.install(
+            [
+                self.vm_policy(self.nodes[name].record, lease)
+                for name, lease in self.leases.items()
+                if name in self.nodes
+            ]
+        )
 
     async def _recover_commits(self) -> None:
         """The recorded commits, plus any whose record a crash lost after its source was switched onto it; what
@@ -571,7 +609,12 @@ class Fleet:
                 await self.hypervisor.reclaim(run_dir)
                 shutil.rmtree(run_dir, ignore_errors=True)
         owned = {lease.tap for lease in self.leases.values()}
-        for tap in await self.netns.taps() - owned:
+        ours = {
+            tap
+            for tap in await self.netns.taps()
+            if not self.netns.host or any(g.network.tap_index(tap) is not None for g in self.groups.values())
+        }
+        for tap in ours - owned:
             log.info("removing tap %s: no VM owns it", tap)
             await self.netns.remove_link(tap)
         for hostname in self.data_dir.disk_owners() - recorded:
@@ -622,7 +665,9 @@ class Fleet:
     async def _release_lease(self, node: Node) -> None:
         lease = self.leases.pop(node.hostname, None)
         if lease is not None:
-            await self.groups[node.record.host_group].network.release(lease.tap)
+            network = self.groups[node.record.host_group].network
+            await self.policy.remove(node.hostname, lease, network)
+            await network.release(lease.tap)
 
     async def _forget(self, node: Node) -> None:
         if self.nodes.get(node.hostname) is node:

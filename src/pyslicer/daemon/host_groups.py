@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from pyslicer.config import MIN_RAM_BYTES, HostGroupConfig, SlicerConfig
 from pyslicer.daemon.secrets import check_grant
+from pyslicer.daemon.ssh_keys import check_keys
 from pyslicer.errors import ConfigError, InvalidArgument
-from pyslicer.net import GroupNetwork, NetworkNamespace
+from pyslicer.net import GroupNetwork, NetworkNamespace, Uplink, check_networks, parse_cidrs
 
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_USERDATA_BYTES = 48 * 1024  # handed to the agent in one frame
@@ -28,6 +29,10 @@ class NodeRequest:
     persistent: bool | None = None
     secrets: tuple[str, ...] | None = None  # the secrets it may see; None: all
     ttl: str | None = None  # a Go duration; the daemon turns it into an expires_at= tag
+    ip: str | None = None  # an address of the group's network; None: the next free one
+    allow: tuple[str, ...] | None = None  # network.allow; None: the host group's
+    drop: tuple[str, ...] | None = None  # network.drop; None: the host group's
+    ssh_keys: tuple[str, ...] = ()  # for the default user, besides the config's
 
 
 class HostGroup:
@@ -64,15 +69,25 @@ class HostGroup:
             check_grant(request.secrets)
         if request.hostname is not None and not HOSTNAME_RE.fullmatch(request.hostname):
             raise InvalidArgument(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
+        check_keys(request.ssh_keys)
+        for field, entries in (("allow", request.allow), ("drop", request.drop)):
+            if entries is not None:
+                try:
+                    parse_cidrs(entries, f"network.{field}")
+                except ValueError as exc:
+                    raise InvalidArgument(str(exc), code="network_policy") from None
 
 
-def host_groups(config: SlicerConfig, netns: NetworkNamespace) -> dict[str, HostGroup]:
-    """The config's host groups, each with its network. Raises ConfigError for userdata too large to hand over."""
+def host_groups(config: SlicerConfig, netns: NetworkNamespace, uplink: Uplink | None = None) -> dict[str, HostGroup]:
+    """The config's host groups, each with its network. Raises ConfigError for userdata too large to hand over,
+    or networks that overlap (each other or the uplink's)."""
     check_userdata(config.host_groups)
-    return {
+    groups = {
         group.name: HostGroup(group, GroupNetwork(group, index, netns))
         for index, group in enumerate(config.host_groups)
     }
+    check_networks([group.network for group in groups.values()], uplink)
+    return groups
 
 
 def check_userdata(groups: Iterable[HostGroupConfig]) -> None:

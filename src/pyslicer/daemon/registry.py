@@ -51,6 +51,10 @@ class NodeRecord:
         self.tap = ""
 
     image: str = ""  # the guest image its disk was made from (empty in records older than this field)
+    # A create's own network.allow/drop: None inherits the host group's, [] is an empty override.
+    network_allow: list[str] | None = None
+    network_drop: list[str] | None = None
+    ssh_keys: list[str] = field(default_factory=list)  # a create's own, besides the config's
     machine_id: str = ""  # given to the guest at each boot; empty: the guest keeps its disk's /etc/machine-id
     backing_commit_id: str = ""  # the commit its disk is an overlay over (empty: the guest image's base)
     commit_id: str = ""  # the last commit made of it
@@ -58,7 +62,6 @@ class NodeRecord:
     fixups: list[str] | None = None  # a fork's identity fix-ups; None: not a fork (every fix-up applies)
     ssh_keys_pending: bool = False  # its first boot replaces the SSH host keys it inherited
     unfinished: bool = False  # a fork not yet ready: a restarted daemon removes it rather than booting it
-    network_override: dict[str, list[str] | None] | None = None  # its own allow/drop (None: the group's)
 
     @property
     def fixes(self) -> frozenset[str]:

@@ -36,12 +36,14 @@ _STATIC_FILES: dict[str, tuple[str, int]] = {
     ),
     # debootstrap copies the host's resolv.conf; host resolvers mean nothing inside a guest.
     "etc/resolv.conf": ("", 0o644),
+    f"etc/sudoers.d/{rootfs.DEFAULT_USER}": (f"{rootfs.DEFAULT_USER} ALL=(ALL) NOPASSWD:ALL\n", 0o440),
 }
 # (file under guest/, path in the rootfs, mode)
 _GUEST_FILES: tuple[tuple[str, str, int], ...] = (
     ("inittab", "etc/inittab", 0o644),
     ("rc.sysinit", f"{rootfs.AGENT_DIR}/rc.sysinit", 0o755),
     ("rc.shutdown", f"{rootfs.AGENT_DIR}/rc.shutdown", 0o755),
+    ("rc.sshd", f"{rootfs.AGENT_DIR}/rc.sshd", 0o755),
     ("slicer-agent", "usr/local/bin/slicer-agent", 0o755),
 )
 
@@ -117,6 +119,7 @@ async def _plan(progress: Callable[[str], None], cache: Path) -> _Plan:
         },
         "rootfs": {
             **rootfs.debootstrap_key(mirror),
+            "default_user": {"name": rootfs.DEFAULT_USER, "uid": rootfs.DEFAULT_UID},
             "files": {
                 path: {"sha256": manifest.sha256_bytes(f.data), "mode": f"{f.mode:04o}"}
                 for path, f in sorted(files.items())

@@ -22,7 +22,7 @@ from pyslicer.image import _proc
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-INCLUDE: tuple[str, ...] = ("python3", "e2fsprogs", "iproute2", "procps")
+INCLUDE: tuple[str, ...] = ("python3", "e2fsprogs", "iproute2", "procps", "openssh-server", "sudo")
 ARCH = "amd64"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 
@@ -32,6 +32,9 @@ MIN_ROOTFS = 1024 * MIB
 ROOTFS_ALIGN = 64 * MIB
 
 AGENT_DIR = "usr/local/lib/slicer-agent"
+# The default user, as in Slicer's images: uid 1000, passwordless sudo, SSH keys from ssh_keys[].
+DEFAULT_USER = "ubuntu"
+DEFAULT_UID = 1000
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,16 @@ async def build_rootfs(
                     path.unlink()
 
     await asyncio.to_thread(overlay)
+    # Every VM makes its own SSH host key at boot (rc.sshd): keys baked in here would be shared by all of them.
+    for key in (staging / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    await _proc.run(
+        [
+            _proc.tool("chroot"), staging, "/usr/sbin/useradd", "--create-home", "--uid", str(DEFAULT_UID),
+            "--user-group", "--groups", "sudo", "--shell", "/bin/bash", DEFAULT_USER,
+        ],
+        what=f"useradd {DEFAULT_USER} in the guest rootfs",
+    )  # fmt: skip
     # Byte-compile with the guest's own python3 (3.11.2): the host's may be another version.
     await _proc.run(
         [

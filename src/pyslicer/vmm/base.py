@@ -13,7 +13,7 @@ Accel = Literal["kvm", "tcg"]
 
 @dataclass(frozen=True)
 class Nic:
-    """A tap device, prepared by the caller inside ``netns``, for the VM's one network card."""
+    """A tap device, prepared by the caller inside ``netns`` ("": the VMM's own), for the VM's one network card."""
 
     tap: str
     mac: str

@@ -86,7 +86,8 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, memory: MemoryTuning 
     prefix: list[str] = []
     nic: list[str] = []
     if spec.nic is not None:
-        prefix = [shutil.which("ip") or "ip", "netns", "exec", spec.nic.netns]
+        if spec.nic.netns:  # (empty: the tap is in QEMU's own namespace)
+            prefix = [shutil.which("ip") or "ip", "netns", "exec", spec.nic.netns]
         nic = [
             "-netdev", f"tap,id=net0,ifname={spec.nic.tap},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=net0,mac={spec.nic.mac}",
