@@ -18,6 +18,7 @@
      +-- InsufficientStorage      the guest's disk cannot hold what was sent (nothing was written)
      +-- ImageError               the guest image could not be built or is incomplete
      +-- HypervisorError          QEMU could not be started or controlled
+     |    +-- SnapshotError       a VM's saved state could not be saved, or is missing or cannot be loaded
      +-- NetworkError             a namespace, bridge or tap could not be set up
 
 No HTTP here: ``pyslicer.api.errors`` maps each class to its status in one table, and the CLI prints
@@ -116,3 +117,9 @@ class NetworkError(SlicerError):
     """A namespace, bridge or tap could not be set up."""
 
     code = "network_error"
+
+
+class SnapshotError(HypervisorError):
+    """A VM's saved state could not be saved, or is missing or cannot be loaded."""
+
+    code = "snapshot_error"
