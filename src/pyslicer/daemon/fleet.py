@@ -8,6 +8,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -20,7 +21,16 @@ from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.secrets import check_grant
 from pyslicer.daemon.storage import create_overlay, remove_disk
 from pyslicer.daemon.timestamps import utc_now
-from pyslicer.errors import Conflict, HypervisorError, InvalidArgument, NotFound, SlicerError, Timeout
+from pyslicer.errors import (
+    Conflict,
+    HypervisorError,
+    InsufficientStorage,
+    InvalidArgument,
+    NotFound,
+    SlicerError,
+    SnapshotError,
+    Timeout,
+)
 from pyslicer.image import GuestImage
 from pyslicer.image.manifest import image_label
 from pyslicer.net import Lease, NetworkNamespace
@@ -29,6 +39,8 @@ from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
 log = logging.getLogger(__name__)
 
 GRACEFUL_STOP_SECONDS = 20.0
+# Room a saved state needs beyond the guest's RAM (device state, the file system's own use).
+STATE_SPACE_MARGIN = 64 * 1024 * 1024
 
 
 class LaunchOutcome(enum.StrEnum):
@@ -139,9 +151,10 @@ class Fleet:
         self.nodes[record.hostname] = node
         return node
 
-    def _spec(self, record: NodeRecord, lease: Lease | None) -> VMSpec:
+    def _spec(self, record: NodeRecord, lease: Lease | None, *, incoming: Path | None = None) -> VMSpec:
         hostname = record.hostname
         return VMSpec(
+            incoming=incoming,
             name=hostname,
             vcpus=record.cpus,
             ram_bytes=record.ram_bytes,
@@ -154,25 +167,31 @@ class Fleet:
             nic=Nic(tap=lease.tap, mac=lease.mac, netns=lease.netns) if lease is not None else None,
         )
 
-    async def _boot(self, node: Node, *, failed: LaunchOutcome | None = None) -> None:
-        """Give a node an address and start its VM from its disk (made first for a new node). A new node
-        (``failed`` set) that cannot be started is destroyed; a stopped one stays stopped. Raises
-        HypervisorError or NetworkError."""
+    async def _boot(self, node: Node, *, failed: LaunchOutcome | None = None, incoming: Path | None = None) -> None:
+        """Give a node an address and start its VM from its disk (made first for a new node), or restore it from
+        the saved state ``incoming`` (it keeps its address then). A new node (``failed`` set) that cannot be
+        started is destroyed; a stopped (or suspended) one stays so. Raises SnapshotError when ``incoming``
+        cannot be loaded, HypervisorError or NetworkError."""
         record = node.record
         group = self.groups[record.host_group]
         try:
             async with self._lock:
                 taken = {lease.address.ip.compressed for lease in self.leases.values()}
+                # A suspended guest comes back with the address it has: nobody else may get it meanwhile.
+                taken |= {n.record.ip for n in self.nodes.values() if n.state is NodeState.SUSPENDED and n is not node}
                 lease = await group.network.lease(record.hostname, next(group.taps), taken, wanted=record.ip)
                 self.leases[record.hostname] = lease
+            if incoming is not None and str(lease.address.ip) != record.ip:
+                raise HypervisorError(f"{record.hostname}: its address {record.ip} is not free")
             record.ip, record.tap = str(lease.address.ip), lease.tap
-            node.spec = spec = self._spec(record, lease)
+            node.spec = spec = self._spec(record, lease, incoming=incoming)
             if not spec.disk.exists():
                 await create_overlay(await self.data_dir.pinned_base(self.image), spec.disk, record.disk_bytes or None)
             await self.registry.put(record)
             shutil.rmtree(spec.run_dir, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                spec.console_log.unlink()
+            if incoming is None:  # (a restored guest carries on: its console log too)
+                with contextlib.suppress(FileNotFoundError):
+                    spec.console_log.unlink()
             vm = await self.hypervisor.launch(spec)
             try:
                 node.attach(vm)  # (Conflict if the node was deleted meanwhile)
@@ -206,6 +225,61 @@ class Fleet:
             if node.state is not NodeState.STOPPED:
                 raise Conflict(f"cannot relaunch {node.hostname}: it is {node.state.value}", code="invalid_state")
             await self._boot(node)
+
+    async def suspend(self, node: Node) -> None:
+        """Save a running node's whole state in the data dir and end its VM; it is Suspended until restored
+        (a persistent one also across daemon restarts). Raises Conflict unless it is running,
+        InsufficientStorage when the data dir has no room for the state, SnapshotError when it cannot be saved
+        (the VM runs on, or is Stopped when its QEMU died meanwhile): in all these cases nothing is saved."""
+        state = self.data_dir.saved_state(node.hostname)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        room = await asyncio.to_thread(os.statvfs, state.parent)
+        free, needed = room.f_bavail * room.f_frsize, node.record.ram_bytes + STATE_SPACE_MARGIN
+        if free < needed:
+            raise InsufficientStorage(
+                f"cannot suspend {node.hostname}: its state needs up to {needed >> 20} MiB and {state.parent} has "
+                f"{free >> 20} MiB free; it keeps running",
+                code="no_space_for_state",
+            )
+        await node.suspend(state)
+        shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+        await self._release_lease(node)
+        node.record.end_run()
+        node.record.suspended = True
+        await self.registry.put(node.record)
+
+    async def restore(self, node: Node) -> None:
+        """Bring a suspended node back from its saved state: its processes run on, its address is its own,
+        its clock is set once its agent answers. Raises Conflict unless it is suspended, or (code
+        ``state_unusable``) when its state is missing or cannot be loaded (it is Stopped then, and can be
+        relaunched from its disk), HypervisorError or NetworkError when it cannot be started (it stays
+        suspended)."""
+        async with node.lifecycle:
+            if node.state is not NodeState.SUSPENDED:
+                raise Conflict(
+                    f"cannot restore {node.hostname}: it is {node.state.value}, not Suspended", code="invalid_state"
+                )
+            state = self.data_dir.saved_state(node.hostname)
+            try:
+                await self._boot(node, incoming=state)
+            except SnapshotError as exc:
+                self._discard_state(node.hostname)
+                node.record.suspended = False
+                node.record.stopped = True
+                await self.registry.put(node.record)
+                node.transition(NodeState.STOPPED)
+                raise Conflict(
+                    f"cannot restore {node.hostname}: {exc.message}; it is Stopped now (relaunch boots it from its "
+                    "disk)",
+                    code="state_unusable",
+                ) from None
+            self._discard_state(node.hostname)  # loaded: the running VM holds it now
+            node.record.suspended = False
+            await self.registry.put(node.record)
+
+    def _discard_state(self, hostname: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.data_dir.saved_state(hostname).unlink()
 
     async def _on_node_stopped(self, node: Node) -> None:
         await self._stopped(node, on_purpose=False)
@@ -246,6 +320,9 @@ class Fleet:
                 continue
             record.end_run()
             node = self._add(record)
+            if record.suspended:
+                node.transition(NodeState.SUSPENDED)
+                continue
             if record.stopped and not record.protected:  # services run whenever the config lists them
                 node.transition(NodeState.STOPPED)
                 continue
@@ -333,9 +410,14 @@ class Fleet:
         for hostname in self.data_dir.disk_owners() - recorded:
             log.warning("%s: removing its disk and log: no record owns them", hostname)
             self._remove_files(hostname)
+        suspended = {node.hostname for node in self.nodes.values() if node.state is NodeState.SUSPENDED}
+        for hostname in self.data_dir.saved_state_owners() - suspended:
+            log.warning("%s: removing a saved state that no suspended VM owns", hostname)
+            self._discard_state(hostname)
 
     def _remove_files(self, hostname: str) -> None:
         remove_disk(self.data_dir.disk(hostname))
+        self._discard_state(hostname)
         with contextlib.suppress(FileNotFoundError):
             self.data_dir.console_log(hostname).unlink()
         shutil.rmtree(self.data_dir.run_dir(hostname), ignore_errors=True)

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyslicer.daemon.agent_link import AgentLink
@@ -175,10 +176,32 @@ class Node:
             if self.link is not None:
                 self.link.release_clock()  # the guest's clock stood still while it was paused
 
+    async def suspend(self, state: Path) -> None:
+        """Save the guest's whole state to ``state``, then end its VM (its memory released): it ends Suspended.
+        Raises Conflict unless it is running, SnapshotError when the state cannot be saved (the guest runs on;
+        or, when its QEMU died meanwhile, it is Stopped as any VM whose QEMU ends)."""
+        async with self.lifecycle:
+            check_transition(self.hostname, self.state, NodeState.SUSPENDED, action="suspend")
+            assert self.vm is not None
+            if self.link is not None:
+                self.link.hold_clock()  # its vCPUs stop while the state is saved
+            try:
+                await self.vm.save_state(state)
+            except BaseException:
+                if self.link is not None:
+                    self.link.release_clock()
+                raise
+            await self.stop()
+            self.transition(NodeState.SUSPENDED)
+
     async def shut_down(self, graceful_timeout: float) -> None:
         """Stop the guest cleanly (its filesystems unmounted) and end Stopped; a guest that has not gone
         within ``graceful_timeout`` is killed. Raises Conflict when it is not running or paused."""
         async with self.lifecycle:
+            if self.state is NodeState.SUSPENDED:
+                raise Conflict(
+                    f"cannot shut down {self.hostname}: it is Suspended; restore it first", code="invalid_state"
+                )
             check_transition(self.hostname, self.state, NodeState.STOPPED, action="shut down")
             if self.state is NodeState.PAUSED and self.vm is not None:
                 with contextlib.suppress(HypervisorError):

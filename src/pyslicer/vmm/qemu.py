@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -204,9 +205,14 @@ class QemuVM:
         await self._execute("migrate-set-capabilities", {"capabilities": MIGRATION_CAPABILITIES})
 
     async def _pass_fd(self, fd: int, name: str) -> None:
+        # Not QMPClient.send_fd_scm: it reaches into the transport's socket object, which uvloop's lacks.
         try:
-            self._qmp.send_fd_scm(fd)
-        except (QMPError, OSError) as exc:
+            transport_socket = self._qmp._writer.transport.get_extra_info("socket") if self._qmp._writer else None
+            if transport_socket is None:
+                raise OSError("QMP is not connected")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(transport_socket.fileno())) as qmp:
+                socket.send_fds(qmp, [b" "], [fd])  # QMP skips the blank
+        except OSError as exc:
             raise SnapshotError(f"{self.spec.name}: cannot pass the state file to QEMU: {exc}") from None
         await self._execute("getfd", {"fdname": name})
 

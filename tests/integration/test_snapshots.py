@@ -1,0 +1,62 @@
+"""Suspend and restore against real guests: processes and memory survive; bad requests and bad states."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.integration.conftest import RunningDaemon
+from tests.integration.helpers import assert_error, created_sandbox, sh
+from tests.integration.test_clients import cli
+from tests.integration.test_lifecycle import status_of
+
+# A process to find again, and memory content: /dev/shm is in the guest's RAM, not on its disk.
+REMEMBER = "sleep 100000 >/dev/null 2>&1 & echo $! > /dev/shm/pid; head -c 4194304 /dev/urandom > /dev/shm/blob"
+RECALL = (
+    'pid=$(cat /dev/shm/pid); kill -0 "$pid" && cat /proc/$pid/cmdline | tr "\\0" " "; echo; sha256sum /dev/shm/blob'
+)
+
+
+def state_file(daemon: RunningDaemon, hostname: str) -> str:
+    return str(daemon.data_dir / "states" / f"{hostname}.vmstate")
+
+
+def test_suspend_and_restore_keep_processes_memory_and_clock(daemon: RunningDaemon, api: httpx.Client) -> None:
+    with created_sandbox(api, cpus=1, ram_bytes=256 * 1024**2, persistent=True) as hostname:
+        assert_error(api.post(f"/vm/{hostname}/restore"), 409, "not Suspended")
+        sh(api, hostname, REMEMBER)
+        before = sh(api, hostname, RECALL)
+        assert "sleep 100000" in before
+        qemus = daemon.qemu_pids()
+
+        suspended = api.post(f"/vm/{hostname}/suspend")
+        assert suspended.status_code == 200, suspended.text
+        assert suspended.json()["status"] == "Suspended"
+        assert status_of(api, hostname) == "Suspended"
+        assert len(daemon.qemu_pids()) == len(qemus) - 1  # its QEMU ended: memory released
+        assert_error(api.post(f"/vm/{hostname}/exec", params={"cmd": "true"}), 409, "suspended")
+        assert_error(api.post(f"/vm/{hostname}/suspend"), 409, "Suspended")
+        assert_error(api.post(f"/vm/{hostname}/pause"), 409)
+        time.sleep(3)  # the host's clock moves on; the guest's must catch up when it is back
+
+        restored = api.post(f"/vm/{hostname}/restore", params={"wait": "agent", "timeout": "2m"})
+        assert restored.status_code == 200, restored.text
+        assert restored.json()["status"] == "Running"
+        assert sh(api, hostname, RECALL) == before  # same PID, same command, same bytes in RAM
+        guest_now = float(sh(api, hostname, "date +%s.%N"))
+        assert abs(guest_now - time.time()) < 2, guest_now
+        # Its network is its own again: the gateway (the host side of its group's bridge) answers.
+        gateway = sh(api, hostname, "ip route show default | cut -d' ' -f3").strip()
+        sh(api, hostname, f"/usr/local/sbin/busybox ping -c 1 -W 5 {gateway}")
+
+        # Through the CLI too; then a damaged state: a clear error, the VM Stopped, never a crash.
+        result = cli(daemon, "vm", "suspend", hostname)
+        assert result.returncode == 0, result.stderr
+        with open(state_file(daemon, hostname), "r+b") as f:
+            f.truncate(200_000)
+        result = cli(daemon, "vm", "restore", hostname)
+        assert result.returncode != 0
+        assert b"cannot restore" in result.stderr and b"Stopped" in result.stderr, result.stderr
+        assert status_of(api, hostname) == "Stopped"
+        assert_error(api.post(f"/vm/{hostname}/restore"), 409, "not Suspended")
