@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -20,6 +22,7 @@ from pyslicer.daemon.node import Node
 from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.secrets import check_grant
 from pyslicer.daemon.storage import create_overlay, remove_disk
+from pyslicer.daemon.templates import Template, Templates
 from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import (
     Conflict,
@@ -34,7 +37,8 @@ from pyslicer.errors import (
 from pyslicer.image import GuestImage
 from pyslicer.image.manifest import image_label
 from pyslicer.net import Lease, NetworkNamespace
-from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
+from pyslicer.protocol import Op
+from pyslicer.vmm import GuestMemory, Hypervisor, Nic, ProcessIdentity, VMSpec
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,19 @@ class Fleet:
         self.leases: dict[str, Lease] = {}
         self.launch_counts: dict[tuple[str, LaunchOutcome], int] = {}
         self.retired: set[str] = set()  # kept disks of VMs whose host group left the config: names still taken
+        self._retired_templates: set[str] = set()  # the templates their disks are layered on
         self._lock = asyncio.Lock()
+        self.templates = Templates(
+            data_dir.path / "templates",
+            hypervisor,
+            image,
+            self.kernel,
+            data_dir.run_root,
+            base=lambda: data_dir.pinned_base(image),
+            lease=self._template_lease,
+            release=self._template_release,
+            disks_in_use=self._templates_in_use,
+        )
 
     def node(self, hostname: str) -> Node:
         """Raises NotFound for a hostname that is not (or no longer) here."""
@@ -141,8 +157,51 @@ class Fleet:
                 image=image_label(self.image.manifest),
             )
             node = self._add(record)
+        template = None if service else self._template_for(group, record)
+        if template is not None and await self._fast_boot(node, template):
+            return node
         await self._boot(node, failed=LaunchOutcome.FAILED)
         return node
+
+    def _template_for(self, group: HostGroup, record: NodeRecord) -> Template | None:
+        """The template a new node can be restored from: its group's, when ready and of the node's shape."""
+        config = group.config
+        if not config.fast_create or (record.cpus, record.ram_bytes) != (config.vcpu, config.ram_bytes):
+            return None
+        return self.templates.ready(group)
+
+    async def _fast_boot(self, node: Node, template: Template) -> bool:
+        """Restore a new node from ``template``; False, with nothing of the attempt left, when the template
+        cannot be loaded (the caller boots it instead). Raises what ``_boot`` raises (the node is destroyed)."""
+        try:
+            await self._boot(node, template=template)
+        except SnapshotError as exc:
+            log.warning("%s: not restored from its group's template (%s); booting it", node.hostname, exc)
+            self.templates.discard(template)
+            remove_disk(node.spec.disk)
+            node.record.template, node.identity = "", None
+            return False
+        except BaseException:
+            self.count(node.record.host_group, LaunchOutcome.FAILED)
+            await self.destroy(node)
+            raise
+        return True
+
+    async def _template_lease(self, group: HostGroup, name: str) -> Lease:
+        async with self._lock:
+            taken = {lease.address.ip.compressed for lease in self.leases.values()}
+            taken |= {n.record.ip for n in self.nodes.values() if n.state is NodeState.SUSPENDED}
+            lease = await group.network.lease(name, next(group.taps), taken)
+            self.leases[f"~{name}"] = lease  # (no hostname starts with ~)
+            return lease
+
+    async def _template_release(self, group: HostGroup, name: str) -> None:
+        lease = self.leases.pop(f"~{name}", None)
+        if lease is not None:
+            await group.network.release(lease.tap)
+
+    def _templates_in_use(self) -> set[str]:
+        return {n.record.template for n in self.nodes.values() if n.record.template} | self._retired_templates
 
     def _add(self, record: NodeRecord, lease: Lease | None = None) -> Node:
         node = Node(record, self._spec(record, lease))
@@ -167,11 +226,19 @@ class Fleet:
             nic=Nic(tap=lease.tap, mac=lease.mac, netns=lease.netns) if lease is not None else None,
         )
 
-    async def _boot(self, node: Node, *, failed: LaunchOutcome | None = None, incoming: Path | None = None) -> None:
+    async def _boot(
+        self,
+        node: Node,
+        *,
+        failed: LaunchOutcome | None = None,
+        incoming: Path | None = None,
+        template: Template | None = None,
+    ) -> None:
         """Give a node an address and start its VM from its disk (made first for a new node), or restore it from
-        the saved state ``incoming`` (it keeps its address then). A new node (``failed`` set) that cannot be
-        started is destroyed; a stopped (or suspended) one stays so. Raises SnapshotError when ``incoming``
-        cannot be loaded, HypervisorError or NetworkError."""
+        the saved state ``incoming`` (it keeps its address then), or restore a new node from ``template`` (a
+        disk layered on the template's; the guest takes its identity at its first READY). A new node (``failed``
+        set) that cannot be started is destroyed; a stopped (or suspended) one stays so. Raises SnapshotError
+        when a saved state cannot be loaded, HypervisorError or NetworkError."""
         record = node.record
         group = self.groups[record.host_group]
         try:
@@ -185,7 +252,23 @@ class Fleet:
                 raise HypervisorError(f"{record.hostname}: its address {record.ip} is not free")
             record.ip, record.tap = str(lease.address.ip), lease.tap
             node.spec = spec = self._spec(record, lease, incoming=incoming)
-            if not spec.disk.exists():
+            if template is not None:
+                record.template = str(template.path)
+                node.spec = spec = dataclasses.replace(
+                    spec, incoming=template.state, memory=GuestMemory(template.memory, shared=False)
+                )
+                node.identity = {
+                    "op": Op.IDENTITY,
+                    "hostname": record.hostname,
+                    "machine_id": secrets.token_hex(16),
+                    "mac": lease.mac,
+                    "ip": str(lease.address),
+                    "gateway": str(lease.gateway),
+                    "seed": secrets.token_hex(64),
+                }
+                if not spec.disk.exists():
+                    await create_overlay(template.disk, spec.disk, record.disk_bytes or None, base_format="qcow2")
+            elif not spec.disk.exists():
                 await create_overlay(await self.data_dir.pinned_base(self.image), spec.disk, record.disk_bytes or None)
             await self.registry.put(record)
             shutil.rmtree(spec.run_dir, ignore_errors=True)
@@ -310,6 +393,8 @@ class Fleet:
             group = self.groups.get(record.host_group)
             if group is None or (record.protected and not self._is_configured_service(group, record.hostname)):
                 await self._retire(record)
+                if record.template:
+                    self._retired_templates.add(record.template)
                 continue
             if record.vmm_pid and await self._adopt(group, record):
                 continue
@@ -410,6 +495,7 @@ class Fleet:
         for hostname in self.data_dir.disk_owners() - recorded:
             log.warning("%s: removing its disk and log: no record owns them", hostname)
             self._remove_files(hostname)
+        self.templates.collect(self.groups.values())
         suspended = {node.hostname for node in self.nodes.values() if node.state is NodeState.SUSPENDED}
         for hostname in self.data_dir.saved_state_owners() - suspended:
             log.warning("%s: removing a saved state that no suspended VM owns", hostname)
@@ -426,6 +512,7 @@ class Fleet:
     async def stop_all(self) -> None:
         """Stop every node: persistent ones shut down cleanly and keep their disks (and come back at the next
         start unless they were stopped), the rest are removed."""
+        await self.templates.close()
         await asyncio.gather(*(self._shut_down(node) for node in list(self.nodes.values())), return_exceptions=True)
 
     async def _shut_down(self, node: Node) -> None:
@@ -440,6 +527,7 @@ class Fleet:
 
     async def detach_all(self) -> None:
         """Let go of every VM and leave it running, for the next daemon on this data dir to adopt."""
+        await self.templates.close()
         await asyncio.gather(*(node.detach() for node in list(self.nodes.values())), return_exceptions=True)
 
     async def destroy(self, node: Node) -> None:
@@ -461,3 +549,5 @@ class Fleet:
             del self.nodes[node.hostname]
         self._remove_files(node.hostname)
         await self.registry.remove(node.hostname)
+        if node.record.template:
+            self.templates.collect(self.groups.values())

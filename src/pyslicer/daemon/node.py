@@ -66,6 +66,8 @@ class Node:
         # guest's secrets here, so a userdata script and the first request after a wait find them in place.
         self.on_agent_ready: Callable[[Node], Awaitable[None]] | None = None
         self._prepared = asyncio.Event()  # on_agent_ready has run for the agent connected now
+        # A node restored from a template takes its own identity at its first READY, before anyone sees it ready.
+        self.identity: protocol.IdentityRequest | None = None
 
     @property
     def hostname(self) -> str:
@@ -101,6 +103,8 @@ class Node:
         self._tasks.append(asyncio.get_running_loop().create_task(self._prepare_guest(), name=f"{self.hostname}-ready"))
 
     async def _prepare_guest(self) -> None:
+        if self.identity is not None and not await self._take_identity(self.identity):
+            return
         try:
             if self.on_agent_ready is not None:
                 await self.on_agent_ready(self)
@@ -110,6 +114,22 @@ class Node:
             self._prepared.set()
         if not self._userdata_sent:
             await self._hand_over_userdata()
+
+    async def _take_identity(self, request: protocol.IdentityRequest) -> bool:
+        """Whether the guest took it; one that cannot is ended (it would pass for its template's twin)."""
+        try:
+            if self.link is None:
+                raise AgentError("no agent")
+            answer = await self.link.call(request, timeout=30)
+            if answer.get("type") != "done":
+                raise AgentError(str_or(answer.get("error"), "no answer"))
+        except SlicerError as exc:
+            log.error("%s: cannot give the restored guest its identity: %s; ending it", self.hostname, exc)
+            if self.vm is not None:
+                await self.vm.kill()
+            return False
+        self.identity = None
+        return True
 
     async def _hand_over_userdata(self) -> None:
         if self.link is None:

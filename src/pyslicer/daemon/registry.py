@@ -39,6 +39,7 @@ class NodeRecord:
     vmm_started: int = 0
     stopped: bool = False  # stopped on purpose (or its VMM died): stays down across daemon restarts
     suspended: bool = False  # its whole state is saved in the data dir (no VMM runs): restore brings it back
+    template: str = ""  # the fast-create template its disk is layered on (its dir), if any
 
     def end_run(self) -> None:
         """Forget what belonged to the VM's run (its VMM and tap), once it has ended."""

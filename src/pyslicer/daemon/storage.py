@@ -9,9 +9,10 @@ from pathlib import Path
 from pyslicer.errors import HypervisorError
 
 
-async def create_overlay(base: Path, overlay: Path, size_bytes: int | None) -> None:
+async def create_overlay(base: Path, overlay: Path, size_bytes: int | None, *, base_format: str = "raw") -> None:
+    """A qcow2 overlay of ``base`` (the raw rootfs, or a qcow2 layer such as a template's disk)."""
     overlay.parent.mkdir(parents=True, exist_ok=True)
-    command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay)]
+    command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(overlay)]
     if size_bytes:
         command.append(str(max(size_bytes, base.stat().st_size)))
     process = await asyncio.create_subprocess_exec(
