@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 
@@ -60,3 +61,57 @@ def test_suspend_and_restore_keep_processes_memory_and_clock(daemon: RunningDaem
         assert b"cannot restore" in result.stderr and b"Stopped" in result.stderr, result.stderr
         assert status_of(api, hostname) == "Stopped"
         assert_error(api.post(f"/vm/{hostname}/restore"), 409, "not Suspended")
+
+
+def qemu_command_line(daemon: RunningDaemon, hostname: str) -> str:
+    pid = next(pid for pid in daemon.qemu_pids() if f"/{hostname}/" in Path(f"/proc/{pid}/cmdline").read_text())
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
+def wait_for_template(daemon: RunningDaemon, group: str, timeout: float = 240) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = [p for p in (daemon.data_dir / "templates" / group).glob("[!.]*") if (p / "state.vmstate").exists()]
+        if ready:
+            return ready[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no template for {group}:\n{daemon.log()[-3000:]}")
+
+
+IDENTITY = (
+    "hostname; cat /etc/machine-id; cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0 | awk '{print $4}'"
+)
+
+
+def test_fast_create_gives_distinct_working_sandboxes(daemon: RunningDaemon, api: httpx.Client) -> None:
+    userdata = "echo ran >> /var/tmp/userdata-runs\n"
+    # The first create of the group's shape boots (and starts making the template in the background).
+    with created_sandbox(api, userdata=userdata, wait="userdata") as cold:
+        assert "-incoming" not in qemu_command_line(daemon, cold)
+        template = wait_for_template(daemon, "sbox")
+        with (
+            created_sandbox(api, userdata=userdata, wait="userdata") as first,
+            created_sandbox(api, userdata=userdata, wait="userdata") as second,
+        ):
+            identities = {}
+            for hostname in (cold, first, second):
+                listed = next(n for n in api.get("/nodes").json() if n["hostname"] == hostname)
+                name, machine_id, mac, address = sh(api, hostname, IDENTITY).split()
+                assert name == hostname
+                assert len(machine_id) == 32
+                assert address.split("/")[0] == listed["ip"]
+                assert sh(api, hostname, "wc -l < /var/tmp/userdata-runs").strip() == "1"
+                gateway = sh(api, hostname, "ip route show default | cut -d' ' -f3").strip()
+                sh(api, hostname, f"/usr/local/sbin/busybox ping -c 1 -W 5 {gateway}")
+                identities[hostname] = (
+                    machine_id,
+                    mac,
+                    address,
+                    sh(api, hostname, "head -c 16 /dev/urandom | od -An -tx1"),
+                )
+            for restored in (first, second):
+                command = qemu_command_line(daemon, restored)
+                assert "-incoming" in command and f"mem-path={template}/memory.ram,share=off" in command
+            # No two share a machine-id, MAC, address or random numbers.
+            for index in range(4):
+                assert len({identity[index] for identity in identities.values()}) == 3, identities

@@ -20,20 +20,25 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyslicer.daemon.agent_link import AgentLink
 from pyslicer.daemon.host_groups import HostGroup
 from pyslicer.daemon.storage import create_overlay
-from pyslicer.errors import SlicerError
+from pyslicer.errors import AgentError, SlicerError
 from pyslicer.image import GuestImage
 from pyslicer.net import Lease
 from pyslicer.protocol import Op
 from pyslicer.vmm import GuestMemory, Hypervisor, Nic, VMProcess, VMSpec
+
+if TYPE_CHECKING:
+    from pyslicer.protocol import IdentityRequest
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +222,23 @@ class Templates:
             link = AgentLink(spec.agent_socket, name)
             link.start()
             await link.wait_ready(BOOT_TIMEOUT)
-            # One exec, so what every exec needs is imported in the snapshot already.
+            # One exec and one identity (its own), so what they need is imported in the snapshot already.
             warm = link.open({"op": Op.EXEC, "cmd": "/bin/true"})
             async with asyncio.timeout(60):
                 async for _ in warm:
                     pass
+            identity: IdentityRequest = {
+                "op": Op.IDENTITY,
+                "hostname": name,
+                "machine_id": secrets.token_hex(16),
+                "mac": lease.mac,
+                "ip": "",
+                "gateway": "",
+                "seed": secrets.token_hex(64),
+            }
+            answer = await link.call(identity, timeout=60)
+            if answer.get("type") != "done":
+                raise AgentError(f"{name}: the agent cannot take an identity: {answer.get('error')}")
             await link.close()
             link = None
             await vm.save_state(staging / "state.vmstate")
