@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.integration.conftest import RunningDaemon
+from tests.integration.conftest import RunningDaemon, start_daemon, stop_daemon
 from tests.integration.helpers import assert_error, created_sandbox, sh
 from tests.integration.test_clients import cli
 from tests.integration.test_lifecycle import status_of
@@ -115,3 +116,62 @@ def test_fast_create_gives_distinct_working_sandboxes(daemon: RunningDaemon, api
             # No two share a machine-id, MAC, address or random numbers.
             for index in range(4):
                 assert len({identity[index] for identity in identities.values()}) == 3, identities
+
+
+ONE_GROUP = """
+config:
+  host_groups:
+  - name: keep
+    count: 0
+    vcpu: 1
+    ram_mb: 256
+    persistent: true
+    fast_create: false
+  hypervisor: qemu
+  accel: auto
+  api:
+    bind_address: {address}
+    port: {port}
+    auth:
+      enabled: true
+"""
+
+
+def test_no_room_for_the_state_and_suspended_across_a_restart(guest_image: Path, tmp_path: Path) -> None:
+    states = tmp_path / "data" / "states"
+    states.mkdir(parents=True)
+    (tmp_path / "data" / "images").symlink_to(guest_image)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "snapmem-test", str(states)], check=True)
+    mounted = True
+    first = start_daemon(tmp_path, guest_image, config_template=ONE_GROUP)
+    second = None
+    try:
+        with first.client() as api:
+            created = api.post("/hostgroup/keep/nodes", params={"wait": "agent", "timeout": "3m"}, json={})
+            assert created.status_code == 201, created.text
+            hostname = created.json()["hostname"]
+            sh(api, hostname, REMEMBER)
+            before = sh(api, hostname, RECALL)
+            assert_error(api.post(f"/vm/{hostname}/suspend"), 413, "needs up to", "keeps running")
+            assert status_of(api, hostname) == "Running"
+            assert sh(api, hostname, RECALL) == before
+            assert list(states.iterdir()) == []
+            subprocess.run(["umount", str(states)], check=True)
+            mounted = False
+            assert api.post(f"/vm/{hostname}/suspend").status_code == 200
+        stop_daemon(first)
+        assert first.qemu_pids() == set()
+        second = start_daemon(tmp_path, guest_image, config_template=ONE_GROUP)
+        with second.client() as api:
+            assert status_of(api, hostname) == "Suspended"
+            assert second.qemu_pids() == set()
+            restored = api.post(f"/vm/{hostname}/restore", params={"wait": "agent"})
+            assert restored.status_code == 200, restored.text
+            assert sh(api, hostname, RECALL) == before
+            assert not (states / f"{hostname}.vmstate").exists()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(states)], check=False)
+        stop_daemon(first)
+        if second is not None:
+            stop_daemon(second)

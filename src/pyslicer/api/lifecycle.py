@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
 from pyslicer.api.nodes import created_node, wait_timeout
-from pyslicer.api.schemas import CreatedNode, LifecycleResult, ShutdownBody
+from pyslicer.api.schemas import CreatedNode, ErrorBody, LifecycleResult, ShutdownBody
 from pyslicer.daemon import Node, NodeState
 from pyslicer.errors import InvalidArgument
 
@@ -41,6 +41,7 @@ async def resume(daemon: DaemonDep, hostname: str) -> LifecycleResult:
     summary="Save the VM's memory and devices in the data dir and end its VM process; `Suspended` until restored",
     description="The VM's disk stays; its memory is released. A persistent suspended VM stays so across daemon "
     "restarts. 413 (`no_space_for_state`) when the data dir has no room for the state: the VM keeps running.",
+    responses={413: {"model": ErrorBody, "description": "no room in the data dir for the VM's state"}},
 )
 async def suspend(daemon: DaemonDep, hostname: str) -> LifecycleResult:
     return result(await daemon.suspend_node(hostname))
