@@ -4,12 +4,16 @@ Suspended transitions, template keys, and the guest's identity request checks.""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from pyslicer.agent.identity import IdentitySession
+from pyslicer.config import HostGroupConfig
+from pyslicer.daemon.host_groups import HostGroup
 from pyslicer.daemon.lifecycle import NodeState, check_transition
+from pyslicer.daemon.templates import Templates
 from pyslicer.errors import Conflict
 from pyslicer.protocol import FrameDecoder, decode_json
 from pyslicer.vmm import GuestMemory, VMSpec
@@ -92,3 +96,61 @@ def test_identity_requests_the_agent_refuses(change: dict[str, Any], needle: str
     body = decode_json(frame)
     assert body["type"] == "error" and needle in body["error"], body
     assert finished == [session]
+
+
+def templates_in(root: Path, in_use: set[str]) -> Templates:
+    hypervisor = SimpleNamespace(name="qemu", accel="tcg")
+    image = SimpleNamespace(manifest={"outputs": {"rootfs.ext4": {"sha256": "ab"}}}, initrd=Path("/i"))
+
+    async def never(*args: object) -> Any:
+        raise AssertionError("no template VM in these tests")
+
+    return Templates(
+        root,
+        hypervisor,
+        image,
+        Path("/k"),
+        root / "run",
+        never,
+        never,
+        never,
+        lambda: in_use,  # type: ignore[arg-type]
+    )
+
+
+def group(**fields: Any) -> HostGroup:
+    return HostGroup(HostGroupConfig.model_validate({"name": "sbox", "ram_bytes": 512 * 1024**2, **fields}), None)  # type: ignore[arg-type]
+
+
+def test_a_template_key_follows_the_group_shape(tmp_path: Path) -> None:
+    templates = templates_in(tmp_path, set())
+    keys = {templates.key(group()), templates.key(group(vcpu=2)), templates.key(group(ram_bytes=256 * 1024**2))}
+    keys.add(templates.key(group(storage_size=4 * 1024**3)))
+    assert len(keys) == 4
+    assert templates.key(group()) == templates.key(group())
+
+
+def make_template(path: Path) -> Path:
+    path.mkdir(parents=True)
+    for name in ("disk.qcow2", "memory.ram", "state.vmstate"):
+        (path / name).write_bytes(b"x")
+    return path
+
+
+def test_templates_nothing_uses_are_removed(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    in_use: set[str] = set()
+    templates = templates_in(root, in_use)
+    current = make_template(templates.current(group()).path)
+    assert templates.current(group()).restorable
+    layered_on = make_template(root / "sbox" / "0000000000000000")  # an older one a node's disk is layered on
+    unused = make_template(root / "sbox" / "1111111111111111")
+    half_built = make_template(root / "sbox" / ".building-2222222222222222")  # a daemon died while making it
+    in_use.add(str(layered_on))
+    templates.collect([group()])
+    assert sorted(p.name for p in current.iterdir()) == ["disk.qcow2", "memory.ram", "state.vmstate"]
+    assert sorted(p.name for p in layered_on.iterdir()) == ["disk.qcow2"]  # no restore will need the rest
+    assert not unused.exists() and not half_built.exists()
+    in_use.clear()  # its last node went
+    templates.collect([group()])
+    assert not layered_on.exists() and current.exists()
