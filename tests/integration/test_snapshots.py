@@ -116,6 +116,13 @@ def test_fast_create_gives_distinct_working_sandboxes(daemon: RunningDaemon, api
             # No two share a machine-id, MAC, address or random numbers.
             for index in range(4):
                 assert len({identity[index] for identity in identities.values()}) == 3, identities
+            # A restored sandbox suspends and restores as any other (its RAM saved whole, not its template's).
+            before = sh(api, first, IDENTITY)
+            assert api.post(f"/vm/{first}/suspend").status_code == 200
+            restored = api.post(f"/vm/{first}/restore", params={"wait": "agent"})
+            assert restored.status_code == 200, restored.text
+            assert sh(api, first, IDENTITY) == before
+            assert "memory-backend-ram" in qemu_command_line(daemon, first)
 
 
 ONE_GROUP = """
