@@ -150,7 +150,9 @@ def main() -> None:
         daemon.wait_for_template("fast")
         daemon.delete("fast", first)
         for index in range(args.rounds):
-            for group, times in (("cold", cold), ("fast", fast)) if index % 2 == 0 else (("fast", fast), ("cold", cold)):
+            for group, times in (
+                (("cold", cold), ("fast", fast)) if index % 2 == 0 else (("fast", fast), ("cold", cold))
+            ):
                 hostname, created = daemon.create(group)
                 times.append(created)
                 daemon.delete(group, hostname)
@@ -201,11 +203,10 @@ def main() -> None:
         f"| restore -> agent ready, median | {statistics.median(restore):.2f} s | cold create {cold_median:.2f} s "
         f"| {statistics.median(restore) / cold_median:.3f} |"
     )
-    fast_pss, cold_pss = sum(pss["fast"]), sum(pss["cold"])
+    fast_pss, cold_pss = sum(pss["fast"]) / MIB, sum(pss["cold"]) / MIB
     print(
-        f"| PSS of {args.vms} idle fast-created QEMUs | {fast_pss / MIB:.0f} MiB ({fast_pss / MIB / args.vms:.0f} each) "
-        f"| {args.vms} cold-booted {cold_pss / MIB:.0f} MiB ({cold_pss / MIB / args.vms:.0f} each) "
-        f"| {fast_pss / cold_pss:.2f} |"
+        f"| PSS of {args.vms} idle fast-created QEMUs | {fast_pss:.0f} MiB ({fast_pss / args.vms:.0f} each) "
+        f"| {args.vms} cold-booted {cold_pss:.0f} MiB ({cold_pss / args.vms:.0f} each) | {fast_pss / cold_pss:.2f} |"
     )
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # of a template directory; a change makes every key new
 BOOT_TIMEOUT = 300.0
+BUSYBOX = "/usr/local/sbin/busybox"
 RETRY_SECONDS = 60.0  # after a failed build, before the next create tries again
 
 
@@ -222,9 +223,11 @@ class Templates:
             link = AgentLink(spec.agent_socket, name)
             link.start()
             await link.wait_ready(BOOT_TIMEOUT)
-            # One exec and one identity (its own), so what they need is imported in the snapshot already.
-            warm = link.open({"op": Op.EXEC, "cmd": "/bin/true"})
-            async with asyncio.timeout(60):
+            # One exec and one identity (its own), so what they need is imported in the snapshot already. The
+            # exec waits for the boot's background resize2fs: every node restored mid-resize would redo its rest.
+            wait_resize = f"while {BUSYBOX} pidof resize2fs >/dev/null; do sleep 0.1; done"
+            warm = link.open({"op": Op.EXEC, "cmd": BUSYBOX, "args": ["sh", "-c", wait_resize]})
+            async with asyncio.timeout(BOOT_TIMEOUT):
                 async for _ in warm:
                     pass
             identity: IdentityRequest = {
