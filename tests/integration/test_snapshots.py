@@ -90,6 +90,9 @@ def test_fast_create_gives_distinct_working_sandboxes(daemon: RunningDaemon, api
     with created_sandbox(api, userdata=userdata, wait="userdata") as cold:
         assert "-incoming" not in qemu_command_line(daemon, cold)
         template = wait_for_template(daemon, "sbox")
+        metrics = api.get("/metrics").text
+        used = next(line for line in metrics.splitlines() if line.startswith('slicer_snapshot_bytes{kind="template"}'))
+        assert float(used.split()[-1]) > 0
         with (
             created_sandbox(api, userdata=userdata, wait="userdata") as first,
             created_sandbox(api, userdata=userdata, wait="userdata") as second,

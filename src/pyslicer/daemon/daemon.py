@@ -164,6 +164,10 @@ class Daemon:
     def launch_counts(self) -> dict[tuple[str, LaunchOutcome], int]:
         return self._fleet.launch_counts if self._fleet is not None else {}
 
+    def snapshot_usage(self) -> dict[str, int]:
+        """Bytes on disk of saved VM states by kind (``suspended``, ``template``). Raises nothing."""
+        return self._fleet.snapshot_usage() if self._fleet is not None else {}
+
     def info(self) -> DaemonInfo:
         arch = machine_arch()
         return DaemonInfo(

@@ -360,6 +360,14 @@ class Fleet:
             node.record.suspended = False
             await self.registry.put(node.record)
 
+    def snapshot_usage(self) -> dict[str, int]:
+        """Bytes on disk of the suspended VMs' states and of the fast-create templates. Raises nothing."""
+        states = 0
+        for path in (self.data_dir.path / "states").glob("*.vmstate"):
+            with contextlib.suppress(OSError):
+                states += path.stat().st_blocks * 512
+        return {"suspended": states, "template": self.templates.disk_usage()}
+
     def _discard_state(self, hostname: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.data_dir.saved_state(hostname).unlink()
