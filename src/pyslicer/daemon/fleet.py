@@ -508,6 +508,8 @@ class Fleet:
         for hostname in self.data_dir.saved_state_owners() - suspended:
             log.warning("%s: removing a saved state that no suspended VM owns", hostname)
             self._discard_state(hostname)
+        for partial in (self.data_dir.path / "states").glob(".*.partial"):  # a suspend the daemon died in
+            partial.unlink(missing_ok=True)
 
     def _remove_files(self, hostname: str) -> None:
         remove_disk(self.data_dir.disk(hostname))
