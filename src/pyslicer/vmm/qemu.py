@@ -183,6 +183,9 @@ class QemuVM:
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
+            with contextlib.suppress(Exception):  # QEMU restarts a guest whose migration failed; make sure
+                if await asyncio.wait_for(self.paused(), 2):
+                    await asyncio.wait_for(self.resume(), 2)
             raise
 
     async def load_state(self, path: Path) -> None:
