@@ -162,3 +162,45 @@ async def test_forward_to_a_unix_socket(link: AgentLink, tmp_path: Path) -> None
         assert caught.value.code == "socket_not_found"
     finally:
         server.close()
+
+
+async def test_forwards_to_a_unix_socket_with_a_full_backlog_wait_for_room(link: AgentLink, tmp_path: Path) -> None:
+    """A unix socket's connect fails with EAGAIN while its backlog is full; the agent dials again, as a blocking
+    connect would wait, instead of taking the socket for connected."""
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    target = ForwardTarget.parse(f"unix:{path}")
+
+    async def echo_one(payload: bytes) -> bytes:
+        connection = await ForwardConnection.open(link.open(target.to_wire()), target)
+        await connection.write(payload)
+        connection.close_input()
+        answer = bytearray()
+        async for event in connection.events():
+            if isinstance(event, ForwardData):
+                answer += event.data
+        return bytes(answer)
+
+    async def serve(count: int) -> None:
+        await asyncio.sleep(0.5)  # every dial beyond the backlog has been refused with EAGAIN by now
+        for _ in range(count):
+            peer, _ = await loop.sock_accept(listener)
+            with peer:
+                data = b""
+                while chunk := await loop.sock_recv(peer, 65536):
+                    data += chunk
+                await loop.sock_sendall(peer, data)
+
+    payloads = [os.urandom(1000) + bytes([n]) for n in range(6)]
+    try:
+        async with asyncio.timeout(60):
+            server = asyncio.create_task(serve(len(payloads)))
+            answers = await asyncio.gather(*(echo_one(payload) for payload in payloads))
+            await server
+    finally:
+        listener.close()
+    assert answers == payloads

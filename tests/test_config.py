@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from pyslicer.config import (
+    DEFAULT_OVERCOMMIT_RATIO,
+    DEFAULT_TCG_TB_SIZE,
     MIN_RAM_BYTES,
     ApiConfig,
     HostGroupConfig,
@@ -704,6 +706,40 @@ def test_accel(accel: str) -> None:
 @pytest.mark.parametrize("accel", ["hvf", "KVM", "1", "''"])
 def test_bad_accel(accel: str) -> None:
     assert error(MINIMAL + f"  accel: {accel}\n").startswith("config.accel: Input should be 'auto', 'kvm' or 'tcg'")
+
+
+def test_memory_knobs_default() -> None:
+    config = parse(MINIMAL)
+    assert config.tcg_tb_size == DEFAULT_TCG_TB_SIZE == 64 * 1024 * 1024
+    assert config.free_page_reporting is True
+    assert config.memory_overcommit_ratio == DEFAULT_OVERCOMMIT_RATIO
+
+
+@pytest.mark.parametrize(("value", "mib"), [("16M", 16), ("256MiB", 256), ("1G", 1024), ("2G", 2048), (1048576, 1)])
+def test_tcg_tb_size(value: object, mib: int) -> None:
+    assert parse(MINIMAL + f"  tcg_tb_size: {value}\n").tcg_tb_size == mib * 1024 * 1024
+
+
+@pytest.mark.parametrize("value", ["0", "64", "512K", "1.5M", "3G", "-1", "true", "lots", "[64M]"])
+def test_impossible_tcg_tb_size(value: str) -> None:
+    message = error(MINIMAL + f"  tcg_tb_size: {value}\n")
+    assert message.startswith("config.tcg_tb_size: "), message
+
+
+@pytest.mark.parametrize(("value", "ratio"), [("1", 1.0), ("0.5", 0.5), ("3", 3.0), ("100", 100.0)])
+def test_memory_overcommit_ratio(value: str, ratio: float) -> None:
+    assert parse(MINIMAL + f"  memory_overcommit_ratio: {value}\n").memory_overcommit_ratio == ratio
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "101", ".nan", ".inf", "'2'", "true", "[]"])
+def test_impossible_memory_overcommit_ratio(value: str) -> None:
+    message = error(MINIMAL + f"  memory_overcommit_ratio: {value}\n")
+    assert message.startswith("config.memory_overcommit_ratio: "), message
+
+
+def test_free_page_reporting() -> None:
+    assert parse(MINIMAL + "  free_page_reporting: false\n").free_page_reporting is False
+    assert error(MINIMAL + "  free_page_reporting: maybe\n").startswith("config.free_page_reporting: ")
 
 
 def test_image_is_kept() -> None:

@@ -21,7 +21,9 @@ from pyslicer.daemon.stats import (
     HostCounters,
     MalformedStats,
     NodeStats,
+    ProcessMemory,
     parse_process_stat,
+    parse_smaps_rollup,
     parse_tap_bytes,
 )
 from tests.test_agent_link import link  # noqa: F401  # the fixture
@@ -280,6 +282,32 @@ def test_process_stat_of_this_process() -> None:
     assert parsed is not None and parsed[0] >= 0 and parsed[1] > 1024 * 1024
 
 
+SMAPS_ROLLUP = """\
+564f53d1c000-7ffc96db9000 ---p 00000000 00:00 0                          [rollup]
+Rss:              257996 kB
+Pss:              224735 kB
+Pss_Dirty:        199108 kB
+Shared_Clean:      58304 kB
+Shared_Dirty:       1152 kB
+Private_Clean:         8 kB
+Private_Dirty:    198532 kB
+AnonHugePages:    141312 kB
+"""
+
+
+def test_smaps_rollup() -> None:
+    assert parse_smaps_rollup(SMAPS_ROLLUP) == ProcessMemory(257996 * 1024, 224735 * 1024, 198540 * 1024)
+    assert parse_smaps_rollup("") is None
+    assert parse_smaps_rollup(SMAPS_ROLLUP.replace("Pss:  ", "Pxx:  ")) is None  # a figure missing
+    assert parse_smaps_rollup(SMAPS_ROLLUP.replace("198532", "-1")) is None  # or not a count
+
+
+def test_smaps_rollup_of_this_process() -> None:
+    memory = parse_smaps_rollup(Path("/proc/self/smaps_rollup").read_text())
+    assert memory is not None and 0 < memory.private_bytes <= memory.rss_bytes
+    assert 0 < memory.pss_bytes <= memory.rss_bytes
+
+
 def test_tap_bytes_are_the_vms_view() -> None:
     text = NET_DEV.replace("eth1", "sboxtap0")
     assert parse_tap_bytes(text, "sboxtap0") == (50, 100)  # the tap sent 50 to the VM, received 100 from it
@@ -298,7 +326,14 @@ def entries() -> list[NodeStats]:
         created_at="2025-09-02T07:32:37.667253Z",
         status="Running",
         snapshot=GuestSnapshot.from_guest(good_answer()),
-        host=HostCounters(cpu_seconds=1.5, rss_bytes=300 << 20, net_rx_bytes=10, net_tx_bytes=20),
+        host=HostCounters(
+            cpu_seconds=1.5,
+            rss_bytes=300 << 20,
+            pss_bytes=250 << 20,
+            private_bytes=200 << 20,
+            net_rx_bytes=10,
+            net_tx_bytes=20,
+        ),
     )
     paused = replace(answered, hostname="sbox-2", status="Paused", snapshot=None, error="sbox-2 is paused")
     return [answered, paused]
@@ -315,7 +350,10 @@ def test_the_wire_shape_is_what_the_sdks_decode() -> None:
     for name, kind in SNAPSHOT_FIELDS.items():
         if kind is int:
             assert type(snapshot[name]) is int, name  # Go's int and uint64 refuse 0.0
-    assert answered["host"] == {"cpu_seconds": 1.5, "rss_bytes": 300 << 20, "net_rx_bytes": 10, "net_tx_bytes": 20}
+    assert answered["host"] == {
+        "cpu_seconds": 1.5, "rss_bytes": 300 << 20, "pss_bytes": 250 << 20, "private_bytes": 200 << 20,
+        "net_rx_bytes": 10, "net_tx_bytes": 20,
+    }  # fmt: skip
     assert paused["error"] == "sbox-2 is paused" and "snapshot" not in paused
 
 

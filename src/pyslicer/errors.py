@@ -15,7 +15,8 @@
      +-- Unavailable              a resource is busy or exhausted, or a peer is unreachable
      |    +-- AgentError          the in-guest agent is unreachable or broke the protocol
      |    +-- UpstreamUnreachable a forward's target in the guest refused or failed the connection
-     +-- InsufficientStorage      the guest's disk cannot hold what was sent (nothing was written)
+     +-- InsufficientStorage      the guest's disk (or, for a commit or fork, the data dir's) cannot hold it
+     +-- StorageError             the data dir's files could not be written (nothing was left half-made)
      +-- ImageError               the guest image could not be built or is incomplete
      +-- HypervisorError          QEMU could not be started or controlled
      |    +-- SnapshotError       a VM's saved state could not be saved, or is missing or cannot be loaded
@@ -96,9 +97,15 @@ class UpstreamUnreachable(Unavailable):
 
 
 class InsufficientStorage(SlicerError):
-    """The guest's disk cannot hold what was sent; nothing was written."""
+    """The guest's disk (or, for a commit or a fork, the data dir's) cannot hold it; nothing was written."""
 
     code = "no_space"
+
+
+class StorageError(SlicerError):
+    """The data dir's files could not be written or read; nothing was left half-made."""
+
+    code = "storage_error"
 
 
 class ImageError(SlicerError):

@@ -23,9 +23,13 @@ from pyslicer.api.app import create_app
 from pyslicer.config import SlicerConfig
 from pyslicer.daemon import Daemon
 from pyslicer.errors import ConfigError
-from pyslicer.vmm import qemu_hypervisor
+from pyslicer.vmm import MemoryTuning, qemu_hypervisor
 
 log = logging.getLogger("pyslicer")
+
+# Short of memory, the kernel's OOM killer must take a VM (QEMU_OOM_SCORE_ADJ), never the daemon that would
+# clean up after it.
+DAEMON_OOM_SCORE_ADJ = -500
 
 
 def say(message: str) -> None:
@@ -52,6 +56,21 @@ async def claim_socket_path(path: Path) -> None:
         return
     writer.close()
     raise ConfigError(f"config.api.bind_address: {path} is in use by a running server")
+
+
+def protect_from_oom_killer() -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as file:
+            file.write(str(DAEMON_OOM_SCORE_ADJ))
+    except OSError as exc:  # lowering it needs CAP_SYS_RESOURCE
+        log.warning("cannot lower the daemon's oom_score_adj (needs CAP_SYS_RESOURCE): %s; its QEMUs are still "
+                    "raised above it", exc)  # fmt: skip
+
+
+def memory_tuning(config: SlicerConfig) -> MemoryTuning:
+    return MemoryTuning(
+        tcg_tb_size_mib=config.tcg_tb_size // (1024 * 1024), free_page_reporting=config.free_page_reporting
+    )
 
 
 def bind_private_unix_socket(path: Path) -> socket.socket:
@@ -86,7 +105,8 @@ async def run(config: SlicerConfig, data_dir: Path) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(sig, on_signal, sig)
-    daemon = Daemon(config, data_dir, qemu_hypervisor(config.accel), progress=say)
+    protect_from_oom_killer()
+    daemon = Daemon(config, data_dir, qemu_hypervisor(config.accel, memory_tuning(config)), progress=say)
     claimed_socket: Path | None = None
     try:
         api = config.api

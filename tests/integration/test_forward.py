@@ -189,18 +189,26 @@ def test_an_unknown_vm_is_404(client: SlicerClient) -> None:
     assert caught.value.status == 404
 
 
-def _echo_through(address: tuple[str, int] | str, size: int) -> bool:
+def _echo_through(address: tuple[str, int] | str, size: int) -> str:
+    """Send ``size`` random bytes to the guest's echo server through ``address``; "" when they came back whole,
+    else what went wrong."""
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     payload = os.urandom(size)
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(120)
-        sock.connect(address)
-        sock.sendall(b"ECHO\n" + payload)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received == payload
+    received = b""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(120)
+            sock.connect(address)
+            sock.sendall(b"ECHO\n" + payload)
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                received += chunk
+    except OSError as exc:
+        return f"{address}: {exc!r} after {len(received)} of {size} bytes"
+    if received == payload:
+        return ""
+    differ = next((i for i, (a, b) in enumerate(zip(received, payload, strict=False)) if a != b), None)
+    return f"{address}: {len(received)} of {size} bytes came back, first difference at {differ}"
 
 
 def test_the_cli_serves_fifty_connections_at_once_over_tcp_and_unix_sockets(
@@ -237,7 +245,11 @@ def test_the_cli_serves_fifty_connections_at_once_over_tcp_and_unix_sockets(
         with concurrent.futures.ThreadPoolExecutor(60) as pool:
             tcp = [pool.submit(_echo_through, ("127.0.0.1", port), 256 * 1024) for _ in range(50)]
             unix = [pool.submit(_echo_through, str(local_socket), 64 * 1024) for _ in range(10)]
-            assert all(f.result() for f in tcp + unix)
+            failures = [problem for f in tcp + unix if (problem := f.result())]
+        if failures:
+            process.send_signal(2)
+            _, errors = process.communicate(timeout=30)
+            pytest.fail("\n".join([*failures, "the CLI said:", errors]))
         with socket.create_connection(("127.0.0.1", closed_port), timeout=60) as sock:
             assert sock.recv(1) == b""  # closed once the guest refused
         line = process.stderr.readline()

@@ -87,6 +87,9 @@ def test_host_counters_need_no_agent_and_are_plausible(api: httpx.Client, sandbo
     host = entry_of(api, sandbox)["host"]
     assert host["cpu_seconds"] > 0.5  # booting under TCG costs seconds of CPU
     assert 64 * MIB < host["rss_bytes"] < 4 * SBOX_RAM
+    # PSS counts shared pages (QEMU's libraries) in part; private is this QEMU's alone (guest RAM, code cache).
+    assert 0 < host["private_bytes"] <= host["pss_bytes"] <= host["rss_bytes"]
+    assert host["private_bytes"] > 32 * MIB  # at least the guest's touched RAM
     assert host["disk_read_bytes"] > 0 and host["disk_read_ops"] > 0
     assert host["net_rx_bytes"] >= 0 and host["net_tx_bytes"] >= 0  # the tap exists (present, not left out)
 
@@ -125,6 +128,8 @@ def test_metrics_carry_each_vms_series(api: httpx.Client, sandbox: str) -> None:
         "slicer_vm_uptime_seconds",
         "slicer_vm_host_cpu_seconds_total",
         "slicer_vm_host_rss_bytes",
+        "slicer_vm_host_pss_bytes",
+        "slicer_vm_host_private_bytes",
         "slicer_vm_host_disk_read_bytes_total",
         "slicer_vm_host_network_received_bytes_total",
     ):
@@ -139,7 +144,7 @@ def test_sdk_and_vm_top_once(daemon: RunningDaemon, sandbox: str) -> None:
         one = slicer.vm_stats(sandbox)
     assert one.snapshot is not None and one.error is None
     assert one.snapshot.total_cpus == 2 and one.snapshot.total_memory > 0
-    assert one.host is not None and one.host.rss_bytes
+    assert one.host is not None and one.host.rss_bytes and one.host.pss_bytes and one.host.private_bytes
     assert every[sandbox].snapshot is not None and every[sandbox].hostgroup == "sbox"
     top = cli(daemon, "vm", "top", "--once")
     assert top.returncode == 0, top.stderr
@@ -148,6 +153,9 @@ def test_sdk_and_vm_top_once(daemon: RunningDaemon, sandbox: str) -> None:
     mine = next(line for line in lines if line.startswith(sandbox + " "))
     assert mine.split()[1:3] == ["sbox", "Running"]
     assert "MiB/" in mine  # memory and disk as used/total
+    assert lines[0].split()[6:8] == ["HOST", "RSS/PSS"]
+    host_memory = mine.split()[6]  # (the guest's memory is the cell before it)
+    assert re.fullmatch(r"[0-9.]+MiB/[0-9.]+MiB", host_memory), mine
     bad = cli(daemon, "vm", "top", "--interval", "0")
     assert bad.returncode == 2 and b"Traceback" not in bad.stderr, bad.stderr
 

@@ -12,7 +12,16 @@ import os
 import sys
 
 from pyslicer.agent.session import StreamSession
-from pyslicer.agent.spawn import SIGKILL, LaunchError, build_launch, now, signal_name, spawn, watch_exit
+from pyslicer.agent.spawn import (
+    SIGKILL,
+    LaunchError,
+    build_launch,
+    exit_event,
+    launch_failure,
+    now,
+    spawn,
+    watch_exit,
+)
 from pyslicer.protocol import (
     INITIAL_WINDOW,
     MAX_PAYLOAD,
@@ -26,8 +35,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
-
-    from pyslicer.protocol import ExecExit
 
 
 class ExecSession(StreamSession):
@@ -122,15 +129,8 @@ class ExecSession(StreamSession):
         except LaunchError as exc:
             self._fail_launch(str(exc), exc.exit_code)
             return
-        except FileNotFoundError as exc:
-            what = exc.filename or self._request.get("cmd")
-            self._fail_launch(f"exec: {what}: not found", 127)
-            return
-        except PermissionError as exc:
-            self._fail_launch(f"exec: {exc}", 126)
-            return
         except (OSError, ValueError) as exc:
-            self._fail_launch(f"exec: {exc}", 1)
+            self._fail_launch(*launch_failure("exec", exc, self._request.get("cmd")))
             return
 
         self._send_event({"type": Event.STARTED, "pid": self._pid, "started_at": started_at})
@@ -152,12 +152,7 @@ class ExecSession(StreamSession):
         """The exit frame goes out once both outputs reached EOF and the child is reaped."""
         if self._done or self._cancelled or self._stdout >= 0 or self._stderr >= 0 or self._returncode is None:
             return
-        returncode = self._returncode
-        frame: ExecExit = {"type": Event.EXIT, "exit_code": returncode, "ended_at": now()}
-        if returncode < 0:
-            frame["exit_code"] = 128 - returncode
-            frame["signal"] = signal_name(-returncode)
-        self._send_event(frame)
+        self._send_event(exit_event(self._returncode))
         self._finish()
 
     def _kill(self) -> None:

@@ -16,7 +16,7 @@ import os
 import sys
 
 from pyslicer.agent.session import StreamSession
-from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, Event, FrameType, window_payload
+from pyslicer.protocol import HEADER, INITIAL_WINDOW, MAX_PAYLOAD, Channel, Event, FrameType, window_payload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from pyslicer.agent.loop import Timer
 
 CONNECT_TIMEOUT = 10.0
+# A unix socket whose listen backlog is full refuses a non-blocking connect with EAGAIN (a blocking one would
+# wait for room): dial again after this, until CONNECT_TIMEOUT.
+BACKLOG_RETRY = 0.01
+# Under TCG every syscall and context switch is dear: bytes move to and from the upstream up to this many frames
+# a syscall (recvmsg_into straight into consecutive DATA frames; sendmsg of the queued chunks).
+BATCH = 4
+FRAME = HEADER.size + MAX_PAYLOAD
 MAX_UNIX_PATH = 107
 
 
@@ -48,13 +55,18 @@ class ForwardSession(StreamSession):
         self._fd = -1
         self._target = ""
         self._addresses: list[tuple[int, Any]] = []
+        self._address: Any = None
         self._connected = False
         self._connect_timer: Timer | None = None
+        self._retry_timer: Timer | None = None
+        self._write_timer: Timer | None = None
         self._output: list[bytes] = []
         self._output_offset = 0
         self._host_eof = False  # the host sent EOF: shut our write side once the queue is written
         self._upstream_eof = False  # the upstream sent EOF (we sent EOF on stdout)
         self._wrote_eof = False
+        self._frames: memoryview | None = None  # BATCH DATA frames back to back, their payloads received in place
+        self._slots: list[memoryview] = []
 
     # -- from the host -------------------------------------------------------------------------
     def start(self) -> None:
@@ -64,14 +76,22 @@ class ForwardSession(StreamSession):
         if channel != Channel.STDIN or self._done or self._host_eof:
             return
         self._output.append(data)
-        if self._connected:
-            self._guard(self._write)
+        self._schedule_write()
 
     def on_eof(self, channel: int) -> None:
         if channel == Channel.STDIN and not self._host_eof:
             self._host_eof = True
-            if self._connected:
-                self._guard(self._write)
+            self._schedule_write()
+
+    def _schedule_write(self) -> None:
+        # Written once the frames that came with this read of the port are all queued: one sendmsg for them.
+        if self._connected and self._write_timer is None:
+            self._write_timer = self._loop.call_later(0, self._on_write_due)
+
+    def _on_write_due(self) -> None:
+        self._write_timer = None
+        if not self._done:
+            self._guard(self._write)
 
     def on_window(self, increment: int) -> None:
         self._credit += increment
@@ -104,15 +124,11 @@ class ForwardSession(StreamSession):
             self._on_finish(self)
 
     def _close(self) -> None:
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
-        if self._fd >= 0:
-            self._loop.forget(self._fd)
-            self._fd = -1
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for timer in (self._connect_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._connect_timer = self._write_timer = None
+        self._close_socket()
         self._output = []
 
     # -- connecting ----------------------------------------------------------------------------
@@ -156,15 +172,30 @@ class ForwardSession(StreamSession):
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
-        code = sock.connect_ex(address)
+        self._address = address
+        self._dial()
+
+    def _dial(self) -> None:
+        assert self._sock is not None
+        code = self._sock.connect_ex(self._address)
         if code in (0, errno.EISCONN):
             self._on_connected()
-        elif code in (errno.EINPROGRESS, errno.EAGAIN):
+        elif code == errno.EINPROGRESS:
             self._loop.add_writer(self._fd, self._on_connect_writable)
+        elif code == errno.EAGAIN and self._sock.family == _socket.AF_UNIX:
+            self._retry_timer = self._loop.call_later(BACKLOG_RETRY, self._on_retry)
         else:
             self._try_next(OSError(code, os.strerror(code)))
 
+    def _on_retry(self) -> None:
+        self._retry_timer = None
+        if self._sock is not None:
+            self._guard(self._dial)
+
     def _close_socket(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         if self._fd >= 0:
             self._loop.forget(self._fd)
             self._fd = -1
@@ -212,36 +243,54 @@ class ForwardSession(StreamSession):
     def _read(self) -> None:
         if self._sock is None or self._credit < self._read_threshold:
             return
+        if self._frames is None:
+            self._frames = memoryview(bytearray(BATCH * FRAME))
+            self._slots = [self._frames[i * FRAME + HEADER.size : (i + 1) * FRAME] for i in range(BATCH)]
+        # Received into the frames' payloads, so the bytes are copied once in the guest; the frames lie back to
+        # back and go to the link as one buffer (which copies only what the port does not take at once).
+        room = min(self._credit, BATCH * MAX_PAYLOAD)
+        full, rest = divmod(room, MAX_PAYLOAD)
+        slots = self._slots[:full] + ([self._slots[full][:rest]] if rest else [])
         try:
-            data = self._sock.recv(min(self._credit, MAX_PAYLOAD))
+            size = self._sock.recvmsg_into(slots)[0]
         except (BlockingIOError, InterruptedError):
             return
-        if not data:
+        if not size:
             self._upstream_eof = True
             self._loop.remove_reader(self._fd)
             self._send(FrameType.EOF, flags=Channel.STDOUT)
             self._maybe_done()
             return
-        self._credit -= len(data)
-        self._send(FrameType.DATA, data, Channel.STDOUT)
+        self._credit -= size
+        left, end = size, 0
+        while left:
+            length = min(left, MAX_PAYLOAD)
+            HEADER.pack_into(self._frames, end, FrameType.DATA, Channel.STDOUT, self.stream, length)
+            end += HEADER.size + length
+            left -= length
+        if not self._cancelled:
+            self._send_frame(self._frames[:end])
         if self._credit < self._read_threshold:
             self._loop.remove_reader(self._fd)
 
     # -- host -> upstream ----------------------------------------------------------------------
     def _write(self) -> None:
+        released = 0  # bytes of chunks written whole: their credit goes back in one WINDOW
         while self._output and self._sock is not None:
-            chunk = self._output[0]
+            pending = [memoryview(self._output[0])[self._output_offset :], *self._output[1:BATCH]]
             try:
-                written = self._sock.send(memoryview(chunk)[self._output_offset :])
+                written = self._sock.sendmsg(pending) + self._output_offset
             except (BlockingIOError, InterruptedError):
                 self._loop.add_writer(self._fd, self._on_writable)
-                return
-            self._output_offset += written
-            if self._output_offset == len(chunk):
-                self._output.pop(0)
-                self._output_offset = 0
-                self._send(FrameType.WINDOW, window_payload(len(chunk)))
-        if self._sock is None:
+                break
+            while self._output and written >= len(self._output[0]):
+                chunk = self._output.pop(0)
+                written -= len(chunk)
+                released += len(chunk)
+            self._output_offset = written
+        if released:
+            self._send(FrameType.WINDOW, window_payload(released))
+        if self._output or self._sock is None:
             return
         self._loop.remove_writer(self._fd)
         if self._host_eof and not self._wrote_eof:

@@ -115,7 +115,7 @@ class SerialLink:
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
     # -- writing -------------------------------------------------------------------------------
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         if self._outbox or self._writing:
             self._outbox += data
             return

@@ -143,8 +143,8 @@ class Agent:
         return self._userdata
 
     # -- sending -------------------------------------------------------------------------------
-    def send(self, data: bytes) -> None:
-        """Queue encoded frames for the host."""
+    def send(self, data: bytes | memoryview) -> None:
+        """Queue encoded frames for the host (copied if kept: ``data`` may be reused once this returns)."""
         assert self.link is not None
         self.link.send(data)
 

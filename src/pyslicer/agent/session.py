@@ -31,7 +31,10 @@ if TYPE_CHECKING:
         def on_window(self, increment: int) -> None: ...
         def cancel(self) -> None: ...
 
-    SessionFactory = Callable[[Loop, int, dict[str, Any], Callable[[bytes], None], Callable[[Session], None]], Session]
+    # Queues encoded frames for the host. What the port does not take at once is copied, so the caller may reuse
+    # its buffer as soon as this returns.
+    Send = Callable[[bytes | memoryview], None]
+    SessionFactory = Callable[[Loop, int, dict[str, Any], Send, Callable[[Session], None]], Session]
 
 
 class StreamSession:
@@ -42,7 +45,7 @@ class StreamSession:
         loop: Loop,
         stream: int,
         request: dict[str, Any],
-        send: Callable[[bytes], None],
+        send: Send,
         on_finish: Callable[[Any], None],
     ) -> None:
         self._loop = loop

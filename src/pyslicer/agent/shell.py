@@ -21,7 +21,7 @@ import termios
 
 from pyslicer.agent.accounts import DEFAULT_UID
 from pyslicer.agent.session import StreamSession
-from pyslicer.agent.spawn import DEFAULT_PATH, now, signal_name, watch_exit
+from pyslicer.agent.spawn import DEFAULT_PATH, exit_event, launch_failure, now, watch_exit
 from pyslicer.protocol import INITIAL_WINDOW, MAX_PAYLOAD, Channel, Event, FrameType, window_payload
 
 TYPE_CHECKING = False
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, NoReturn
 
-    from pyslicer.protocol.messages import ExecExit
 
 HANGUP_GRACE = 2.0
 FALLBACK_SHELLS = ("/bin/bash", "/bin/sh")
@@ -278,14 +277,8 @@ class ShellSession(StreamSession):
                 raise
             finally:
                 os.close(slave)
-        except FileNotFoundError as exc:
-            self._fail(f"shell: {exc.filename or self._request.get('shell')}: not found", 127)
-            return
-        except PermissionError as exc:
-            self._fail(f"shell: {exc}", 126)
-            return
         except (OSError, ValueError) as exc:
-            self._fail(f"shell: {exc}", 1)
+            self._fail(*launch_failure("shell", exc, self._request.get("shell")))
             return
         self._master = master
         os.set_blocking(master, False)
@@ -353,13 +346,8 @@ class ShellSession(StreamSession):
     def _exit(self) -> None:
         if self._done or self._returncode is None:
             return
-        returncode = self._returncode
-        frame: ExecExit = {"type": Event.EXIT, "exit_code": returncode, "ended_at": now()}
-        if returncode < 0:
-            frame["exit_code"] = 128 - returncode
-            frame["signal"] = signal_name(-returncode)
         self._send(FrameType.EOF, flags=Channel.STDOUT)
-        self._send_event(frame)
+        self._send_event(exit_event(self._returncode))
         self._finish()
 
     # -- input ---------------------------------------------------------------------------------

@@ -21,12 +21,15 @@ import os
 import pwd
 import time
 
+from pyslicer.protocol import Event
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, NoReturn
 
     from pyslicer.agent.loop import Loop
+    from pyslicer.protocol import ExecExit
 
 SIGKILL: int = _signal.SIGKILL
 # Python ignores these; subprocess (restore_signals=True) gives children the default action back.
@@ -63,6 +66,25 @@ def signal_name(signo: int) -> str:
         return name
     rtmin: int = _signal.SIGRTMIN
     return f"SIGRTMIN+{signo - rtmin}" if signo > rtmin else f"SIG{signo}"
+
+
+def exit_event(returncode: int) -> ExecExit:
+    """The EXIT event for a reaped child: its exit code, or 128 + the signal that ended it, and the signal's name."""
+    event: ExecExit = {"type": Event.EXIT, "exit_code": returncode, "ended_at": now()}
+    if returncode < 0:
+        event["exit_code"] = 128 - returncode
+        event["signal"] = signal_name(-returncode)
+    return event
+
+
+def launch_failure(what: str, exc: OSError | ValueError, name: object) -> tuple[str, int]:
+    """What a failed start of ``name`` says and the exit code it gets, as a shell would: 127 when it is not there,
+    126 when it may not run, else 1. ``what`` names the operation (``exec``, ``shell``)."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{what}: {exc.filename or name}: not found", 127
+    if isinstance(exc, PermissionError):
+        return f"{what}: {exc}", 126
+    return f"{what}: {exc}", 1
 
 
 class LaunchError(Exception):

@@ -9,7 +9,21 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from pyslicer import __version__
-from pyslicer.api import background, cp, forward, fs, lifecycle, nodes, openapi, secrets, shell, stats, system, vm
+from pyslicer.api import (
+    background,
+    commits,
+    cp,
+    forward,
+    fs,
+    lifecycle,
+    nodes,
+    openapi,
+    secrets,
+    shell,
+    stats,
+    system,
+    vm,
+)
 from pyslicer.api import exec as exec_api
 from pyslicer.api.errors import HANDLERS
 from pyslicer.api.metrics import ApiMetrics
@@ -35,7 +49,8 @@ def create_fastapi(daemon: Daemon) -> FastAPI:
         exception_handlers=HANDLERS,
     )
     # the hottest first: routing tries them in order
-    for module in (exec_api, background, cp, fs, vm, lifecycle, nodes, stats, secrets, system, shell, forward):
+    # commits before vm: /vm/commits is not a VM
+    for module in (exec_api, background, cp, fs, commits, vm, lifecycle, nodes, stats, secrets, system, shell, forward):
         app.include_router(module.router)
     openapi.install(app)
     app.state.daemon = daemon

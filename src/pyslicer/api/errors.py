@@ -22,6 +22,7 @@ from pyslicer.errors import (
     NotSupported,
     PermissionDenied,
     SlicerError,
+    StorageError,
     Timeout,
     Unauthenticated,
     Unavailable,
@@ -43,6 +44,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SlicerError], int], ...] = (
     (UpstreamUnreachable, 502),
     (Unavailable, 503),
     (InsufficientStorage, 413),  # not 507: an answer in 5xx says the daemon failed, and it did not
+    (StorageError, 500),
 )
 INTERNAL_ERROR = {"error": "internal error; see the daemon log", "code": "internal_error"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

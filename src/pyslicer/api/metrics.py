@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pyslicer.daemon import Daemon, LaunchOutcome, NodeStats
+from pyslicer.daemon import CommitFilter, Daemon, LaunchOutcome, NodeStats
 
 # Slicer labels launches with the status its create answered.
 LAUNCH_CODES = {
@@ -48,6 +48,31 @@ class DaemonCollector(Collector):
         for key, count in sorted(counts.items()):
             running.add_metric(list(key), count)
         yield running
+
+        commitment = self.daemon.memory_commitment()
+        yield GaugeMetricFamily(
+            "slicer_host_memory_committed_bytes",
+            "RAM + VMM overhead of every VM holding memory, as the admission check counts it",
+            value=commitment.committed_bytes,
+        )
+        yield GaugeMetricFamily(
+            "slicer_host_memory_commit_limit_bytes",
+            "memory_overcommit_ratio x host RAM: a create past it is refused",
+            value=commitment.limit_bytes,
+        )
+        commits = GaugeMetricFamily("slicer_commits", "commits kept on this host, by mode", labels=["mode"])
+        commit_bytes = GaugeMetricFamily(
+            "slicer_commit_bytes", "bytes the commits' files take on the host's disk, by mode", labels=["mode"]
+        )
+        by_mode: dict[str, tuple[int, int]] = {}
+        for info in self.daemon.list_commits(CommitFilter()):
+            count, size = by_mode.get(info.commit.mode, (0, 0))
+            by_mode[info.commit.mode] = (count + 1, size + info.commit.size_bytes)
+        for mode, (count, size) in sorted(by_mode.items()):
+            commits.add_metric([mode], count)
+            commit_bytes.add_metric([mode], size)
+        yield commits
+        yield commit_bytes
 
         gpus = GaugeMetricFamily("slicer_vm_gpu_count", "GPUs per host group", labels=["host_group"])
         for name in self.daemon.groups:
@@ -124,6 +149,8 @@ GUEST_SERIES = (
 HOST_SERIES = (
     ("slicer_vm_host_cpu_seconds", "CPU time of the VM's QEMU process", "counter", "cpu_seconds"),
     ("slicer_vm_host_rss_bytes", "resident memory of the VM's QEMU process", "gauge", "rss_bytes"),
+    ("slicer_vm_host_pss_bytes", "proportional set size of the VM's QEMU process", "gauge", "pss_bytes"),
+    ("slicer_vm_host_private_bytes", "memory only the VM's QEMU process holds", "gauge", "private_bytes"),
     ("slicer_vm_host_network_received_bytes", "bytes the VM received through its tap", "counter", "net_rx_bytes"),
     ("slicer_vm_host_network_sent_bytes", "bytes the VM sent through its tap", "counter", "net_tx_bytes"),
     ("slicer_vm_host_disk_read_bytes", "bytes QEMU read for the VM's disk", "counter", "disk_read_bytes"),

@@ -90,7 +90,7 @@ class NetworkOverrideBody(BaseModel):
 
 class NetworkDescriptionBody(BaseModel):
     mode: str = Field(description="bridge or isolated")
-    policy_source: str = Field(description="host_group, or override when the VM was created with its own lists")
+    policy_source: str = Field(description="host_group, or override when the VM was forked with its own lists")
     host_group: NetworkPolicyBody
     override: NetworkOverrideBody | None = None
     effective: NetworkPolicyBody
@@ -99,10 +99,10 @@ class NetworkDescriptionBody(BaseModel):
 class NodeDescriptionBody(NodeInfo):
     """``GET /vm/{hostname}``: the listing's fields and what the VM runs on; the last three are pyslicer's."""
 
-    storage: str = Field(description="image: a copy-on-write overlay over the guest image")
+    storage: str = Field(description="image: a copy-on-write overlay over the guest image (or a commit of it)")
     image: str
-    commit_id: str = Field(description="empty: this build has no commits yet")
-    parent_commit_id: str
+    commit_id: str = Field(description="the last commit made of it")
+    parent_commit_id: str = Field(description="the commit it was forked from")
     network: NetworkDescriptionBody
     expires_at: str | None = Field(description="RFC 3339, from the expires_at= tag; null: never")
     disk_bytes: int
@@ -379,6 +379,12 @@ class HostCounters(BaseModel):
 
     cpu_seconds: float | None = Field(default=None, description="QEMU's user + system CPU time")
     rss_bytes: int | None = Field(default=None, description="QEMU's resident memory")
+    pss_bytes: int | None = Field(
+        default=None, description="QEMU's proportional set size: its share of pages shared with other processes"
+    )
+    private_bytes: int | None = Field(
+        default=None, description="memory only this QEMU holds (private clean + dirty): what its end gives back"
+    )
     net_rx_bytes: int | None = Field(default=None, description="bytes the VM received")
     net_tx_bytes: int | None = Field(default=None, description="bytes the VM sent")
     disk_read_bytes: int | None = Field(default=None, description="read from the VM's disk, as QEMU counts")
@@ -398,3 +404,49 @@ class NodeStatsEntry(BaseModel):
     snapshot: StatsSnapshot | None = None
     error: str | None = Field(default=None, description="why there is no snapshot (left out when there is one)")
     host: HostCounters = Field(description="pyslicer's extension; the SDKs ignore it")
+
+
+# -- commits and forks -------------------------------------------------------------------------------
+
+
+class CommitAnswer(BaseModel):
+    hostname: str
+    commit_id: str
+    status: Literal["committed"]
+    parent_status: str = Field(description="the source's status afterwards (stopped: it goes on from the commit)")
+    mode: str = Field(description="disk: a cold commit, the disk of a stopped VM (hot, with memory, comes later)")
+    tags: list[str]
+    labels: dict[str, str]
+    cache_key: str
+
+
+class CommitListing(BaseModel):
+    commit_id: str
+    source_hostname: str
+    source_host_group: str
+    created_at: str
+    mode: str
+    tags: list[str]
+    labels: dict[str, str]
+    cache_key: str
+    parent_commit_id: str = Field(description="pyslicer: the commit this one stands on (empty: the guest image)")
+    size_bytes: int = Field(description="pyslicer: what its files take on the host's disk")
+    used_by: list[str] = Field(
+        description="pyslicer: VMs (and commits) that stand on it; it cannot be deleted before them"
+    )
+
+
+class CommitDeleted(BaseModel):
+    commit_id: str
+    status: Literal["deleted"]
+
+
+class ForkAnswer(BaseModel):
+    hostname: str
+    source_hostname: str
+    commit_id: str
+    status: Literal["forked"]
+    parent_status: str = Field(description="the source's status; empty when it was deleted")
+    child_status: str = Field(description="running (wait=agent), or starting (wait=none)")
+    mode: str
+    persistent: bool

@@ -20,6 +20,7 @@ from pyslicer.errors import SlicerError
 from ._common import Api, CliState, api_command, data_dir_option
 from ._output import fields
 from .background import bg
+from .commits import commit, vm_commit, vm_fork
 from .cp import vm_cp
 from .fs import fs
 from .lifecycle import LIFECYCLE_COMMANDS
@@ -133,7 +134,10 @@ vm.add_command(vm_top)
 vm.add_command(vm_shell)
 vm.add_command(vm_forward)
 vm.add_command(bg)
+vm.add_command(vm_commit)
+vm.add_command(vm_fork)
 cli.add_command(vm)
+cli.add_command(commit)
 cli.add_command(vm_shell, "shell")
 cli.add_command(secret)
 

@@ -1,7 +1,8 @@
 """``slicer vm top``: every VM's stats, refreshed in place (rich), or printed once.
 
 CPU is QEMU's (the host's count, so it shows for a paused or hung guest too) and, like the network and disk
-rates, needs two samples: the first screen (and ``--once``) shows totals since boot instead.
+rates, needs two samples: the first screen (and ``--once``) shows totals since boot instead. MEMORY is the
+guest's own view (used of total); HOST RSS/PSS is what its QEMU holds on the host.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from pyslicer.client import NodeStats
 
 HEADERS = (
-    "HOSTNAME", "GROUP", "STATUS", "CPU", "LOAD", "MEMORY", "DISK", "NET RX", "NET TX", "DISK R/W", "UPTIME", "NOTE",
+    "HOSTNAME", "GROUP", "STATUS", "CPU", "LOAD", "MEMORY", "HOST RSS/PSS", "DISK", "NET RX", "NET TX", "DISK R/W",
+    "UPTIME", "NOTE",
 )  # fmt: skip
 
 
@@ -65,9 +67,13 @@ def row(entry: NodeStats, previous: Sample | None, taken: float) -> list[str]:
         host.net_tx_bytes if host else None,
         _rate(host.net_tx_bytes, old_host.net_tx_bytes, seconds) if host and old_host else None,
     )
+    host_memory = "-"
+    if host is not None and host.rss_bytes is not None:
+        pss = human_bytes(host.pss_bytes) if host.pss_bytes is not None else "-"
+        host_memory = f"{human_bytes(host.rss_bytes)}/{pss}"
     if snapshot is None:
-        return [entry.hostname, entry.hostgroup or "-", entry.status or "-", cpu, "-", "-", "-", net_rx, net_tx,
-                "-", "-", entry.error or "no snapshot"]  # fmt: skip
+        return [entry.hostname, entry.hostgroup or "-", entry.status or "-", cpu, "-", "-", host_memory, "-", net_rx,
+                net_tx, "-", "-", entry.error or "no snapshot"]  # fmt: skip
     load = f"{snapshot.load_avg1:.2f}"
     memory = f"{human_bytes(snapshot.memory_used)}/{human_bytes(snapshot.total_memory)}"
     disk = f"{human_bytes(snapshot.disk_space_used)}/{human_bytes(snapshot.disk_space_total)}"
@@ -82,6 +88,7 @@ def row(entry: NodeStats, previous: Sample | None, taken: float) -> list[str]:
         cpu,
         load,
         memory,
+        host_memory,
         disk,
         net_rx,
         net_tx,

@@ -25,8 +25,12 @@ if TYPE_CHECKING:
         BackgroundExecInfo,
         BackgroundExit,
         BackgroundKill,
+        Commit,
+        CommitDeleted,
+        CommitInfo,
         CreatedNode,
         DeleteResult,
+        ForkResult,
         FsEntry,
         HostGroup,
         LifecycleResult,
@@ -216,6 +220,100 @@ def relaunch_call(hostname: str, wait: str | None, timeout: str | float | None) 
         responses.resource("CreatedNode"),
         params=_wait_params(wait, timeout),
         long_running=True,
+    )
+
+
+# -- commits and forks -----------------------------------------------------------------------------
+
+FIXUPS = ("hostname", "machine-id", "ssh-host-keys")
+
+
+def commit_id_seg(commit_id: str) -> str:
+    """A commit id as a path segment; Slicer's rule: never empty, never with ``/``, ``\\``, ``..`` or NUL."""
+    commit_id = commit_id.strip()
+    if not commit_id or any(bad in commit_id for bad in ("/", "\\", "..", "\x00")):
+        raise ValueError(f"invalid commit id {commit_id!r}")
+    return seg(commit_id)
+
+
+def commit_call(
+    hostname: str, tags: Sequence[str] | None, labels: Mapping[str, str] | None, cache_key: str | None
+) -> Call[Commit]:
+    body: dict[str, Any] = {}
+    if tags:
+        body["tags"] = _str_list(tags, "tags")
+    if labels:
+        body["labels"] = dict(labels)
+    if cache_key and cache_key.strip():
+        body["cache_key"] = cache_key.strip()
+    return Call("POST", f"/vm/{seg(hostname)}/commit", responses.resource("Commit"), json=body or None)
+
+
+def commits_call(
+    tags: Sequence[str] | None, cache_key: str | None, source: str | None, mode: str | None
+) -> Call[list[CommitInfo]]:
+    params = [("tag", tag.strip()) for tag in _str_list(tags, "tags") or () if tag.strip()]
+    for name, value in (("cache_key", cache_key), ("source", source), ("mode", mode)):
+        if value and value.strip():
+            params.append((name, value.strip()))
+    return Call("GET", "/vm/commits", responses.resource_list("CommitInfo"), params=tuple(params))
+
+
+def delete_commit_call(commit_id: str) -> Call[CommitDeleted]:
+    return Call("DELETE", f"/vm/commits/{commit_id_seg(commit_id)}", responses.resource("CommitDeleted"))
+
+
+def fork_call(
+    commit_id: str,
+    *,
+    wait: str | None,
+    timeout: str | float | None,
+    allow: Sequence[str] | None,
+    drop: Sequence[str] | None,
+    tags: Sequence[str] | None,
+    replace_tags: bool,
+    secrets: Sequence[str] | None,
+    persistent: bool | None,
+    fixups: Sequence[str] | None,
+    vcpu: int | None,
+    ram_bytes: int | None,
+) -> Call[ForkResult]:
+    if wait not in (None, "agent", "none"):
+        raise ValueError(f"wait must be 'agent', 'none' or None (agent), not {wait!r}")
+    params: list[tuple[str, str]] = [("wait", wait or "agent")]
+    if timeout is not None:
+        params.append(("timeout", timeout if isinstance(timeout, str) else format_go_duration(timeout)))
+    body: dict[str, Any] = {}
+    network = {
+        name: _str_list(values, name) for name, values in (("allow", allow), ("drop", drop)) if values is not None
+    }
+    if network:
+        body["network"] = network
+    if tags is not None:
+        body["tags"] = _str_list(tags, "tags")
+    if replace_tags:
+        body["tag_mode"] = "replace"
+    if secrets is not None:
+        body["secrets"] = _str_list(secrets, "secrets")
+    if persistent is not None:
+        body["persistent"] = persistent
+    if fixups is not None:
+        chosen = _str_list(fixups, "fixups") or []
+        unknown = [fixup for fixup in chosen if fixup not in FIXUPS]
+        if unknown:
+            raise ValueError(f"fixups: {', '.join(unknown)} not among {', '.join(FIXUPS)}")
+        body["fixups"] = chosen
+    if vcpu:
+        body["vcpu"] = vcpu
+    if ram_bytes:
+        body["ram_bytes"] = ram_bytes
+    return Call(
+        "POST",
+        f"/vm/commits/{commit_id_seg(commit_id)}/fork",
+        responses.resource("ForkResult"),
+        params=tuple(params),
+        json=body or None,
+        long_running=wait != "none",
     )
 
 

@@ -10,7 +10,7 @@ stdin bodies and the full-duplex transports (``_stdin.py``, ``_duplex.py`` and t
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -31,11 +31,14 @@ from ._calls import (
     background_list_call,
     background_logs_call,
     background_wait_call,
+    commit_call,
+    commits_call,
     copy_call,
     copy_in_params,
     copy_out_params,
     create_node_call,
     create_secret_call,
+    delete_commit_call,
     delete_node_call,
     delete_secret_call,
     describe_call,
@@ -43,6 +46,7 @@ from ._calls import (
     exec_params,
     exec_stream_call,
     exists_call,
+    fork_call,
     group_nodes_call,
     health_call,
     healthz_call,
@@ -89,8 +93,12 @@ if TYPE_CHECKING:
         BackgroundExecInfo,
         BackgroundExit,
         BackgroundKill,
+        Commit,
+        CommitDeleted,
+        CommitInfo,
         CreatedNode,
         DeleteResult,
+        ForkResult,
         FsEntry,
         HostGroup,
         LifecycleResult,
@@ -305,6 +313,71 @@ class SlicerClient(BaseClient):
     ) -> CreatedNode:
         """Boot a stopped VM again from its disk; with ``wait``, return once its agent (or userdata) is ready."""
         return self._send(relaunch_call(hostname, wait, timeout))
+
+    # -- commits and forks -------------------------------------------------------------------------
+
+    def commit(
+        self,
+        hostname: str,
+        *,
+        tags: Sequence[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        cache_key: str | None = None,
+    ) -> Commit:
+        """Commit a stopped persistent VM's disk (``mode`` cold); the VM goes on from the commit. A running VM,
+        or one already being committed, is a ``SlicerAPIError`` 409."""
+        return self._send(commit_call(hostname, tags, labels, cache_key))
+
+    def commits(
+        self,
+        *,
+        tags: Sequence[str] | None = None,
+        cache_key: str | None = None,
+        source: str | None = None,
+        mode: str | None = None,
+    ) -> list[CommitInfo]:
+        """The commits with every one of ``tags`` and the given cache key, source hostname and mode."""
+        return self._send(commits_call(tags, cache_key, source, mode))
+
+    def delete_commit(self, commit_id: str) -> CommitDeleted:
+        """Remove a commit; a ``SlicerAPIError`` 409 while a VM (its source too) or another commit stands on it."""
+        return self._send(delete_commit_call(commit_id))
+
+    def fork(
+        self,
+        commit_id: str,
+        *,
+        wait: Literal["agent", "none"] | None = None,
+        timeout: str | float | None = None,
+        allow: Sequence[str] | None = None,
+        drop: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
+        replace_tags: bool = False,
+        secrets: Sequence[str] | None = None,
+        persistent: bool | None = None,
+        fixups: Sequence[str] | None = None,
+        vcpu: int | None = None,
+        ram_bytes: int | None = None,
+    ) -> ForkResult:
+        """A new VM from a commit, named by the daemon, with a fresh hostname, MAC and IP and the ``fixups`` (None:
+        all of hostname, machine-id, ssh-host-keys; []: none). ``wait`` None or "agent" returns once its agent is
+        ready, "none" once it is launched. ``tags`` add to the source's (``replace_tags``: instead of them);
+        ``allow``/``drop`` None inherit the host group's lists, [] means none."""
+        call = fork_call(
+            commit_id,
+            wait=wait,
+            timeout=timeout,
+            allow=allow,
+            drop=drop,
+            tags=tags,
+            replace_tags=replace_tags,
+            secrets=secrets,
+            persistent=persistent,
+            fixups=fixups,
+            vcpu=vcpu,
+            ram_bytes=ram_bytes,
+        )
+        return self._send(call)
 
     # -- one VM ------------------------------------------------------------------------------------
 

@@ -23,17 +23,22 @@ MAX_MESSAGE = 1024 * 1024
 # keepalive pings (the server's WebSocket layer answers them), and no proxy from the environment: the daemon
 # is reached as httpx reaches it for every other call (a unix socket or the URL given)
 CONNECT_OPTIONS: dict[str, Any] = {"compression": None, "max_size": MAX_MESSAGE, "ping_interval": 20, "proxy": None}
+# The daemon answers the upgrade once the guest has acted (dialled the forward's target: up to 15 s; started the
+# shell: up to 30 s), so the handshake gets that on top of the connect timeout. With only the connect timeout,
+# forwards opened many at once on a busy guest timed out while the guest was still dialling.
+GUEST_ANSWER_TIMEOUT = 30.0
 
 
 def connect_options(
     headers: Mapping[str, str], extra: Mapping[str, str] | None, open_timeout: float | None
 ) -> dict[str, Any]:
-    """The keyword arguments of a ``websockets`` connect for a daemon's WebSocket."""
+    """The keyword arguments of a ``websockets`` connect for a daemon's WebSocket; ``open_timeout`` is the
+    client's connect timeout."""
     return {
         **CONNECT_OPTIONS,
         "additional_headers": headers_for(headers, extra),
         "user_agent_header": user_agent(headers),
-        "open_timeout": open_timeout,
+        "open_timeout": None if open_timeout is None else open_timeout + GUEST_ANSWER_TIMEOUT,
     }
 
 

@@ -23,10 +23,14 @@ __all__ = [
     "BackgroundExecInfo",
     "BackgroundExit",
     "BackgroundKill",
+    "Commit",
+    "CommitDeleted",
+    "CommitInfo",
     "CreatedNode",
     "DeleteResult",
     "ExecFrame",
     "ExecResult",
+    "ForkResult",
     "FrameType",
     "FsEntry",
     "HostGroup",
@@ -141,6 +145,73 @@ class CreatedNode(_Resource):
     ip: str = ""
     created_at: datetime | None = None
     arch: str = ""
+
+
+class Commit(_Resource):
+    """A commit just made (``POST /vm/{hostname}/commit``); its ``mode`` is ``disk`` (a stopped VM's disk)."""
+
+    hostname: str = ""
+    commit_id: str
+    status: str = ""
+    parent_status: str = ""
+    mode: str = ""
+    tags: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    cache_key: str = ""
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def tags_null_is_empty(cls, value: Any) -> Any:
+        return _none_to_list(value)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def labels_null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class CommitInfo(_Resource):
+    """One commit in a listing. ``parent_commit_id``, ``size_bytes`` and ``used_by`` are pyslicer's."""
+
+    commit_id: str
+    source_hostname: str = ""
+    source_host_group: str = ""
+    created_at: datetime | None = None
+    mode: str = ""
+    tags: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    cache_key: str = ""
+    parent_commit_id: str = ""
+    size_bytes: int | None = None
+    used_by: list[str] = Field(default_factory=list)
+
+    @field_validator("tags", "used_by", mode="before")
+    @classmethod
+    def lists_null_are_empty(cls, value: Any) -> Any:
+        return _none_to_list(value)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def labels_null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class CommitDeleted(_Resource):
+    commit_id: str = ""
+    status: str = ""
+
+
+class ForkResult(_Resource):
+    """A VM forked from a commit: ``child_status`` is ``running`` once it waited for the agent, else ``starting``."""
+
+    hostname: str
+    source_hostname: str = ""
+    commit_id: str = ""
+    status: str = ""
+    parent_status: str = ""
+    child_status: str = ""
+    mode: str = ""
+    persistent: bool = False
 
 
 class LifecycleResult(_Resource):
@@ -274,6 +345,8 @@ class HostStats(_Resource):
 
     cpu_seconds: float | None = None
     rss_bytes: int | None = None
+    pss_bytes: int | None = None
+    private_bytes: int | None = None
     net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
     disk_read_bytes: int | None = None

@@ -15,11 +15,21 @@ Import from here; the modules are private.
 """
 
 from pyslicer.config._loading import DEFAULT_CONFIG_RESOURCE, load_config, parse_config
-from pyslicer.config._models import MIN_RAM_BYTES, ApiConfig, HostGroupConfig, NetworkConfig, SlicerConfig
+from pyslicer.config._models import (
+    DEFAULT_OVERCOMMIT_RATIO,
+    DEFAULT_TCG_TB_SIZE,
+    MIN_RAM_BYTES,
+    ApiConfig,
+    HostGroupConfig,
+    NetworkConfig,
+    SlicerConfig,
+)
 from pyslicer.config._values import is_unix_socket_address, parse_size
 
 __all__ = [
     "DEFAULT_CONFIG_RESOURCE",
+    "DEFAULT_OVERCOMMIT_RATIO",
+    "DEFAULT_TCG_TB_SIZE",
     "MIN_RAM_BYTES",
     "ApiConfig",
     "HostGroupConfig",

@@ -29,9 +29,25 @@ from pyslicer.config._values import (
 )
 from pyslicer.errors import ConfigError
 
-__all__ = ["MIN_RAM_BYTES", "ApiConfig", "HostGroupConfig", "NetworkConfig", "SlicerConfig"]
+__all__ = [
+    "DEFAULT_OVERCOMMIT_RATIO",
+    "DEFAULT_TCG_TB_SIZE",
+    "MIN_RAM_BYTES",
+    "ApiConfig",
+    "HostGroupConfig",
+    "NetworkConfig",
+    "SlicerConfig",
+]
 
 MIN_RAM_BYTES = 64 * MIB
+# TCG's translation cache per VM (QEMU's own default is 1 GiB, which a long-lived guest fills): docs/sizing.md
+# has the measurements behind this choice.
+DEFAULT_TCG_TB_SIZE = 64 * MIB
+MAX_TCG_TB_SIZE = 2 * GIB  # QEMU's ceiling for the x86-64 code buffer
+# Guest RAM (plus each VM's expected VMM overhead) the daemon commits against the host's RAM: guests return
+# what they free (free page reporting), so a sandbox holds far less than its RAM size (docs/sizing.md).
+DEFAULT_OVERCOMMIT_RATIO = 3.0
+MAX_OVERCOMMIT_RATIO = 100.0
 
 SUPPORTED_STORAGE = "image"
 KNOWN_STORAGE = ("image", "devmapper", "zfs")
@@ -256,11 +272,35 @@ class SlicerConfig(_Model):
     api: ApiConfig = Field(default_factory=ApiConfig)
     github_user: str = ""
     ssh_keys: list[str] = Field(default_factory=list)
+    # pyslicer's own memory knobs (docs/sizing.md); Slicer has none of them.
+    tcg_tb_size: int = DEFAULT_TCG_TB_SIZE
+    free_page_reporting: bool = True
+    memory_overcommit_ratio: float = DEFAULT_OVERCOMMIT_RATIO
 
     @model_validator(mode="before")
     @classmethod
     def _nulls(cls, data: Any) -> Any:
         return _drop_nulls(data)
+
+    @field_validator("tcg_tb_size", mode="before")
+    @classmethod
+    def _check_tb_size(cls, value: Any) -> int:
+        try:
+            size = parse_size(value)
+        except ConfigError as exc:
+            raise invalid("size", exc.message) from None
+        if size % MIB or not MIB <= size <= MAX_TCG_TB_SIZE:
+            raise invalid("tb_size", f"must be a whole number of MiB from 1M to 2G (e.g. 64M), got {value!r}")
+        return size
+
+    @field_validator("memory_overcommit_ratio", mode="before")
+    @classmethod
+    def _check_overcommit(cls, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise invalid("ratio", f"must be a number such as 1.5, got {value!r}")
+        if not 0 < value <= MAX_OVERCOMMIT_RATIO:  # (a NaN fails this too)
+            raise invalid("ratio", f"must be more than 0 and at most {MAX_OVERCOMMIT_RATIO:g}, got {value!r}")
+        return float(value)
 
     @field_validator("kernel_file", mode="before")
     @classmethod

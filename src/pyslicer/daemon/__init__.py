@@ -1,6 +1,7 @@
 """The daemon: host groups, the node lifecycle, the registry; no HTTP here."""
 
-from pyslicer.daemon.daemon import Daemon, DaemonInfo, machine_arch
+from pyslicer.daemon.commits import CommitFilter, CommitRecord, CommitRequest, ForkNetwork, ForkRequest
+from pyslicer.daemon.daemon import CommitInfo, CommitResult, Daemon, DaemonInfo, ForkResult, machine_arch
 from pyslicer.daemon.describe import NetworkDescription, NetworkOverride, NetworkPolicy, NodeDescription
 from pyslicer.daemon.exec import (
     ExecEvent,
@@ -23,6 +24,11 @@ from pyslicer.daemon.tags import TagChange, TagOperation, format_expires_at
 __all__ = [
     "MAX_SECRET_BYTES",
     "AgentHealth",
+    "CommitFilter",
+    "CommitInfo",
+    "CommitRecord",
+    "CommitRequest",
+    "CommitResult",
     "Daemon",
     "DaemonInfo",
     "ExecEvent",
@@ -33,6 +39,9 @@ __all__ = [
     "ExecProcess",
     "ExecRequest",
     "ExecStarted",
+    "ForkNetwork",
+    "ForkRequest",
+    "ForkResult",
     "GuestSnapshot",
     "HostCounters",
     "HostGroup",

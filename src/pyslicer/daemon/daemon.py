@@ -17,20 +17,22 @@ from pathlib import Path
 
 from pyslicer import __version__
 from pyslicer.config import SlicerConfig
+from pyslicer.daemon.admission import VMM_OVERHEAD_BYTES, MemoryAdmission, MemoryCommitment
 from pyslicer.daemon.background import BackgroundExecs
+from pyslicer.daemon.commits import CommitFilter, CommitRecord, CommitRequest, ForkRequest, inherited_tags
 from pyslicer.daemon.console import MAX_CONSOLE_LOG_BYTES, tail_lines, trim_log
 from pyslicer.daemon.copy import CopyDownload, CopyInRequest, CopyOutRequest, CopyUpload
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.describe import NodeDescription, describe
 from pyslicer.daemon.exec import ExecProcess, ExecRequest
 from pyslicer.daemon.expiry import ExpiryReaper, deadline_of, ttl_tag
-from pyslicer.daemon.fleet import GRACEFUL_STOP_SECONDS, Fleet, LaunchOutcome
+from pyslicer.daemon.fleet import GRACEFUL_STOP_SECONDS, Fleet, ForkPlan, LaunchOutcome
 from pyslicer.daemon.forward import ForwardConnection, ForwardTarget
 from pyslicer.daemon.fs import GuestFilesystem
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest, host_groups
 from pyslicer.daemon.lifecycle import NodeState
 from pyslicer.daemon.node import AgentHealth, Node
-from pyslicer.daemon.registry import Registry
+from pyslicer.daemon.registry import FIXUPS, Registry
 from pyslicer.daemon.secrets import NewSecret, SecretChange, SecretInfo, Secrets
 from pyslicer.daemon.shell import ShellRequest, ShellSession
 from pyslicer.daemon.stats import NodeStats, collect
@@ -58,6 +60,25 @@ class DaemonInfo:
     hypervisor: str
     accel: str
     accel_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    commit: CommitRecord
+    source_status: str  # the source's status after the commit (it stays stopped)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    commit: CommitRecord
+    used_by: tuple[str, ...]  # the VMs whose disks stand on it, and the commits made on top of it
+
+
+@dataclass(frozen=True, slots=True)
+class ForkResult:
+    node: Node
+    commit: CommitRecord
+    source_status: str  # "" when the source is gone
 
 
 class Daemon:
@@ -88,6 +109,12 @@ class Daemon:
         )
         self.secrets = Secrets(self.data_dir.secrets_dir, lambda: list(self.nodes.values()))
 
+    def _admission(self) -> MemoryAdmission:
+        overhead = VMM_OVERHEAD_BYTES
+        if self.hypervisor.accel == "tcg":
+            overhead += self.hypervisor.memory.tcg_tb_size_mib * 1024 * 1024
+        return MemoryAdmission(self.config.memory_overcommit_ratio, vmm_overhead_bytes=overhead)
+
     # -- start and stop ------------------------------------------------------------------------
     async def start(self) -> None:
         """Hold the data dir, build the guest image if needed, set up the networks, adopt the VMs an earlier
@@ -116,6 +143,7 @@ class Daemon:
             self.netns,
             kernel=self.config.kernel_file,
             on_agent_ready=self.secrets.sync_at_ready,
+            admission=self._admission(),
         )
         await self._fleet.recover()
         await self._fleet.launch_services()
@@ -168,6 +196,11 @@ class Daemon:
         """Bytes on disk of saved VM states by kind (``suspended``, ``template``). Raises nothing."""
         return self._fleet.snapshot_usage() if self._fleet is not None else {}
 
+    def memory_commitment(self) -> MemoryCommitment:
+        """The memory the VMs have committed against the admission limit (``memory_overcommit_ratio``)."""
+        running = self._fleet.committed_ram() if self._fleet is not None else []
+        return self._admission().commitment_of(running)
+
     def info(self) -> DaemonInfo:
         arch = machine_arch()
         return DaemonInfo(
@@ -213,7 +246,8 @@ class Daemon:
         ready. A ``ttl`` becomes an ``expires_at=`` tag. Raises NotFound for an unknown group,
         InvalidArgument for a request beyond its ceilings, a hostname in use, a bad tag or ttl (codes
         ``invalid_tag``, ``invalid_expires_at``, ``invalid_ttl``), Conflict (code ``name_taken``) for a
-        ``name=`` tag another VM holds, Timeout or AgentError when the wait fails (the node is removed),
+        ``name=`` tag another VM holds or (codes ``memory_overcommit``, ``host_memory_low``) when the host's memory
+        cannot take the VM, Timeout or AgentError when the wait fails (the node is removed),
         HypervisorError or NetworkError when it cannot be launched."""
         group = self.group(group_name)
         tags = initial_tags(request.tags)
@@ -268,6 +302,8 @@ class Daemon:
                 f"{hostname} was launched from the config file and is protected from API deletion",
                 code="protected",
             )
+        if self.fleet.committing(hostname):
+            raise Conflict(f"cannot delete {hostname}: a commit of it is in progress", code="commit_in_progress")
         await self.fleet.destroy(node)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -322,6 +358,79 @@ class Daemon:
         if wait is not None:
             await node.wait_ready(timeout, userdata=wait == "userdata")
         return node
+
+    # -- commits and forks ----------------------------------------------------------------------
+    async def commit_node(self, hostname: str, request: CommitRequest) -> CommitResult:
+        """Commit a stopped persistent VM's disk (mode cold). Raises NotFound, Conflict when it is not stopped
+        (naming its state), not persistent, or already being committed, InsufficientStorage when the data dir's
+        disk is (nearly) full, StorageError or HypervisorError (nothing is made in each case)."""
+        node = self.node(hostname)
+        commit = await self.fleet.commit(node, request)
+        return CommitResult(commit, node.state.api_status)
+
+    def list_commits(self, where: CommitFilter) -> list[CommitInfo]:
+        """The commits that match, oldest first, each with what stands on it. Raises InvalidArgument for an
+        unknown mode."""
+        if where.mode and where.mode not in ("disk", "hot"):
+            raise InvalidArgument(f"mode: {where.mode!r} is not one of disk, hot", code="invalid_mode")
+        users: dict[str, list[str]] = {}
+        for node in self.nodes.values():
+            if node.record.backing_commit_id and node.state is not NodeState.DELETED:
+                users.setdefault(node.record.backing_commit_id, []).append(node.hostname)
+        known = self._fleet.commits.values() if self._fleet is not None else ()
+        commits = sorted(known, key=lambda c: (c.created_at, c.commit_id))
+        for commit in commits:
+            if commit.parent_commit_id:
+                users.setdefault(commit.parent_commit_id, []).append(commit.commit_id)
+        return [CommitInfo(c, tuple(sorted(users.get(c.commit_id, ())))) for c in commits if where.matches(c)]
+
+    async def delete_commit(self, commit_id: str) -> CommitRecord:
+        """Remove a commit and its files. Raises InvalidArgument for a malformed id, NotFound, Conflict (code
+        ``commit_in_use``) while a VM (its source too) or another commit stands on it."""
+        return await self.fleet.delete_commit(commit_id)
+
+    async def fork(
+        self, commit_id: str, request: ForkRequest, *, wait: bool = True, timeout: float = 300.0
+    ) -> ForkResult:
+        """A new VM from a commit, in its source's host group, with a fresh hostname, MAC and IP and (unless
+        ``fixups`` says otherwise) machine-id and SSH host keys. With ``wait`` it returns once the child's agent
+        is ready; without, once it is launched (a child that does not get ready is then removed). Raises
+        InvalidArgument (naming the field), NotFound for a missing commit, Conflict for a commit that cannot be
+        forked (its host group left the config, its disk is missing) or a ``name=`` tag in use,
+        InsufficientStorage, Timeout or AgentError when the wait fails (the child is removed), HypervisorError or
+        NetworkError."""
+        commit = self.fleet.commit_of(commit_id)
+        group = self.groups.get(commit.source_host_group)
+        if group is None:
+            raise Conflict(
+                f"commit {commit.commit_id} cannot be forked: host group {commit.source_host_group!r} is no longer "
+                "in the config",
+                code="hostgroup_gone",
+            )
+        given = list(request.tags or ())
+        tags = initial_tags(given if request.tag_mode == "replace" else [*inherited_tags(commit.source_tags), *given])
+        network = request.network
+        override = None
+        if network is not None and (network.allow is not None or network.drop is not None):
+            override = {"allow": network.allow, "drop": network.drop}
+        secrets = commit.secrets if request.secrets is None else request.secrets
+        node_request = NodeRequest(
+            cpus=request.vcpu or commit.cpus,
+            ram_bytes=request.ram_bytes or commit.ram_bytes,
+            userdata=commit.userdata,
+            tags=tags,
+            persistent=request.persistent,
+            secrets=None if secrets is None else tuple(secrets),
+        )
+        fixups = FIXUPS if request.fixups is None else tuple(request.fixups)
+        plan = ForkPlan(commit, fixups, override)
+        with self._creating(name_of(tags)):
+            try:
+                node = await self.fleet.fork(group, node_request, plan, wait=wait, timeout=timeout)
+            finally:
+                self._expiry.changed()
+        source = self.nodes.get(commit.source_hostname)
+        return ForkResult(node, commit, source.state.api_status if source is not None else "")
 
     # -- describe and tags ----------------------------------------------------------------------
     def describe(self, hostname: str) -> NodeDescription:

@@ -17,7 +17,7 @@ from pyslicer.errors import ConfigError
 from pyslicer.image import GuestImage
 
 MAX_SOCKET_PATH = 100
-SUBDIRS = ("disks", "logs", "auth", "states")
+SUBDIRS = ("disks", "logs", "auth", "commits", "states")
 
 
 class DataDir:
@@ -54,6 +54,10 @@ class DataDir:
 
     def console_log(self, hostname: str) -> Path:
         return self.path / "logs" / f"{hostname}.log"
+
+    @property
+    def commits_dir(self) -> Path:
+        return self.path / "commits"  # on the disks' filesystem: a commit is a hard link to a VM's disk
 
     @property
     def secrets_dir(self) -> Path:

@@ -1,7 +1,7 @@
 """What ``GET /vm/{hostname}`` tells about one VM: its record, what it runs on, and its network policy.
 
-The network record is shaped for a per-VM override (a create's ``network.allow``/``drop``) although none exists
-yet: ``effective`` is the override's list where it gives one, else the host group's.
+A VM may have its own network lists (a fork's ``network.allow``/``drop``): ``effective`` is the override's list
+where it gives one, else the host group's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pyslicer.config import HostGroupConfig
 from pyslicer.daemon.expiry import deadline_of
 from pyslicer.daemon.node import Node
 
-# Every disk is a qcow2 overlay over the guest image's rootfs.
+# Every disk is a qcow2 overlay over the guest image's rootfs (or over a commit, itself one over the rootfs).
 STORAGE = "image"
 PolicySource = Literal["host_group", "override"]
 
@@ -75,15 +75,22 @@ def network_description(config: HostGroupConfig, override: NetworkOverride | Non
     )
 
 
+def override_of(lists: dict[str, list[str] | None] | None) -> NetworkOverride | None:
+    if lists is None:
+        return None
+    allow, drop = lists.get("allow"), lists.get("drop")
+    return NetworkOverride(allow=None if allow is None else tuple(allow), drop=None if drop is None else tuple(drop))
+
+
 def describe(node: Node, config: HostGroupConfig, image: str, image_bytes: int) -> NodeDescription:
     record = node.record
     return NodeDescription(
         node=node,
         storage=STORAGE,
         image=record.image or image,
-        commit_id="",
-        parent_commit_id="",
-        network=network_description(config),
+        commit_id=record.commit_id,
+        parent_commit_id=record.parent_commit_id,
+        network=network_description(config, override_of(record.network_override)),
         expires_at=deadline_of(node),
         disk_bytes=max(record.disk_bytes, image_bytes),  # an overlay is never smaller than its base
     )

@@ -1,5 +1,5 @@
-"""The fleet: every node of every host group on this host, and the one place nodes are launched,
-recovered after a restart, stopped and destroyed."""
+"""The fleet: every node of every host group on this host, and the one place nodes are launched (created or
+forked from a commit), committed, recovered after a restart, stopped and destroyed."""
 
 from __future__ import annotations
 
@@ -12,9 +12,21 @@ import logging
 import os
 import secrets
 import shutil
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from pyslicer.daemon.admission import MemoryAdmission
+from pyslicer.daemon.commits import (
+    COLD,
+    CommitRecord,
+    CommitRequest,
+    CommitStore,
+    check_commit_id,
+    in_use,
+    new_commit_id,
+)
 from pyslicer.daemon.data_dir import DataDir
 from pyslicer.daemon.host_groups import HostGroup, NodeRequest
 from pyslicer.daemon.lifecycle import NodeState
@@ -25,6 +37,8 @@ from pyslicer.daemon.storage import create_overlay, remove_disk
 from pyslicer.daemon.templates import Template, Templates
 from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import (
+    AgentError,
+    ConfigError,
     Conflict,
     HypervisorError,
     InsufficientStorage,
@@ -45,6 +59,7 @@ log = logging.getLogger(__name__)
 GRACEFUL_STOP_SECONDS = 20.0
 # Room a saved state needs beyond the guest's RAM (device state, the file system's own use).
 STATE_SPACE_MARGIN = 64 * 1024 * 1024
+_HOLDING_NO_MEMORY = (NodeState.SUSPENDED, NodeState.STOPPED, NodeState.DELETED)
 
 
 class LaunchOutcome(enum.StrEnum):
@@ -54,6 +69,15 @@ class LaunchOutcome(enum.StrEnum):
     TIMED_OUT = "timed_out"
     NOT_READY = "not_ready"  # the VM stopped or its agent failed before it was ready
     FAILED = "failed"  # the VM could not be launched at all
+
+
+@dataclass(frozen=True, slots=True)
+class ForkPlan:
+    """What makes a new node a fork: the commit its disk stands on and which identity fix-ups its guest gets."""
+
+    commit: CommitRecord
+    fixups: tuple[str, ...]
+    network: dict[str, list[str] | None] | None = None
 
 
 class Fleet:
@@ -68,6 +92,7 @@ class Fleet:
         *,
         kernel: Path | None = None,
         on_agent_ready: Callable[[Node], Awaitable[None]] | None = None,
+        admission: MemoryAdmission | None = None,
     ) -> None:
         self.groups = groups
         self.data_dir = data_dir
@@ -77,12 +102,17 @@ class Fleet:
         self.netns = netns  # every group's network is in it
         self.kernel = kernel or image.kernel
         self.on_agent_ready = on_agent_ready
+        self.admission = admission
         self.nodes: dict[str, Node] = {}
         self.leases: dict[str, Lease] = {}
         self.launch_counts: dict[tuple[str, LaunchOutcome], int] = {}
         self.retired: set[str] = set()  # kept disks of VMs whose host group left the config: names still taken
+        self.commits: dict[str, CommitRecord] = {}
+        self.commit_store = CommitStore(data_dir.commits_dir)
+        self._committing: set[str] = set()
+        self._settling: set[asyncio.Task[None]] = set()  # no-wait forks being watched until they are ready
+        self._lock = asyncio.Lock()  # leases, names, and what stands on which commit
         self._retired_templates: set[str] = set()  # the templates their disks are layered on
-        self._lock = asyncio.Lock()
         self.templates = Templates(
             data_dir.path / "templates",
             hypervisor,
@@ -102,6 +132,10 @@ class Fleet:
             raise NotFound(f"VM {hostname!r} not found", code="vm_not_found")
         return node
 
+    def committed_ram(self) -> list[int]:
+        """The RAM size of every VM that holds (or may hold) host memory: not stopped, suspended or deleted."""
+        return [node.record.ram_bytes for node in self.nodes.values() if node.state not in _HOLDING_NO_MEMORY]
+
     def count(self, group: str, outcome: LaunchOutcome) -> None:
         self.launch_counts[(group, outcome)] = self.launch_counts.get((group, outcome), 0) + 1
 
@@ -118,11 +152,12 @@ class Fleet:
     async def create(self, group: HostGroup, request: NodeRequest, *, wait: str | None, timeout: float) -> Node:
         """Launch a node and, when asked, wait for its agent (``wait="agent"``) or its userdata.
 
-        Raises InvalidArgument for a request beyond the group's ceilings or a hostname in use, Timeout
-        when the wait runs out and AgentError when the VM stops first (the node is removed in both
-        cases), HypervisorError or NetworkError when it cannot be launched."""
+        Raises InvalidArgument for a request beyond the group's ceilings or a hostname in use, Conflict when
+        the host's memory cannot take it (``admission``), Timeout when the wait runs out and AgentError when
+        the VM stops first (the node is removed in both cases), HypervisorError or NetworkError when it cannot
+        be launched."""
         group.check(request)
-        node = await self.launch(group, request)
+        node = await self.launch(group, request, admit=True)
         if wait is not None:
             try:
                 await node.wait_ready(timeout, userdata=wait == "userdata")
@@ -133,14 +168,31 @@ class Fleet:
         self.count(group.name, LaunchOutcome.CREATED)
         return node
 
-    async def launch(self, group: HostGroup, request: NodeRequest, *, service: bool = False) -> Node:
-        """Start a new node's VM (its agent connects in the background). Raises InvalidArgument for a
-        hostname in use, HypervisorError or NetworkError when the VM cannot be started (nothing of it is left)."""
+    async def launch(
+        self,
+        group: HostGroup,
+        request: NodeRequest,
+        *,
+        service: bool = False,
+        admit: bool = False,
+        fork: ForkPlan | None = None,
+    ) -> Node:
+        """Start a new node's VM (its agent connects in the background); with ``fork``, from an overlay over that
+        commit. Raises InvalidArgument for a hostname in use, Conflict when ``admit`` and the host's memory cannot
+        take it, NotFound for a commit deleted meanwhile, HypervisorError or NetworkError when the VM cannot be
+        started (nothing of it is left)."""
         config = group.config
         async with self._lock:
+            if fork is not None and fork.commit.commit_id not in self.commits:
+                raise NotFound(f"commit {fork.commit.commit_id!r} not found", code="commit_not_found")
             taken = self.nodes.keys() | self.retired
             if request.hostname is not None and request.hostname in taken:
                 raise InvalidArgument(f"hostname: {request.hostname!r} is already in use", code="hostname")
+            if admit and self.admission is not None:  # under the lock: two creates cannot both take the last room
+                running = self.committed_ram()
+                self.admission.check(
+                    request.hostname or f"a new {group.name} VM", request.ram_bytes or config.ram_bytes, running
+                )
             hostname = request.hostname or group.new_hostname(taken)
             record = NodeRecord(
                 hostname=hostname,
@@ -155,9 +207,19 @@ class Fleet:
                 tags=list(request.tags),
                 secrets=list(check_grant(request.secrets)) if request.secrets is not None else None,
                 image=image_label(self.image.manifest),
+                machine_id=uuid.uuid4().hex,
             )
+            if fork is not None:
+                commit = fork.commit
+                record.disk_bytes, record.image = commit.disk_bytes, commit.image
+                record.backing_commit_id = record.parent_commit_id = commit.commit_id
+                record.fixups = list(fork.fixups)
+                record.machine_id = record.machine_id if "machine-id" in fork.fixups else ""
+                record.ssh_keys_pending = "ssh-host-keys" in fork.fixups
+                record.network_override = fork.network
+                record.unfinished = True
             node = self._add(record)
-        template = None if service else self._template_for(group, record)
+        template = None if service or fork is not None else self._template_for(group, record)
         if template is not None and await self._fast_boot(node, template):
             return node
         await self._boot(node, failed=LaunchOutcome.FAILED)
@@ -212,6 +274,12 @@ class Fleet:
 
     def _spec(self, record: NodeRecord, lease: Lease | None, *, incoming: Path | None = None) -> VMSpec:
         hostname = record.hostname
+        # Without a fix-up the guest keeps what its disk says (a fork: its source's hostname, machine-id, keys).
+        identity = {"slicer.hostname": hostname} if "hostname" in record.fixes else {}
+        if record.machine_id:
+            identity["slicer.machine_id"] = record.machine_id
+        if record.ssh_keys_pending:
+            identity["slicer.fixups"] = "ssh-host-keys"
         return VMSpec(
             incoming=incoming,
             name=hostname,
@@ -222,7 +290,7 @@ class Fleet:
             disk=self.data_dir.disk(hostname),
             run_dir=self.data_dir.run_dir(hostname),
             console_log=self.data_dir.console_log(hostname),
-            kernel_args={"slicer.hostname": hostname, **(lease.kernel_args if lease is not None else {})},
+            kernel_args={**identity, **(lease.kernel_args if lease is not None else {})},
             nic=Nic(tap=lease.tap, mac=lease.mac, netns=lease.netns) if lease is not None else None,
         )
 
@@ -260,7 +328,7 @@ class Fleet:
                 node.identity = {
                     "op": Op.IDENTITY,
                     "hostname": record.hostname,
-                    "machine_id": secrets.token_hex(16),
+                    "machine_id": record.machine_id or secrets.token_hex(16),
                     "mac": lease.mac,
                     "ip": str(lease.address),
                     "gateway": str(lease.gateway),
@@ -269,7 +337,12 @@ class Fleet:
                 if not spec.disk.exists():
                     await create_overlay(template.disk, spec.disk, record.disk_bytes or None, base_format="qcow2")
             elif not spec.disk.exists():
-                await create_overlay(await self.data_dir.pinned_base(self.image), spec.disk, record.disk_bytes or None)
+                if record.backing_commit_id:  # (sized as its commit)
+                    commit_disk = self.commit_store.disk(record.backing_commit_id)
+                    await create_overlay(commit_disk, spec.disk, None, base_format="qcow2")
+                else:
+                    base = await self.data_dir.pinned_base(self.image)
+                    await create_overlay(base, spec.disk, record.disk_bytes or None)
             await self.registry.put(record)
             shutil.rmtree(spec.run_dir, ignore_errors=True)
             if incoming is None:  # (a restored guest carries on: its console log too)
@@ -372,6 +445,138 @@ class Fleet:
         with contextlib.suppress(FileNotFoundError):
             self.data_dir.saved_state(hostname).unlink()
 
+    # -- commits and forks ----------------------------------------------------------------------
+    def commit_of(self, commit_id: str) -> CommitRecord:
+        """Raises InvalidArgument for an id that is not one, NotFound for a commit that is not here."""
+        commit = self.commits.get(check_commit_id(commit_id))
+        if commit is None:
+            raise NotFound(f"commit {commit_id!r} not found", code="commit_not_found")
+        return commit
+
+    async def commit(self, node: Node, request: CommitRequest) -> CommitRecord:
+        """Make the disk of a stopped persistent node a commit; the node goes on from an overlay over it. Raises
+        Conflict when it is not stopped (naming its state) or a commit of it is in progress, InsufficientStorage
+        when the data dir's disk is (nearly) full, StorageError or HypervisorError when the files cannot be made
+        (in each case nothing is made and the node's disk is as it was)."""
+        hostname = node.hostname
+        if hostname in self._committing:
+            raise Conflict(f"a commit of {hostname} is in progress", code="commit_in_progress")
+        self._committing.add(hostname)
+        try:
+            async with node.lifecycle:
+                if node.state is not NodeState.STOPPED:
+                    raise Conflict(
+                        f"cannot commit {hostname}: it is {node.state.api_status}; shut it down first "
+                        "(only a stopped VM's disk can be committed)",
+                        code="invalid_state",
+                    )
+                record = node.record
+                if not record.persistent:
+                    raise Conflict(f"cannot commit {hostname}: it is not persistent", code="not_persistent")
+                self.commit_store.check_space(f"commit of {hostname}")
+                commit = CommitRecord(
+                    commit_id=new_commit_id(),
+                    mode=COLD,
+                    source_hostname=hostname,
+                    source_host_group=record.host_group,
+                    created_at=utc_now(),
+                    tags=list(request.tags),
+                    labels=dict(request.labels),
+                    cache_key=request.cache_key,
+                    parent_commit_id=record.backing_commit_id,
+                    cpus=record.cpus,
+                    ram_bytes=record.ram_bytes,
+                    disk_bytes=record.disk_bytes,
+                    userdata=record.userdata,
+                    source_tags=list(record.tags),
+                    secrets=None if record.secrets is None else list(record.secrets),
+                    image=record.image,
+                )
+                commit = await self.commit_store.take(commit, node.spec.disk)
+                async with self._lock:
+                    self.commits[commit.commit_id] = commit
+                    record.backing_commit_id = record.commit_id = commit.commit_id
+                await self.registry.put_commit(commit.commit_id, commit.to_dict())
+                await self.registry.put(record)
+                log.info("%s: committed as %s (%d bytes)", hostname, commit.commit_id, commit.size_bytes)
+                return commit
+        finally:
+            self._committing.discard(hostname)
+
+    def committing(self, hostname: str) -> bool:
+        return hostname in self._committing
+
+    async def fork(self, group: HostGroup, request: NodeRequest, plan: ForkPlan, *, wait: bool, timeout: float) -> Node:
+        """Launch a node from an overlay over a commit, with the plan's identity fix-ups applied at its first boot.
+        With ``wait`` it returns once its agent is ready and the fix-ups are seen to have applied; without, once
+        the VM is launched, and a child that then fails to get ready is removed. Raises what ``create`` raises,
+        InsufficientStorage when the data dir's disk is (nearly) full, NotFound when the commit went meanwhile."""
+        group.check(request)
+        self.commit_store.check_space(f"fork of {plan.commit.commit_id}")
+        if not self.commit_store.disk(plan.commit.commit_id).is_file():
+            raise Conflict(
+                f"commit {plan.commit.commit_id} cannot be forked: its disk is missing", code="commit_damaged"
+            )
+        node = await self.launch(group, request, admit=True, fork=plan)
+        if not wait:
+            settle = self._settle_fork(node, timeout)
+            task = asyncio.get_running_loop().create_task(settle, name=f"{node.hostname}-fork")
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            return node
+        try:
+            await self._finish_fork(node, timeout)
+        except SlicerError as exc:
+            await self.destroy(node)
+            self.count(group.name, LaunchOutcome.TIMED_OUT if isinstance(exc, Timeout) else LaunchOutcome.NOT_READY)
+            raise
+        self.count(group.name, LaunchOutcome.CREATED)
+        return node
+
+    async def _finish_fork(self, node: Node, timeout: float) -> None:
+        """Wait for the child's agent, check the guest took its new name, and mark it finished. Raises Timeout,
+        AgentError."""
+        await node.wait_ready(timeout, userdata=False)
+        record = node.record
+        if "hostname" in record.fixes:
+            seen = (await node.health()).hostname
+            if seen != node.hostname:
+                raise AgentError(
+                    f"{node.hostname}: the guest did not take its new hostname (it says {seen!r})", code="fixup_failed"
+                )
+        record.unfinished = record.ssh_keys_pending = False
+        if node.state is not NodeState.DELETED:
+            await self.registry.put(record)
+
+    async def _settle_fork(self, node: Node, timeout: float) -> None:
+        group = node.record.host_group
+        try:
+            await self._finish_fork(node, timeout)
+        except SlicerError as exc:
+            if node.state is NodeState.DELETED:
+                return
+            log.warning("%s: a no-wait fork that did not get ready is removed: %s", node.hostname, exc)
+            self.count(group, LaunchOutcome.TIMED_OUT if isinstance(exc, Timeout) else LaunchOutcome.NOT_READY)
+            await self.destroy(node)
+        else:
+            self.count(group, LaunchOutcome.CREATED)
+
+    async def delete_commit(self, commit_id: str) -> CommitRecord:
+        """Remove a commit and its files. Raises InvalidArgument, NotFound, Conflict (code ``commit_in_use``)
+        while a VM's disk (its source's too) or another commit stands on it."""
+        async with self._lock:
+            commit = self.commit_of(commit_id)
+            users = {n.hostname for n in self.nodes.values() if n.record.backing_commit_id == commit.commit_id}
+            users |= {r.hostname for r in await self.registry.all() if r.backing_commit_id == commit.commit_id}
+            users |= {f"commit {c.commit_id}" for c in self.commits.values() if c.parent_commit_id == commit.commit_id}
+            if users:
+                raise in_use(commit.commit_id, users)
+            del self.commits[commit.commit_id]
+        await self.registry.remove_commit(commit.commit_id)
+        await asyncio.to_thread(self.commit_store.remove, commit.commit_id)
+        log.info("commit %s deleted", commit.commit_id)
+        return commit
+
     async def _on_node_stopped(self, node: Node) -> None:
         await self._stopped(node, on_purpose=False)
 
@@ -396,8 +601,12 @@ class Fleet:
         notice nothing), persistent ones that are not come back (stopped ones stay stopped), the disks of
         ephemeral sandboxes whose VM is gone are removed, VMs whose host group (or service entry) left the
         config are shut down cleanly with their disks kept, and whatever no record owns is removed."""
+        await self._recover_commits()
         records = await self.registry.all()
         for record in records:
+            if record.unfinished:
+                await self._drop_unfinished_fork(record)
+                continue
             group = self.groups.get(record.host_group)
             if group is None or (record.protected and not self._is_configured_service(group, record.hostname)):
                 await self._retire(record)
@@ -428,6 +637,34 @@ class Fleet:
             indexes = [group.network.tap_index(lease.tap) for lease in self.leases.values()]
             group.taps = itertools.count(max([index for index in indexes if index is not None], default=0) + 1)
         await self._sweep({record.hostname for record in await self.registry.all()})
+
+    async def _recover_commits(self) -> None:
+        """The recorded commits, plus any whose record a crash lost after its source was switched onto it; what
+        an unfinished commit left is removed."""
+        for commit_id, data in (await self.registry.commits()).items():
+            try:
+                self.commits[commit_id] = CommitRecord.from_dict(data)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"state database: the record of commit {commit_id!r} cannot be read ({exc})"
+                ) from None
+            disk = self.commit_store.disk(commit_id)
+            if not disk.is_file():
+                log.error("commit %s: its disk %s is missing; it cannot be forked", commit_id, disk)
+        for commit in await asyncio.to_thread(self.commit_store.sweep, self.commits):
+            self.commits[commit.commit_id] = commit
+            await self.registry.put_commit(commit.commit_id, commit.to_dict())
+            source = next((r for r in await self.registry.all() if r.hostname == commit.source_hostname), None)
+            if source is not None and source.backing_commit_id == commit.parent_commit_id:
+                source.backing_commit_id = source.commit_id = commit.commit_id
+                await self.registry.put(source)
+
+    async def _drop_unfinished_fork(self, record: NodeRecord) -> None:
+        """A fork the daemon died making (or waiting for): it goes, with whatever of it still runs."""
+        log.warning("%s: removing a fork that was not finished when the daemon stopped", record.hostname)
+        await self.hypervisor.reclaim(self.data_dir.run_dir(record.hostname))
+        self._remove_files(record.hostname)
+        await self.registry.remove(record.hostname)
 
     @staticmethod
     def _is_configured_service(group: HostGroup, hostname: str) -> bool:
@@ -523,6 +760,7 @@ class Fleet:
         """Stop every node: persistent ones shut down cleanly and keep their disks (and come back at the next
         start unless they were stopped), the rest are removed."""
         await self.templates.close()
+        self._stop_settling()
         await asyncio.gather(*(self._shut_down(node) for node in list(self.nodes.values())), return_exceptions=True)
 
     async def _shut_down(self, node: Node) -> None:
@@ -538,7 +776,12 @@ class Fleet:
     async def detach_all(self) -> None:
         """Let go of every VM and leave it running, for the next daemon on this data dir to adopt."""
         await self.templates.close()
+        self._stop_settling()
         await asyncio.gather(*(node.detach() for node in list(self.nodes.values())), return_exceptions=True)
+
+    def _stop_settling(self) -> None:
+        for task in self._settling:  # (an unfinished fork is removed by the next daemon)
+            task.cancel()
 
     async def destroy(self, node: Node) -> None:
         """Stop the node's VM and remove everything of it: disk, log, address, record."""

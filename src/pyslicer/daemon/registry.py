@@ -1,4 +1,4 @@
-"""Node records in SQLite, so a restarted daemon knows which disks and which running VMs are whose."""
+"""Node and commit records in SQLite, so a restarted daemon knows which disks, running VMs and commits are whose."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ import aiosqlite
 
 from pyslicer.errors import ConfigError
 
+FIXUPS = ("hostname", "machine-id", "ssh-host-keys")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     hostname   TEXT PRIMARY KEY,
     host_group TEXT NOT NULL,
     record     TEXT NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS commits (
+    commit_id  TEXT PRIMARY KEY,
+    record     TEXT NOT NULL
+);
 """
 
 
@@ -47,6 +53,19 @@ class NodeRecord:
         self.tap = ""
 
     image: str = ""  # the guest image its disk was made from (empty in records older than this field)
+    machine_id: str = ""  # given to the guest at each boot; empty: the guest keeps its disk's /etc/machine-id
+    backing_commit_id: str = ""  # the commit its disk is an overlay over (empty: the guest image's base)
+    commit_id: str = ""  # the last commit made of it
+    parent_commit_id: str = ""  # the commit it was forked from
+    fixups: list[str] | None = None  # a fork's identity fix-ups; None: not a fork (every fix-up applies)
+    ssh_keys_pending: bool = False  # its first boot replaces the SSH host keys it inherited
+    unfinished: bool = False  # a fork not yet ready: a restarted daemon removes it rather than booting it
+    network_override: dict[str, list[str] | None] | None = None  # its own allow/drop (None: the group's)
+
+    @property
+    def fixes(self) -> frozenset[str]:
+        """The identity fix-ups that apply to it (all of them for a VM that is not a fork)."""
+        return frozenset(FIXUPS if self.fixups is None else self.fixups)
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:
@@ -79,9 +98,10 @@ class Registry:
             if verdict != ["ok"]:
                 raise ConfigError(f"state database {path} is damaged ({'; '.join(map(str, verdict))[:200]})")
             await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute(SCHEMA)
+            await db.executescript(SCHEMA)
             await db.commit()
             await registry.all()
+            await registry.commits()
         except sqlite3.Error as exc:
             await db.close()
             raise ConfigError(
@@ -106,6 +126,30 @@ class Registry:
     async def remove(self, hostname: str) -> None:
         await self._db.execute("DELETE FROM nodes WHERE hostname = ?", (hostname,))
         await self._db.commit()
+
+    async def put_commit(self, commit_id: str, record: dict[str, object]) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO commits (commit_id, record) VALUES (?, ?)", (commit_id, json.dumps(record))
+        )
+        await self._db.commit()
+
+    async def remove_commit(self, commit_id: str) -> None:
+        await self._db.execute("DELETE FROM commits WHERE commit_id = ?", (commit_id,))
+        await self._db.commit()
+
+    async def commits(self) -> dict[str, dict[str, object]]:
+        """Every commit record, as stored. Raises ConfigError for one that is not a JSON object."""
+        found: dict[str, dict[str, object]] = {}
+        async with self._db.execute("SELECT commit_id, record FROM commits ORDER BY commit_id") as cursor:
+            async for commit_id, text in cursor:
+                try:
+                    data = json.loads(text)
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    raise ConfigError(f"state database: the record of commit {commit_id!r} cannot be read")
+                found[commit_id] = data
+        return found
 
     async def all(self) -> list[NodeRecord]:
         """Every record. Raises ConfigError for one that cannot be read."""

@@ -3,7 +3,9 @@
 A guest's snapshot comes from the agent's ``stats`` op (``agent/stats.py``) and is rebuilt here field by field:
 a guest is input like any other, and one bad field refuses its whole snapshot (the entry says why) rather than
 pass a wrong figure on. The host side needs no agent, so it is there for a paused or hung guest too: QEMU's
-CPU time and RSS (``/proc/<pid>/stat``), the tap's bytes (``/proc/<pid>/net/dev``: QEMU runs in the daemon's
+CPU time (``/proc/<pid>/stat``), its memory as RSS, PSS and private bytes (``/proc/<pid>/smaps_rollup``: PSS
+counts a page shared with other processes in part, so the PSS of every VM adds up to what they hold together),
+the tap's bytes (``/proc/<pid>/net/dev``: QEMU runs in the daemon's
 network namespace, so that file shows it) and the disks' I/O (QMP ``query-blockstats``).
 
 Every VM is asked at once, each under a short timeout: a VM that cannot answer (paused, booting, stopped, a
@@ -157,6 +159,8 @@ class HostCounters:
 
     cpu_seconds: float | None = None  # QEMU's user + system CPU time
     rss_bytes: int | None = None
+    pss_bytes: int | None = None
+    private_bytes: int | None = None  # only this QEMU's: what its end would give back
     net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
     disk_read_bytes: int | None = None
@@ -182,6 +186,29 @@ def parse_process_stat(text: str) -> tuple[float, int] | None:
     return ticks / _CLOCK_TICKS, pages * _PAGE_SIZE
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessMemory:
+    rss_bytes: int
+    pss_bytes: int
+    private_bytes: int
+
+
+def parse_smaps_rollup(text: str) -> ProcessMemory | None:
+    """RSS, PSS and private (clean + dirty) bytes from ``/proc/<pid>/smaps_rollup``; None when a figure is
+    missing or does not parse."""
+    kib: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        key, colon, rest = line.partition(":")
+        value, _, unit = rest.strip().partition(" ")
+        if colon and unit == "kB" and value.isdigit():
+            kib[key] = int(value)
+    try:
+        private = kib["Private_Clean"] + kib["Private_Dirty"]
+        return ProcessMemory(kib["Rss"] * 1024, kib["Pss"] * 1024, private * 1024)
+    except KeyError:
+        return None
+
+
 def parse_tap_bytes(text: str, tap: str) -> tuple[int, int] | None:
     """The VM's received and sent bytes through ``tap`` (the tap's sent and received, in ``/proc/net/dev``)."""
     for line in text.splitlines()[2:]:
@@ -204,11 +231,26 @@ def _read(path: str) -> str:
         return ""
 
 
-def read_process_counters(pid: int, tap: str | None) -> tuple[tuple[float, int] | None, tuple[int, int] | None]:
-    """Blocking: CPU and RSS, and the tap's bytes, of one QEMU process."""
+@dataclass(frozen=True, slots=True)
+class ProcessCounters:
+    cpu_seconds: float | None = None
+    rss_bytes: int | None = None
+    memory: ProcessMemory | None = None
+    network: tuple[int, int] | None = None
+
+
+def read_process_counters(pid: int, tap: str | None) -> ProcessCounters:
+    """Blocking (run it in a thread: reading smaps_rollup walks QEMU's mappings): CPU, memory and the tap's
+    bytes of one QEMU process."""
     process = parse_process_stat(_read(f"/proc/{pid}/stat"))
+    memory = parse_smaps_rollup(_read(f"/proc/{pid}/smaps_rollup"))
     network = parse_tap_bytes(_read(f"/proc/{pid}/net/dev"), tap) if tap else None
-    return process, network
+    return ProcessCounters(
+        cpu_seconds=process[0] if process else None,
+        rss_bytes=memory.rss_bytes if memory else process[1] if process else None,
+        memory=memory,
+        network=network,
+    )
 
 
 # -- one entry per node --------------------------------------------------------------------------------
@@ -271,17 +313,18 @@ async def collect(
     guests = asyncio.gather(*(_guest_entry(node, guest_timeout) for node in chosen))
     blocks = asyncio.gather(*(_block_stats(node) for node in chosen))
     host_side = asyncio.to_thread(
-        lambda: [read_process_counters(*process) if process is not None else (None, None) for process in processes]
+        lambda: [read_process_counters(*process) if process is not None else ProcessCounters() for process in processes]
     )
     guest_results, block_results, host_results = await asyncio.gather(guests, blocks, host_side)
     entries = []
-    for node, (snapshot, error), block, (process, network) in zip(
-        chosen, guest_results, block_results, host_results, strict=True
-    ):
+    for node, (snapshot, error), block, process in zip(chosen, guest_results, block_results, host_results, strict=True):
         record = node.record
+        network, memory = process.network, process.memory
         host = HostCounters(
-            cpu_seconds=process[0] if process else None,
-            rss_bytes=process[1] if process else None,
+            cpu_seconds=process.cpu_seconds,
+            rss_bytes=process.rss_bytes,
+            pss_bytes=memory.pss_bytes if memory else None,
+            private_bytes=memory.private_bytes if memory else None,
             net_rx_bytes=network[0] if network else None,
             net_tx_bytes=network[1] if network else None,
             disk_read_bytes=block[0] if block else None,

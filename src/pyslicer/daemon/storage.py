@@ -1,4 +1,4 @@
-"""Per-VM disks: copy-on-write qcow2 overlays of the read-only base rootfs."""
+"""Per-VM disks: copy-on-write qcow2 overlays of the read-only base rootfs, or of a commit (a qcow2)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pyslicer.errors import HypervisorError
 
 
 async def create_overlay(base: Path, overlay: Path, size_bytes: int | None, *, base_format: str = "raw") -> None:
-    """A qcow2 overlay of ``base`` (the raw rootfs, or a qcow2 layer such as a template's disk)."""
+    """A qcow2 overlay of ``base`` (the raw rootfs, or a qcow2 layer such as a template's disk). Raises
+    HypervisorError (nothing left) when qemu-img cannot make it."""
     overlay.parent.mkdir(parents=True, exist_ok=True)
     command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(overlay)]
     if size_bytes:

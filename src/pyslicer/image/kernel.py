@@ -20,8 +20,9 @@ from pyslicer.errors import ImageError
 from pyslicer.image import _proc
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
-# What QEMU microvm needs to reach the disk, the agent port and the network.
-GUEST_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_console", "virtio_net")
+# What QEMU microvm needs to reach the disk, the agent port and the network, and the balloon through which
+# the guest reports the pages it frees (page reporting itself is built in: CONFIG_PAGE_REPORTING=y).
+GUEST_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "virtio_balloon")
 
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"

@@ -1,7 +1,7 @@
 """Hypervisors: how a VM process is started and controlled."""
 
 from pyslicer.vmm.accel import choose_accel, hardware_kvm_available
-from pyslicer.vmm.base import Accel, BlockStats, GuestMemory, Hypervisor, Nic, VMProcess, VMSpec
+from pyslicer.vmm.base import Accel, BlockStats, GuestMemory, Hypervisor, MemoryTuning, Nic, VMProcess, VMSpec
 from pyslicer.vmm.process import ProcessIdentity
 from pyslicer.vmm.qemu import QemuHypervisor, QemuVM, qemu_hypervisor
 
@@ -10,6 +10,7 @@ __all__ = [
     "BlockStats",
     "GuestMemory",
     "Hypervisor",
+    "MemoryTuning",
     "Nic",
     "ProcessIdentity",
     "QemuHypervisor",

@@ -54,6 +54,16 @@ class VMSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryTuning:
+    """How the VMM treats every VM's memory (the config's memory knobs, docs/sizing.md)."""
+
+    tcg_tb_size_mib: int = 64
+    """TCG's translation cache per VM; ignored under KVM."""
+    free_page_reporting: bool = True
+    """A balloon device through which the guest hands pages it frees back to the host."""
+
+
+@dataclass(frozen=True, slots=True)
 class BlockStats:
     """What the VMM counted on the VM's disks since it started (all disks summed)."""
 
@@ -109,6 +119,7 @@ class VMProcess(Protocol):
 class Hypervisor(Protocol):
     name: str
     accel: Accel
+    memory: MemoryTuning
     accel_reason: str
     """A sentence saying why this accelerator was chosen."""
 
