@@ -725,3 +725,18 @@ def test_the_clock_stops_trying_when_it_may_not_be_set() -> None:
     assert clock.follow(10**18) is False and clock.follow(2 * 10**18) is False
     assert calls == [10**18] and clock.steps == 0
     assert Clock(None).follow(10**18) is False
+
+
+class RestoredAgent(ScriptedAgent):
+    """A guest restored from a saved state: the answer to a CLOCK of the connection before the save comes first."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(encode(FrameType.TIME, 0, clock_payload(time.time_ns())))
+        await super().serve(reader, writer)
+
+
+async def test_a_stale_time_before_ready_is_not_a_protocol_error(tmp_path: Path) -> None:
+    agent = RestoredAgent()
+    async with scripted_link(tmp_path, agent) as link:
+        assert await link.call({"op": "health"}) == {"ok": True}
+    assert agent.types().count("HELLO") == 1  # one connection: the link did not drop it

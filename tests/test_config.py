@@ -448,6 +448,14 @@ def test_bad_persistent(value: str) -> None:
     assert group_error(persistent=value).startswith("config.host_groups[0].persistent: Input should be a valid boolean")
 
 
+def test_fast_create_is_on_unless_turned_off() -> None:
+    assert parse(MINIMAL).host_groups[0].fast_create is True
+    assert parse(group_yaml(fast_create="false")).host_groups[0].fast_create is False
+    assert group_error(fast_create="sometimes").startswith(
+        "config.host_groups[0].fast_create: Input should be a valid boolean"
+    )
+
+
 @pytest.mark.parametrize("storage", ["devmapper", "zfs"])
 def test_unsupported_storage(storage: str) -> None:
     assert group_error(storage=storage) == (

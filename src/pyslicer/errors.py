@@ -19,6 +19,7 @@
      +-- StorageError             the data dir's files could not be written (nothing was left half-made)
      +-- ImageError               the guest image could not be built or is incomplete
      +-- HypervisorError          QEMU could not be started or controlled
+     |    +-- SnapshotError       a VM's saved state could not be saved, or is missing or cannot be loaded
      +-- NetworkError             a namespace, bridge or tap could not be set up
 
 No HTTP here: ``pyslicer.api.errors`` maps each class to its status in one table, and the CLI prints
@@ -123,3 +124,9 @@ class NetworkError(SlicerError):
     """A namespace, bridge or tap could not be set up."""
 
     code = "network_error"
+
+
+class SnapshotError(HypervisorError):
+    """A VM's saved state could not be saved, or is missing or cannot be loaded."""
+
+    code = "snapshot_error"

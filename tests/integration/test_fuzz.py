@@ -33,7 +33,7 @@ CALL_TIMEOUT = 20.0  # a generated command may run for long (`sleep 1e9`); leavi
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-ENDING_ROUTES = {"/vm/{hostname}/shutdown", "/vm/{hostname}/relaunch"}
+ENDING_ROUTES = {"/vm/{hostname}/shutdown", "/vm/{hostname}/relaunch", "/vm/{hostname}/suspend"}
 
 
 def auth(daemon: RunningDaemon) -> dict[str, str]:

@@ -57,6 +57,7 @@ SESSIONS: dict[str, tuple[str, str]] = {
     Op.STATS: ("pyslicer.agent.stats", "StatsSession"),
     Op.SHELL: ("pyslicer.agent.shell", "ShellSession"),
     Op.FORWARD: ("pyslicer.agent.forward", "ForwardSession"),
+    Op.IDENTITY: ("pyslicer.agent.identity", "IdentitySession"),
     **{
         op: ("pyslicer.agent.background", "BackgroundSession")
         for op in (Op.BG_START, Op.BG_LIST, Op.BG_INFO, Op.BG_LOGS, Op.BG_KILL, Op.BG_WAIT, Op.BG_DELETE)

@@ -1,4 +1,4 @@
-"""A VM's lifecycle: pause, resume, shutdown and relaunch."""
+"""A VM's lifecycle: pause, resume, suspend, restore, shutdown and relaunch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
 from pyslicer.api.nodes import created_node, wait_timeout
-from pyslicer.api.schemas import CreatedNode, LifecycleResult, ShutdownBody
+from pyslicer.api.schemas import CreatedNode, ErrorBody, LifecycleResult, ShutdownBody
 from pyslicer.daemon import Node, NodeState
 from pyslicer.errors import InvalidArgument
 
@@ -34,6 +34,35 @@ async def pause(daemon: DaemonDep, hostname: str) -> LifecycleResult:
 @router.post("/vm/{hostname}/resume", summary="Run a paused VM again")
 async def resume(daemon: DaemonDep, hostname: str) -> LifecycleResult:
     return result(await daemon.resume_node(hostname))
+
+
+@router.post(
+    "/vm/{hostname}/suspend",
+    summary="Save the VM's memory and devices in the data dir and end its VM process; `Suspended` until restored",
+    description="The VM's disk stays; its memory is released. A persistent suspended VM stays so across daemon "
+    "restarts. 413 (`no_space_for_state`) when the data dir has no room for the state: the VM keeps running.",
+    responses={413: {"model": ErrorBody, "description": "no room in the data dir for the VM's state"}},
+)
+async def suspend(daemon: DaemonDep, hostname: str) -> LifecycleResult:
+    return result(await daemon.suspend_node(hostname))
+
+
+@router.post(
+    "/vm/{hostname}/restore",
+    summary="Bring a suspended VM back with its processes and memory",
+    description="409 when it is not suspended, or (`state_unusable`) when its saved state is missing or damaged: "
+    "the VM is then `Stopped` and can be relaunched from its disk.",
+)
+async def restore(
+    daemon: DaemonDep,
+    hostname: str,
+    wait: Annotated[
+        Literal["agent", "userdata", ""] | None, Query(description="return once the agent (or userdata) is ready")
+    ] = None,
+    timeout: Annotated[str | None, Query(description="Go duration for the wait; default 5m")] = None,
+) -> LifecycleResult:
+    seconds = wait_timeout(timeout)
+    return result(await daemon.restore_node(hostname, wait=wait or None, timeout=seconds))
 
 
 @router.post(

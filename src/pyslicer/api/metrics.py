@@ -78,6 +78,13 @@ class DaemonCollector(Collector):
         for name in self.daemon.groups:
             gpus.add_metric([name], 0)
         yield gpus
+
+        snapshots = GaugeMetricFamily(
+            "slicer_snapshot_bytes", "disk taken by saved VM states (pyslicer)", labels=["kind"]
+        )
+        for kind, size in sorted(self.daemon.snapshot_usage().items()):
+            snapshots.add_metric([kind], size)
+        yield snapshots
         yield from system_metrics()
 
 

@@ -142,7 +142,7 @@ class LifecycleResult(BaseModel):
     """What a pause, resume or shutdown left (Slicer answers text; its clients read only the status code)."""
 
     hostname: str
-    status: str = Field(description="Running, Paused or Stopped; Deleted for an ephemeral sandbox shut down")
+    status: str = Field(description="Running, Paused, Suspended or Stopped; Deleted for an ephemeral sandbox shut down")
     disk_removed: StrictBool = Field(default=False, description="an ephemeral sandbox goes with its disk")
 
 

@@ -1,4 +1,4 @@
-"""``slicer vm pause|resume|shutdown|relaunch``: a VM's lifecycle."""
+"""``slicer vm pause|resume|suspend|restore|shutdown|relaunch``: a VM's lifecycle."""
 
 from __future__ import annotations
 
@@ -32,6 +32,31 @@ def vm_pause(api: Api, hostname: str) -> None:
 def vm_resume(api: Api, hostname: str) -> None:
     """Resume a paused VM."""
     api.emit(api.client.resume(hostname), lambda: f"{hostname} resumed")
+
+
+@_lifecycle
+@click.command("suspend")
+@click.argument("hostname")
+@api_command
+def vm_suspend(api: Api, hostname: str) -> None:
+    """Suspend a VM to disk: its memory and devices are saved, its VM process ends (restore brings it back)."""
+    api.emit(api.client.suspend(hostname), lambda: f"{hostname} suspended")
+
+
+@_lifecycle
+@click.command("restore")
+@click.argument("hostname")
+@click.option("--wait", type=click.Choice(["agent", "userdata", "none"]), default="agent", show_default=True)
+@click.option("--timeout", type=Duration(), default="5m", show_default=True, help="How long to wait.")
+@api_command
+def vm_restore(api: Api, hostname: str, wait: str, timeout: float) -> None:
+    """Restore a suspended VM with its processes and memory."""
+    result = api.client.restore(
+        hostname,
+        wait="agent" if wait == "agent" else "userdata" if wait == "userdata" else None,
+        timeout=format_go_duration(timeout),
+    )
+    api.emit(result, lambda: f"{hostname} restored")
 
 
 @_lifecycle

@@ -61,6 +61,7 @@ from ._calls import (
     readdir_call,
     relaunch_call,
     remove_call,
+    restore_call,
     secrets_call,
     stat_call,
     tags_call,
@@ -280,6 +281,22 @@ class AsyncSlicerClient(BaseClient):
     async def resume(self, hostname: str) -> LifecycleResult:
         """Run a paused VM again. 409 unless it is paused."""
         return await self._send(lifecycle_call(hostname, "resume"))
+
+    async def suspend(self, hostname: str) -> LifecycleResult:
+        """Save the VM's memory and devices in the daemon's data dir and end its VM process: it is Suspended
+        until restored. 409 unless it is running; 413 (``no_space_for_state``) when there is no room (it runs on)."""
+        return await self._send(lifecycle_call(hostname, "suspend"))
+
+    async def restore(
+        self,
+        hostname: str,
+        *,
+        wait: Literal["agent", "userdata"] | None = None,
+        timeout: str | float | None = None,
+    ) -> LifecycleResult:
+        """Bring a suspended VM back with its processes and memory; with ``wait``, return once its agent is ready.
+        409 unless it is suspended, or (``state_unusable``) when its saved state is damaged: it is Stopped then."""
+        return await self._send(restore_call(hostname, wait, timeout))
 
     async def shutdown(self, hostname: str) -> LifecycleResult:
         """Stop the VM cleanly, returning once it has stopped: a persistent VM is then Stopped (relaunch it),

@@ -192,13 +192,24 @@ def delete_node_call(group: str, hostname: str) -> Call[DeleteResult]:
 
 
 def lifecycle_call(hostname: str, action: str) -> Call[LifecycleResult]:
-    """``pause``, ``resume`` or ``shutdown`` (answered once the VM has stopped: no read timeout)."""
+    """``pause``, ``resume``, ``suspend`` or ``shutdown`` (answered once the VM has stopped, or its state is
+    saved: no read timeout)."""
     return Call(
         "POST",
         f"/vm/{seg(hostname)}/{action}",
         responses.lifecycle_result,
         params=(("action", "shutdown"),) if action == "shutdown" else (),
-        long_running=action == "shutdown",
+        long_running=action in ("shutdown", "suspend"),
+    )
+
+
+def restore_call(hostname: str, wait: str | None, timeout: str | float | None) -> Call[LifecycleResult]:
+    return Call(
+        "POST",
+        f"/vm/{seg(hostname)}/restore",
+        responses.lifecycle_result,
+        params=_wait_params(wait, timeout),
+        long_running=True,
     )
 
 

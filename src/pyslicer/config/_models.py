@@ -203,6 +203,7 @@ class HostGroupConfig(_Model):
     persistent: bool = True
     userdata: str = ""
     network: NetworkConfig | None = None
+    fast_create: bool = True  # API creates restore a snapshot of a booted guest instead of booting one
 
     @model_validator(mode="before")
     @classmethod

@@ -340,6 +340,10 @@ class AgentLink:
         if frame.type == FrameType.TIME:
             arrived = time.time_ns()
             if not self._clocks_sent:
+                if not self.agent_info:
+                    # No READY on this connection yet: the answer to a CLOCK of an earlier connection, still in
+                    # the port when the guest was saved (a restored guest sends it on).
+                    return
                 raise ProtocolError("TIME frame without a CLOCK")
             sent = self._clocks_sent.popleft()
             # The agent read its clock before we got the frame: it is ahead by at least this much.

@@ -216,6 +216,10 @@ class Daemon:
     def launch_counts(self) -> dict[tuple[str, LaunchOutcome], int]:
         return self._fleet.launch_counts if self._fleet is not None else {}
 
+    def snapshot_usage(self) -> dict[str, int]:
+        """Bytes on disk of saved VM states by kind (``suspended``, ``template``). Raises nothing."""
+        return self._fleet.snapshot_usage() if self._fleet is not None else {}
+
     def memory_commitment(self) -> MemoryCommitment:
         """The memory the VMs have committed against the admission limit (``memory_overcommit_ratio``)."""
         running = self._fleet.committed_ram() if self._fleet is not None else []
@@ -338,6 +342,27 @@ class Daemon:
         """Run a paused node again. Raises NotFound, Conflict unless it is paused, HypervisorError."""
         node = self.node(hostname)
         await node.resume()
+        return node
+
+    async def suspend_node(self, hostname: str) -> Node:
+        """Save a running node's whole state (memory, devices; its disk stays) in the data dir and end its VM:
+        it is Suspended until restored. Raises NotFound, Conflict unless it is running, InsufficientStorage when
+        the data dir has no room for the state, SnapshotError when it cannot be saved (it runs on, or is Stopped
+        when its QEMU died meanwhile)."""
+        node = self.node(hostname)
+        await self.fleet.suspend(node)
+        return node
+
+    async def restore_node(self, hostname: str, *, wait: str | None = None, timeout: float = 300.0) -> Node:
+        """Bring a suspended node back with its processes and memory; with ``wait`` ("agent" or "userdata"),
+        return once its agent answers (its clock set). Raises NotFound, Conflict unless it is suspended or (code
+        ``state_unusable``) when its saved state is missing or damaged (it is Stopped then), HypervisorError or
+        NetworkError when it cannot be started (it stays suspended), Timeout or AgentError when the wait fails
+        (it keeps running)."""
+        node = self.node(hostname)
+        await self.fleet.restore(node)
+        if wait is not None:
+            await node.wait_ready(timeout, userdata=wait == "userdata")
         return node
 
     async def shut_down_node(self, hostname: str, *, timeout: float | None = None) -> Node:

@@ -17,7 +17,7 @@ from pyslicer.errors import ConfigError
 from pyslicer.image import GuestImage
 
 MAX_SOCKET_PATH = 100
-SUBDIRS = ("disks", "logs", "auth", "commits")
+SUBDIRS = ("disks", "logs", "auth", "commits", "states")
 
 
 class DataDir:
@@ -44,6 +44,13 @@ class DataDir:
 
     def disk(self, hostname: str) -> Path:
         return self.path / "disks" / f"{hostname}.qcow2"
+
+    def saved_state(self, hostname: str) -> Path:
+        """A suspended VM's state (its memory and devices; its disk stays where it is)."""
+        return self.path / "states" / f"{hostname}.vmstate"
+
+    def saved_state_owners(self) -> set[str]:
+        return {path.stem for path in (self.path / "states").glob("*.vmstate")}
 
     def console_log(self, hostname: str) -> Path:
         return self.path / "logs" / f"{hostname}.log"

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
+import os
+import secrets
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,25 +34,31 @@ from pyslicer.daemon.node import Node
 from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.daemon.secrets import check_grant
 from pyslicer.daemon.storage import create_overlay, remove_disk
+from pyslicer.daemon.templates import Template, Templates
 from pyslicer.daemon.timestamps import utc_now
 from pyslicer.errors import (
     AgentError,
     ConfigError,
     Conflict,
     HypervisorError,
+    InsufficientStorage,
     InvalidArgument,
     NotFound,
     SlicerError,
+    SnapshotError,
     Timeout,
 )
 from pyslicer.image import GuestImage
 from pyslicer.image.manifest import image_label
 from pyslicer.net import Lease, NetworkNamespace, Policy, VMPolicy, parse_cidrs
-from pyslicer.vmm import Hypervisor, Nic, ProcessIdentity, VMSpec
+from pyslicer.protocol import Op
+from pyslicer.vmm import GuestMemory, Hypervisor, Nic, ProcessIdentity, VMSpec
 
 log = logging.getLogger(__name__)
 
 GRACEFUL_STOP_SECONDS = 20.0
+# Room a saved state needs beyond the guest's RAM (device state, the file system's own use).
+STATE_SPACE_MARGIN = 64 * 1024 * 1024
 _HOLDING_NO_MEMORY = (NodeState.SUSPENDED, NodeState.STOPPED, NodeState.DELETED)
 
 
@@ -108,6 +117,18 @@ class Fleet:
         self._committing: set[str] = set()
         self._settling: set[asyncio.Task[None]] = set()  # no-wait forks being watched until they are ready
         self._lock = asyncio.Lock()  # leases, names, and what stands on which commit
+        self._retired_templates: set[str] = set()  # the templates their disks are layered on
+        self.templates = Templates(
+            data_dir.path / "templates",
+            hypervisor,
+            image,
+            self.kernel,
+            data_dir.run_root,
+            base=lambda: data_dir.pinned_base(image),
+            lease=self._template_lease,
+            release=self._template_release,
+            disks_in_use=self._templates_in_use,
+        )
 
     def node(self, hostname: str) -> Node:
         """Raises NotFound for a hostname that is not (or no longer) here."""
@@ -208,8 +229,51 @@ class Fleet:
                 record.ssh_keys_pending = "ssh-host-keys" in fork.fixups
                 record.unfinished = True
             node = self._add(record)
+        template = None if service or fork is not None else self._template_for(group, record)
+        if template is not None and await self._fast_boot(node, template):
+            return node
         await self._boot(node, failed=LaunchOutcome.FAILED)
         return node
+
+    def _template_for(self, group: HostGroup, record: NodeRecord) -> Template | None:
+        """The template a new node can be restored from: its group's, when ready and of the node's shape."""
+        config = group.config
+        if not config.fast_create or (record.cpus, record.ram_bytes) != (config.vcpu, config.ram_bytes):
+            return None
+        return self.templates.ready(group)
+
+    async def _fast_boot(self, node: Node, template: Template) -> bool:
+        """Restore a new node from ``template``; False, with nothing of the attempt left, when the template
+        cannot be loaded (the caller boots it instead). Raises what ``_boot`` raises (the node is destroyed)."""
+        try:
+            await self._boot(node, template=template)
+        except SnapshotError as exc:
+            log.warning("%s: not restored from its group's template (%s); booting it", node.hostname, exc)
+            self.templates.discard(template)
+            remove_disk(node.spec.disk)
+            node.record.template, node.identity = "", None
+            return False
+        except BaseException:
+            self.count(node.record.host_group, LaunchOutcome.FAILED)
+            await self.destroy(node)
+            raise
+        return True
+
+    async def _template_lease(self, group: HostGroup, name: str) -> Lease:
+        async with self._lock:
+            taken = {lease.address.ip.compressed for lease in self.leases.values()}
+            taken |= {n.record.ip for n in self.nodes.values() if n.state is NodeState.SUSPENDED}
+            lease = await group.network.lease(name, next(group.taps), taken)
+            self.leases[f"~{name}"] = lease  # (no hostname starts with ~)
+            return lease
+
+    async def _template_release(self, group: HostGroup, name: str) -> None:
+        lease = self.leases.pop(f"~{name}", None)
+        if lease is not None:
+            await group.network.release(lease.tap)
+
+    def _templates_in_use(self) -> set[str]:
+        return {n.record.template for n in self.nodes.values() if n.record.template} | self._retired_templates
 
     def _add(self, record: NodeRecord, lease: Lease | None = None) -> Node:
         node = Node(record, self._spec(record, lease))
@@ -218,7 +282,7 @@ class Fleet:
         self.nodes[record.hostname] = node
         return node
 
-    def _spec(self, record: NodeRecord, lease: Lease | None) -> VMSpec:
+    def _spec(self, record: NodeRecord, lease: Lease | None, *, incoming: Path | None = None) -> VMSpec:
         hostname = record.hostname
         # Without a fix-up the guest keeps what its disk says (a fork: its source's hostname, machine-id, keys).
         identity = {"slicer.hostname": hostname} if "hostname" in record.fixes else {}
@@ -227,6 +291,7 @@ class Fleet:
         if record.ssh_keys_pending:
             identity["slicer.fixups"] = "ssh-host-keys"
         return VMSpec(
+            incoming=incoming,
             name=hostname,
             vcpus=record.cpus,
             ram_bytes=record.ram_bytes,
@@ -239,21 +304,49 @@ class Fleet:
             nic=Nic(tap=lease.tap, mac=lease.mac, netns=lease.netns) if lease is not None else None,
         )
 
-    async def _boot(self, node: Node, *, failed: LaunchOutcome | None = None) -> None:
-        """Give a node an address and start its VM from its disk (made first for a new node). A new node
-        (``failed`` set) that cannot be started is destroyed; a stopped one stays stopped. Raises
-        HypervisorError or NetworkError."""
+    async def _boot(
+        self,
+        node: Node,
+        *,
+        failed: LaunchOutcome | None = None,
+        incoming: Path | None = None,
+        template: Template | None = None,
+    ) -> None:
+        """Give a node an address and start its VM from its disk (made first for a new node), or restore it from
+        the saved state ``incoming`` (it keeps its address then), or restore a new node from ``template`` (a
+        disk layered on the template's; the guest takes its identity at its first READY). A new node (``failed``
+        set) that cannot be started is destroyed; a stopped (or suspended) one stays so. Raises SnapshotError
+        when a saved state cannot be loaded, HypervisorError or NetworkError."""
         record = node.record
         group = self.groups[record.host_group]
         try:
             async with self._lock:
+                # (a suspended guest's address stays its own: every node's recorded address is taken)
                 taken = self._addresses_taken(node)
                 lease = await group.network.lease(record.hostname, next(group.taps), taken, wanted=record.ip)
                 self.leases[record.hostname] = lease
+            if incoming is not None and str(lease.address.ip) != record.ip:
+                raise HypervisorError(f"{record.hostname}: its address {record.ip} is not free")
             record.ip, record.tap = str(lease.address.ip), lease.tap
             await self.policy.add(self.vm_policy(record, lease))
-            node.spec = spec = self._spec(record, lease)
-            if not spec.disk.exists():
+            node.spec = spec = self._spec(record, lease, incoming=incoming)
+            if template is not None:
+                record.template = str(template.path)
+                node.spec = spec = dataclasses.replace(
+                    spec, incoming=template.state, memory=GuestMemory(template.memory, shared=False)
+                )
+                node.identity = {
+                    "op": Op.IDENTITY,
+                    "hostname": record.hostname,
+                    "machine_id": record.machine_id or secrets.token_hex(16),
+                    "mac": lease.mac,
+                    "ip": str(lease.address),
+                    "gateway": str(lease.gateway),
+                    "seed": secrets.token_hex(64),
+                }
+                if not spec.disk.exists():
+                    await create_overlay(template.disk, spec.disk, record.disk_bytes or None, base_format="qcow2")
+            elif not spec.disk.exists():
                 if record.backing_commit_id:  # (sized as its commit)
                     commit_disk = self.commit_store.disk(record.backing_commit_id)
                     await create_overlay(commit_disk, spec.disk, None, base_format="qcow2")
@@ -262,8 +355,9 @@ class Fleet:
                     await create_overlay(base, spec.disk, record.disk_bytes or None)
             await self.registry.put(record)
             shutil.rmtree(spec.run_dir, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                spec.console_log.unlink()
+            if incoming is None:  # (a restored guest carries on: its console log too)
+                with contextlib.suppress(FileNotFoundError):
+                    spec.console_log.unlink()
             vm = await self.hypervisor.launch(spec)
             try:
                 node.attach(vm)  # (Conflict if the node was deleted meanwhile)
@@ -316,6 +410,69 @@ class Fleet:
             if node.state is not NodeState.STOPPED:
                 raise Conflict(f"cannot relaunch {node.hostname}: it is {node.state.value}", code="invalid_state")
             await self._boot(node)
+
+    async def suspend(self, node: Node) -> None:
+        """Save a running node's whole state in the data dir and end its VM; it is Suspended until restored
+        (a persistent one also across daemon restarts). Raises Conflict unless it is running,
+        InsufficientStorage when the data dir has no room for the state, SnapshotError when it cannot be saved
+        (the VM runs on, or is Stopped when its QEMU died meanwhile): in all these cases nothing is saved."""
+        state = self.data_dir.saved_state(node.hostname)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        room = await asyncio.to_thread(os.statvfs, state.parent)
+        free, needed = room.f_bavail * room.f_frsize, node.record.ram_bytes + STATE_SPACE_MARGIN
+        if free < needed:
+            raise InsufficientStorage(
+                f"cannot suspend {node.hostname}: its state needs up to {needed >> 20} MiB and {state.parent} has "
+                f"{free >> 20} MiB free; it keeps running",
+                code="no_space_for_state",
+            )
+        await node.suspend(state)
+        shutil.rmtree(node.spec.run_dir, ignore_errors=True)
+        await self._release_lease(node)
+        node.record.end_run()
+        node.record.suspended = True
+        await self.registry.put(node.record)
+
+    async def restore(self, node: Node) -> None:
+        """Bring a suspended node back from its saved state: its processes run on, its address is its own,
+        its clock is set once its agent answers. Raises Conflict unless it is suspended, or (code
+        ``state_unusable``) when its state is missing or cannot be loaded (it is Stopped then, and can be
+        relaunched from its disk), HypervisorError or NetworkError when it cannot be started (it stays
+        suspended)."""
+        async with node.lifecycle:
+            if node.state is not NodeState.SUSPENDED:
+                raise Conflict(
+                    f"cannot restore {node.hostname}: it is {node.state.value}, not Suspended", code="invalid_state"
+                )
+            state = self.data_dir.saved_state(node.hostname)
+            try:
+                await self._boot(node, incoming=state)
+            except SnapshotError as exc:
+                self._discard_state(node.hostname)
+                node.record.suspended = False
+                node.record.stopped = True
+                await self.registry.put(node.record)
+                node.transition(NodeState.STOPPED)
+                raise Conflict(
+                    f"cannot restore {node.hostname}: {exc.message}; it is Stopped now (relaunch boots it from its "
+                    "disk)",
+                    code="state_unusable",
+                ) from None
+            self._discard_state(node.hostname)  # loaded: the running VM holds it now
+            node.record.suspended = False
+            await self.registry.put(node.record)
+
+    def snapshot_usage(self) -> dict[str, int]:
+        """Bytes on disk of the suspended VMs' states and of the fast-create templates. Raises nothing."""
+        states = 0
+        for path in (self.data_dir.path / "states").glob("*.vmstate"):
+            with contextlib.suppress(OSError):
+                states += path.stat().st_blocks * 512
+        return {"suspended": states, "template": self.templates.disk_usage()}
+
+    def _discard_state(self, hostname: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.data_dir.saved_state(hostname).unlink()
 
     # -- commits and forks ----------------------------------------------------------------------
     def commit_of(self, commit_id: str) -> CommitRecord:
@@ -482,6 +639,8 @@ class Fleet:
             group = self.groups.get(record.host_group)
             if group is None or (record.protected and not self._is_configured_service(group, record.hostname)):
                 await self._retire(record)
+                if record.template:
+                    self._retired_templates.add(record.template)
                 continue
             if record.vmm_pid and await self._adopt(group, record):
                 continue
@@ -492,6 +651,9 @@ class Fleet:
                 continue
             record.end_run()
             node = self._add(record)
+            if record.suspended:
+                node.transition(NodeState.SUSPENDED)
+                continue
             if record.stopped and not record.protected:  # services run whenever the config lists them
                 node.transition(NodeState.STOPPED)
                 continue
@@ -620,9 +782,17 @@ class Fleet:
         for hostname in self.data_dir.disk_owners() - recorded:
             log.warning("%s: removing its disk and log: no record owns them", hostname)
             self._remove_files(hostname)
+        self.templates.collect(self.groups.values())
+        suspended = {node.hostname for node in self.nodes.values() if node.state is NodeState.SUSPENDED}
+        for hostname in self.data_dir.saved_state_owners() - suspended:
+            log.warning("%s: removing a saved state that no suspended VM owns", hostname)
+            self._discard_state(hostname)
+        for partial in (self.data_dir.path / "states").glob(".*.partial"):  # a suspend the daemon died in
+            partial.unlink(missing_ok=True)
 
     def _remove_files(self, hostname: str) -> None:
         remove_disk(self.data_dir.disk(hostname))
+        self._discard_state(hostname)
         with contextlib.suppress(FileNotFoundError):
             self.data_dir.console_log(hostname).unlink()
         shutil.rmtree(self.data_dir.run_dir(hostname), ignore_errors=True)
@@ -631,6 +801,7 @@ class Fleet:
     async def stop_all(self) -> None:
         """Stop every node: persistent ones shut down cleanly and keep their disks (and come back at the next
         start unless they were stopped), the rest are removed."""
+        await self.templates.close()
         self._stop_settling()
         await asyncio.gather(*(self._shut_down(node) for node in list(self.nodes.values())), return_exceptions=True)
 
@@ -646,6 +817,7 @@ class Fleet:
 
     async def detach_all(self) -> None:
         """Let go of every VM and leave it running, for the next daemon on this data dir to adopt."""
+        await self.templates.close()
         self._stop_settling()
         await asyncio.gather(*(node.detach() for node in list(self.nodes.values())), return_exceptions=True)
 
@@ -674,3 +846,5 @@ class Fleet:
             del self.nodes[node.hostname]
         self._remove_files(node.hostname)
         await self.registry.remove(node.hostname)
+        if node.record.template:
+            self.templates.collect(self.groups.values())

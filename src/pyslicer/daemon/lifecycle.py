@@ -24,11 +24,15 @@ class NodeState(enum.StrEnum):
 
 TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     # A VM adopted from an earlier daemon may be found paused.
-    NodeState.CREATING: frozenset({NodeState.BOOTING, NodeState.PAUSED, NodeState.STOPPED, NodeState.DELETED}),
+    # (Suspended: found so by a restarted daemon.)
+    NodeState.CREATING: frozenset(
+        {NodeState.BOOTING, NodeState.PAUSED, NodeState.SUSPENDED, NodeState.STOPPED, NodeState.DELETED}
+    ),
     NodeState.BOOTING: frozenset({NodeState.RUNNING, NodeState.PAUSED, NodeState.STOPPED, NodeState.DELETED}),
     NodeState.RUNNING: frozenset({NodeState.PAUSED, NodeState.SUSPENDED, NodeState.STOPPED, NodeState.DELETED}),
     NodeState.PAUSED: frozenset({NodeState.RUNNING, NodeState.STOPPED, NodeState.DELETED}),
-    NodeState.SUSPENDED: frozenset({NodeState.BOOTING, NodeState.DELETED}),
+    # Restored (booting from its state), or Stopped when that state cannot be loaded.
+    NodeState.SUSPENDED: frozenset({NodeState.BOOTING, NodeState.STOPPED, NodeState.DELETED}),
     NodeState.STOPPED: frozenset({NodeState.BOOTING, NodeState.DELETED}),
     NodeState.DELETED: frozenset(),
 }

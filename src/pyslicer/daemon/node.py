@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyslicer.daemon.agent_link import AgentLink
@@ -65,6 +66,8 @@ class Node:
         # guest's secrets here, so a userdata script and the first request after a wait find them in place.
         self.on_agent_ready: Callable[[Node], Awaitable[None]] | None = None
         self._prepared = asyncio.Event()  # on_agent_ready has run for the agent connected now
+        # A node restored from a template takes its own identity at its first READY, before anyone sees it ready.
+        self.identity: protocol.IdentityRequest | None = None
 
     @property
     def hostname(self) -> str:
@@ -100,6 +103,8 @@ class Node:
         self._tasks.append(asyncio.get_running_loop().create_task(self._prepare_guest(), name=f"{self.hostname}-ready"))
 
     async def _prepare_guest(self) -> None:
+        if self.identity is not None and not await self._take_identity(self.identity):
+            return
         try:
             if self.on_agent_ready is not None:
                 await self.on_agent_ready(self)
@@ -109,6 +114,22 @@ class Node:
             self._prepared.set()
         if not self._userdata_sent:
             await self._hand_over_userdata()
+
+    async def _take_identity(self, request: protocol.IdentityRequest) -> bool:
+        """Whether the guest took it; one that cannot is ended (it would pass for its template's twin)."""
+        try:
+            if self.link is None:
+                raise AgentError("no agent")
+            answer = await self.link.call(request, timeout=30)
+            if answer.get("type") != "done":
+                raise AgentError(str_or(answer.get("error"), "no answer"))
+        except SlicerError as exc:
+            log.error("%s: cannot give the restored guest its identity: %s; ending it", self.hostname, exc)
+            if self.vm is not None:
+                await self.vm.kill()
+            return False
+        self.identity = None
+        return True
 
     async def _hand_over_userdata(self) -> None:
         if self.link is None:
@@ -175,10 +196,32 @@ class Node:
             if self.link is not None:
                 self.link.release_clock()  # the guest's clock stood still while it was paused
 
+    async def suspend(self, state: Path) -> None:
+        """Save the guest's whole state to ``state``, then end its VM (its memory released): it ends Suspended.
+        Raises Conflict unless it is running, SnapshotError when the state cannot be saved (the guest runs on;
+        or, when its QEMU died meanwhile, it is Stopped as any VM whose QEMU ends)."""
+        async with self.lifecycle:
+            check_transition(self.hostname, self.state, NodeState.SUSPENDED, action="suspend")
+            assert self.vm is not None
+            if self.link is not None:
+                self.link.hold_clock()  # its vCPUs stop while the state is saved
+            try:
+                await self.vm.save_state(state)
+            except BaseException:
+                if self.link is not None:
+                    self.link.release_clock()
+                raise
+            await self.stop()
+            self.transition(NodeState.SUSPENDED)
+
     async def shut_down(self, graceful_timeout: float) -> None:
         """Stop the guest cleanly (its filesystems unmounted) and end Stopped; a guest that has not gone
         within ``graceful_timeout`` is killed. Raises Conflict when it is not running or paused."""
         async with self.lifecycle:
+            if self.state is NodeState.SUSPENDED:
+                raise Conflict(
+                    f"cannot shut down {self.hostname}: it is Suspended; restore it first", code="invalid_state"
+                )
             check_transition(self.hostname, self.state, NodeState.STOPPED, action="shut down")
             if self.state is NodeState.PAUSED and self.vm is not None:
                 with contextlib.suppress(HypervisorError):

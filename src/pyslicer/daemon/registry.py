@@ -44,6 +44,8 @@ class NodeRecord:
     vmm_pid: int = 0  # its VMM while it runs (0: none), told apart from a later process by its start time
     vmm_started: int = 0
     stopped: bool = False  # stopped on purpose (or its VMM died): stays down across daemon restarts
+    suspended: bool = False  # its whole state is saved in the data dir (no VMM runs): restore brings it back
+    template: str = ""  # the fast-create template its disk is layered on (its dir), if any
 
     def end_run(self) -> None:
         """Forget what belonged to the VM's run (its VMM and tap), once it has ended."""

@@ -10,7 +10,8 @@ from pyslicer.errors import HypervisorError
 
 
 async def create_overlay(base: Path, overlay: Path, size_bytes: int | None, *, base_format: str = "raw") -> None:
-    """Raises HypervisorError (nothing left) when qemu-img cannot make it."""
+    """A qcow2 overlay of ``base`` (the raw rootfs, or a qcow2 layer such as a template's disk). Raises
+    HypervisorError (nothing left) when qemu-img cannot make it."""
     overlay.parent.mkdir(parents=True, exist_ok=True)
     command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(overlay)]
     if size_bytes:

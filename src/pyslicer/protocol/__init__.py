@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from pyslicer.protocol.messages import HealthAnswer as HealthAnswer
     from pyslicer.protocol.messages import HealthRequest as HealthRequest
     from pyslicer.protocol.messages import Hello as Hello
+    from pyslicer.protocol.messages import IdentityDone as IdentityDone
+    from pyslicer.protocol.messages import IdentityRequest as IdentityRequest
     from pyslicer.protocol.messages import Ready as Ready
     from pyslicer.protocol.messages import Request as Request
     from pyslicer.protocol.messages import RequestError as RequestError

@@ -52,6 +52,8 @@ class Op:
     BG_KILL: Final = "bg_kill"
     BG_WAIT: Final = "bg_wait"
     BG_DELETE: Final = "bg_delete"
+    # A guest restored from another's snapshot takes an identity of its own.
+    IDENTITY: Final = "identity"
 
 
 # A watch's event types (fsnotify's), in the agent's events and the daemon's checks alike.
@@ -111,6 +113,22 @@ if TYPE_CHECKING:
 
     class UserdataAnswer(TypedDict):
         started: bool  # false: it ran on this disk already, is running, or the script is empty
+
+    class IdentityRequest(TypedDict):
+        """Take a new identity (a guest restored from a snapshot of another): answered by one IdentityDone
+        once all of it is in place, or a RequestError naming what failed."""
+
+        op: Literal["identity"]
+        hostname: str
+        machine_id: str  # 32 lowercase hex digits
+        mac: str  # eth0's new address, aa:bb:cc:dd:ee:ff
+        ip: str  # eth0's address with its prefix length ("" leaves eth0 down)
+        gateway: str  # the default route ("" for none)
+        seed: str  # hex: random bytes from the host, credited to the kernel's RNG, which is then reseeded
+        window: NotRequired[int]  # added by the link
+
+    class IdentityDone(TypedDict):
+        type: Literal["done"]
 
     class ExecRequest(TypedDict, total=False):
         """Run a command. Absent or null fields take the defaults."""

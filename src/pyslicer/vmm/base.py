@@ -21,6 +21,16 @@ class Nic:
 
 
 @dataclass(frozen=True)
+class GuestMemory:
+    """Guest RAM in a file. ``shared``: the guest's writes go to the file (a snapshot template's RAM, left out of
+    its saved state); else the file is mapped copy-on-write, so VMs started from it share its pages until they
+    write them."""
+
+    path: Path
+    shared: bool
+
+
+@dataclass(frozen=True)
 class VMSpec:
     name: str
     vcpus: int
@@ -33,6 +43,10 @@ class VMSpec:
     console_log: Path
     kernel_args: dict[str, str] = field(default_factory=dict)
     nic: Nic | None = None
+    memory: GuestMemory | None = None
+    """None: anonymous RAM."""
+    incoming: Path | None = None
+    """A saved state (``VMProcess.save_state``) to start from instead of booting; the devices must be the same."""
 
     @property
     def agent_socket(self) -> Path:
@@ -79,6 +93,12 @@ class VMProcess(Protocol):
         """The VM's disk I/O as the VMM counts it. Raises HypervisorError when the VMM does not answer."""
         ...
 
+    async def save_state(self, path: Path) -> None:
+        """Save the VM's whole state (vCPUs, devices, RAM not in a shared ``GuestMemory``) to ``path``, made
+        atomically and synced; the VM is left stopped, for the caller to end. Raises SnapshotError when it
+        cannot be saved (nothing is left at ``path``; the VM runs on unless its VMM died)."""
+        ...
+
     async def paused(self) -> bool:
         """Whether its vCPUs are stopped. Raises HypervisorError when the VMM does not answer."""
         ...
@@ -104,7 +124,8 @@ class Hypervisor(Protocol):
     """A sentence saying why this accelerator was chosen."""
 
     async def launch(self, spec: VMSpec) -> VMProcess:
-        """Start a VM for ``spec``. Raises HypervisorError when it cannot be started."""
+        """Start a VM for ``spec`` (running, also when it is restored from ``spec.incoming``). Raises
+        SnapshotError when ``spec.incoming`` cannot be loaded, HypervisorError when the VM cannot be started."""
         ...
 
     async def adopt(self, spec: VMSpec, identity: ProcessIdentity) -> VMProcess:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
-from pyslicer.errors import HypervisorError
+from pyslicer.errors import HypervisorError, SnapshotError
 from pyslicer.vmm.accel import choose_accel, host_tsc_khz
-from pyslicer.vmm.base import Accel, BlockStats, MemoryTuning, VMSpec
+from pyslicer.vmm.base import Accel, BlockStats, GuestMemory, MemoryTuning, VMSpec
 from pyslicer.vmm.process import ProcessHandle, ProcessIdentity, become_subreaper
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,26 @@ TCG_CPU = "max,erms=off"
 MIB = 1024 * 1024
 LAUNCH_TIMEOUT = 60.0  # until QEMU has set the machine up and daemonized
 QMP_CONNECT_TIMEOUT = 10.0
+MIGRATION_TIMEOUT = 120.0
+MIGRATION_POLL = 0.005
+# QEMU's default migration cap (32 MiB/s) makes a 512 MiB guest's save take 0.53 s instead of 0.11 s (measured).
+MIGRATION_BANDWIDTH = 10 * 1024 * 1024 * 1024
+# Every RAM block is named after its backend, so a state saved from a VM on any backend loads into any other.
+RAM_ID = "ram0"
+# Always on, both ways (the capability changes the stream's format): RAM in a shared file is left out of the
+# state, as it stays in its file; anonymous or privately mapped RAM is saved as usual.
+MIGRATION_CAPABILITIES = [{"capability": "x-ignore-shared", "state": True}]
+
+
+def memory_backend(spec: VMSpec) -> str:
+    size = f"size={max(1, spec.ram_bytes // MIB)}M"
+    memory: GuestMemory | None = spec.memory
+    if memory is None:
+        return f"memory-backend-ram,id={RAM_ID},{size}"
+    share = "on" if memory.shared else "off"
+    return f"memory-backend-file,id={RAM_ID},{size},mem-path={memory.path.absolute()},share={share}"
+
+
 # Under memory pressure the OOM killer takes a VM before the daemon (serve.py lowers the daemon's, which a
 # QEMU it forks would inherit).
 QEMU_OOM_SCORE_ADJ = 300
@@ -96,7 +119,8 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, memory: MemoryTuning 
         *prefix,
         binary,
         "-name", spec.name,
-        "-M", "microvm",
+        "-M", f"microvm,memory-backend={RAM_ID}",
+        "-object", memory_backend(spec),
         *accel_args(accel, memory),
         "-cpu", "host" if accel == "kvm" else TCG_CPU,
         "-m", str(max(1, spec.ram_bytes // MIB)),
@@ -116,6 +140,8 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, memory: MemoryTuning 
         "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
         *balloon_args(memory),
         *nic,
+        # Restored: wait for the state over QMP (an fd the daemon opened), then stay stopped until `cont`.
+        *(["-incoming", "defer", "-S"] if spec.incoming is not None else []),
     ]  # fmt: skip
 
 
@@ -129,9 +155,9 @@ class QemuVM:
         self._process = process
         self._qmp = qmp
 
-    async def _execute(self, command: str) -> Any:
+    async def _execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         try:
-            return await self._qmp.execute(command)
+            return await self._qmp.execute(command, arguments)
         except (QMPError, OSError) as exc:
             raise HypervisorError(f"{self.spec.name}: QMP {command} failed: {exc}") from exc
 
@@ -163,6 +189,93 @@ class QemuVM:
             read_operations=totals["rd_operations"],
             write_operations=totals["wr_operations"],
         )
+
+    async def save_state(self, path: Path) -> None:
+        """Migrate the VM into ``path`` over an fd passed to QEMU (7.2 has no ``file:`` URI; ``exec:cat > FILE``
+        leaves a ``cat`` still writing when QEMU reports completion), then fsync and rename it into place.
+        Raises SnapshotError when the migration fails (QEMU resumes the guest then) or QEMU dies meanwhile."""
+        staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SnapshotError(f"{self.spec.name}: cannot create {path.name}: {exc.strerror}") from None
+        try:
+            try:
+                await self._configure_migration()
+                await self._execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH})
+                await self._pass_fd(fd, "state")
+                await self._execute("migrate", {"uri": "fd:state"})
+                await self._wait_migration("save")
+                started = time.monotonic()
+                await asyncio.to_thread(os.fsync, fd)
+                log.debug("%s: state saved, fsync %.3fs", self.spec.name, time.monotonic() - started)
+                os.replace(staging, path)
+            except OSError as exc:  # (fsync, replace)
+                raise SnapshotError(f"{self.spec.name}: cannot write {path.name}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+            with contextlib.suppress(Exception):  # QEMU restarts a guest whose migration failed; make sure
+                if await asyncio.wait_for(self.paused(), 2):
+                    await asyncio.wait_for(self.resume(), 2)
+            raise
+
+    async def load_state(self, path: Path) -> None:
+        """Load a saved state into a QEMU started with ``-incoming defer`` and run the guest. Raises
+        SnapshotError when the file is missing or QEMU cannot load it (QEMU exits then)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SnapshotError(f"{self.spec.name}: saved state {path.name}: {exc.strerror}") from None
+        try:
+            await self._configure_migration()
+            await self._pass_fd(fd, "state")
+            await self._execute("migrate-incoming", {"uri": "fd:state"})
+            await self._wait_migration("restore")
+        finally:
+            os.close(fd)
+        await self._execute("cont")
+
+    async def _configure_migration(self) -> None:
+        await self._execute("migrate-set-capabilities", {"capabilities": MIGRATION_CAPABILITIES})
+
+    async def _pass_fd(self, fd: int, name: str) -> None:
+        # Not QMPClient.send_fd_scm: it reaches into the transport's socket object, which uvloop's lacks.
+        try:
+            transport_socket = self._qmp._writer.transport.get_extra_info("socket") if self._qmp._writer else None
+            if transport_socket is None:
+                raise OSError("QMP is not connected")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(transport_socket.fileno())) as qmp:
+                socket.send_fds(qmp, [b" "], [fd])  # QMP skips the blank
+        except OSError as exc:
+            raise SnapshotError(f"{self.spec.name}: cannot pass the state file to QEMU: {exc}") from None
+        await self._execute("getfd", {"fdname": name})
+
+    async def _wait_migration(self, what: str) -> None:
+        deadline = time.monotonic() + MIGRATION_TIMEOUT
+        while True:
+            try:
+                status = await self._qmp.execute("query-migrate")
+            except (QMPError, OSError, EOFError) as exc:
+                # A restore that fails ends QEMU; a daemonized QEMU's stderr (its reason) goes to /dev/null.
+                raise SnapshotError(
+                    f"{self.spec.name}: {what} failed: QEMU ended ({exc or 'disconnected'}); a saved state it cannot "
+                    "load is damaged or was saved from a VM with other devices"
+                ) from None
+            state = status.get("status") if isinstance(status, dict) else None
+            if state == "completed":
+                return
+            if state in ("failed", "cancelled"):
+                reason = status.get("error-desc", state) if isinstance(status, dict) else state
+                raise SnapshotError(f"{self.spec.name}: {what} failed: {reason}")
+            if time.monotonic() > deadline:
+                with contextlib.suppress(QMPError, OSError):
+                    await self._qmp.execute("migrate_cancel")
+                raise SnapshotError(f"{self.spec.name}: {what} did not finish within {MIGRATION_TIMEOUT:g}s")
+            await asyncio.sleep(MIGRATION_POLL)
 
     async def paused(self) -> bool:
         """Whether the vCPUs are stopped. Raises HypervisorError when QMP does not answer."""
@@ -250,7 +363,14 @@ class QemuHypervisor:
         except ProcessLookupError:
             raise HypervisorError(f"{spec.name}: QEMU exited at once: {_tail(spec.run_dir / 'qemu.log')}") from None
         _set_oom_score_adj(identity.pid, QEMU_OOM_SCORE_ADJ)
-        return await self._control(spec, process)
+        vm = await self._control(spec, process)
+        if spec.incoming is not None:
+            try:
+                await vm.load_state(spec.incoming)
+            except BaseException:
+                await vm.kill()
+                raise
+        return vm
 
     async def adopt(self, spec: VMSpec, identity: ProcessIdentity) -> QemuVM:
         """Take over a QEMU that an earlier daemon started for ``spec``. Raises HypervisorError when that
