@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from pyslicer.daemon.admission import HostMemory, MemoryAdmission, parse_meminfo, read_host_memory
+from pyslicer.daemon.data_dir import DataDir
+from pyslicer.daemon.fleet import Fleet
+from pyslicer.daemon.lifecycle import NodeState
+from pyslicer.daemon.registry import NodeRecord, Registry
 from pyslicer.errors import Conflict
+from pyslicer.image import GuestImage
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -49,3 +57,36 @@ def test_meminfo() -> None:
     assert parse_meminfo("") == HostMemory(0, 0)
     host = read_host_memory()
     assert 0 < host.available_bytes <= host.total_bytes
+
+
+def test_relaunch_and_restore_are_admitted_too(tmp_path: Path) -> None:
+    """A stopped or suspended VM holds no memory; bringing it back takes room as a create does, and past the
+    limit it stays as it was (refused before anything is booted: this fleet has no host groups or hypervisor at all)."""
+
+    async def run() -> None:
+        data_dir = DataDir(tmp_path / "data")
+        data_dir.hold()
+        registry = await Registry.open(data_dir.path / "state.db")
+        try:
+            await check(data_dir, registry)
+        finally:
+            await registry.close()
+            data_dir.release()
+
+    async def check(data_dir: DataDir, registry: Registry) -> None:
+        image = GuestImage(tmp_path / "k", tmp_path / "i", tmp_path / "r", {})
+        fleet = Fleet({}, data_dir, None, image, registry, None, None, admission=admission(1.0, total=2 * GIB))  # type: ignore[arg-type]
+        running = fleet._add(NodeRecord("big-1", "box", 1, GIB, 0, "", False, True))
+        running.transition(NodeState.BOOTING)
+        stopped = fleet._add(NodeRecord("big-2", "box", 1, GIB, 0, "", False, True))
+        stopped.transition(NodeState.STOPPED)
+        suspended = fleet._add(NodeRecord("big-3", "box", 1, GIB, 0, "", False, True))
+        suspended.transition(NodeState.SUSPENDED)
+        with pytest.raises(Conflict, match=r"big-2 .* past the limit") as refused:
+            await fleet.relaunch(stopped)
+        assert refused.value.code == "memory_overcommit" and stopped.state is NodeState.STOPPED
+        with pytest.raises(Conflict, match=r"big-3 .* past the limit"):
+            await fleet.restore(suspended)
+        assert suspended.state is NodeState.SUSPENDED
+
+    asyncio.run(run())

@@ -141,6 +141,13 @@ class Fleet:
         """The RAM size of every VM that holds (or may hold) host memory: not stopped, suspended or deleted."""
         return [node.record.ram_bytes for node in self.nodes.values() if node.state not in _HOLDING_NO_MEMORY]
 
+    async def _admit_back(self, node: Node) -> None:
+        """Raises Conflict (``memory_overcommit``, ``host_memory_low``) when the host's memory cannot take a
+        stopped or suspended node back."""
+        if self.admission is not None:
+            async with self._lock:
+                self.admission.check(node.hostname, node.record.ram_bytes, self.committed_ram())
+
     def count(self, group: str, outcome: LaunchOutcome) -> None:
         self.launch_counts[(group, outcome)] = self.launch_counts.get((group, outcome), 0) + 1
 
@@ -261,9 +268,7 @@ class Fleet:
 
     async def _template_lease(self, group: HostGroup, name: str) -> Lease:
         async with self._lock:
-            taken = {lease.address.ip.compressed for lease in self.leases.values()}
-            taken |= {n.record.ip for n in self.nodes.values() if n.state is NodeState.SUSPENDED}
-            lease = await group.network.lease(name, next(group.taps), taken)
+            lease = await group.network.lease(name, next(group.taps), self._addresses_taken(None))
             self.leases[f"~{name}"] = lease  # (no hostname starts with ~)
             return lease
 
@@ -404,11 +409,13 @@ class Fleet:
         await self._stopped(node, on_purpose=True)
 
     async def relaunch(self, node: Node) -> None:
-        """Boot a stopped node again from its disk. Raises Conflict unless it is stopped, HypervisorError or
-        NetworkError when it cannot be started (it stays stopped)."""
+        """Boot a stopped node again from its disk. Raises Conflict unless it is stopped or when the host's memory
+        cannot take it (it stays stopped), HypervisorError or NetworkError when it cannot be started (it stays
+        stopped)."""
         async with node.lifecycle:
             if node.state is not NodeState.STOPPED:
                 raise Conflict(f"cannot relaunch {node.hostname}: it is {node.state.value}", code="invalid_state")
+            await self._admit_back(node)
             await self._boot(node)
 
     async def suspend(self, node: Node) -> None:
@@ -435,15 +442,16 @@ class Fleet:
 
     async def restore(self, node: Node) -> None:
         """Bring a suspended node back from its saved state: its processes run on, its address is its own,
-        its clock is set once its agent answers. Raises Conflict unless it is suspended, or (code
-        ``state_unusable``) when its state is missing or cannot be loaded (it is Stopped then, and can be
-        relaunched from its disk), HypervisorError or NetworkError when it cannot be started (it stays
-        suspended)."""
+        its clock is set once its agent answers. Raises Conflict unless it is suspended, when the host's memory
+        cannot take it (it stays suspended), or (code ``state_unusable``) when its state is missing or cannot be
+        loaded (it is Stopped then, and can be relaunched from its disk), HypervisorError or NetworkError when it
+        cannot be started (it stays suspended)."""
         async with node.lifecycle:
             if node.state is not NodeState.SUSPENDED:
                 raise Conflict(
                     f"cannot restore {node.hostname}: it is {node.state.value}, not Suspended", code="invalid_state"
                 )
+            await self._admit_back(node)
             state = self.data_dir.saved_state(node.hostname)
             try:
                 await self._boot(node, incoming=state)
