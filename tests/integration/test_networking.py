@@ -33,6 +33,7 @@ config:
     ram_mb: 256
     storage_size: 2G
     persistent: false
+    fast_create: false  # these tests count addresses, and a template being built holds one of its group's
     network:
       bridge: brnet0
       tap_prefix: tbr
@@ -45,6 +46,7 @@ config:
     ram_mb: 256
     storage_size: 2G
     persistent: false
+    fast_create: false
     network:
       mode: isolated
       tap_prefix: tiso
