@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${PYSLICER_VENV:-$ROOT/.venv}
 APT_PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs busybox-static cpio kmod lz4 iproute2 nftables
-              openssh-client
-              python3 python3-venv ca-certificates)
+              openssh-client python3 python3-venv ca-certificates)
 
 if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (VMs need /dev/kvm or TCG, taps and debootstrap)" >&2
