@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
-from pyslicer.api.nodes import wait_timeout
+from pyslicer.api.nodes import WaitTimeout, wait_timeout
 from pyslicer.api.schemas import CommitAnswer, CommitDeleted, CommitListing, ErrorBody, ForkAnswer
 from pyslicer.daemon import CommitFilter, CommitInfo, CommitRequest, ForkRequest, NodeState
 
@@ -77,7 +77,7 @@ async def fork(
     wait: Annotated[
         Literal["agent", "none", ""] | None, Query(description="agent (the default): return once it is ready")
     ] = None,
-    timeout: Annotated[str | None, Query(description="Go duration for the wait; default 5m")] = None,
+    timeout: WaitTimeout = None,
 ) -> ForkAnswer:
     seconds = wait_timeout(timeout)
     forked = await daemon.fork(commit_id, body, wait=wait != "none", timeout=seconds)

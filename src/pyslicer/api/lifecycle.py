@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from pyslicer.api.dependencies import DaemonDep, body_schema, json_body_of
 from pyslicer.api.errors import ERROR_RESPONSES
-from pyslicer.api.nodes import created_node, wait_timeout
+from pyslicer.api.nodes import WaitFor, WaitTimeout, created_node, wait_timeout
 from pyslicer.api.schemas import CreatedNode, ErrorBody, LifecycleResult, ShutdownBody
 from pyslicer.daemon import Node, NodeState
 from pyslicer.errors import InvalidArgument
@@ -56,10 +56,8 @@ async def suspend(daemon: DaemonDep, hostname: str) -> LifecycleResult:
 async def restore(
     daemon: DaemonDep,
     hostname: str,
-    wait: Annotated[
-        Literal["agent", "userdata", ""] | None, Query(description="return once the agent (or userdata) is ready")
-    ] = None,
-    timeout: Annotated[str | None, Query(description="Go duration for the wait; default 5m")] = None,
+    wait: WaitFor = None,
+    timeout: WaitTimeout = None,
 ) -> LifecycleResult:
     seconds = wait_timeout(timeout)
     return result(await daemon.restore_node(hostname, wait=wait or None, timeout=seconds))
@@ -95,10 +93,8 @@ async def shutdown(
 async def relaunch(
     daemon: DaemonDep,
     hostname: str,
-    wait: Annotated[
-        Literal["agent", "userdata", ""] | None, Query(description="return once the agent (or userdata) is ready")
-    ] = None,
-    timeout: Annotated[str | None, Query(description="Go duration for the wait; default 5m")] = None,
+    wait: WaitFor = None,
+    timeout: WaitTimeout = None,
 ) -> CreatedNode:
     seconds = wait_timeout(timeout)
     return created_node(await daemon.relaunch_node(hostname, wait=wait or None, timeout=seconds))

@@ -61,6 +61,12 @@ def node_request(body: CreateNodeBody) -> NodeRequest:
     )
 
 
+WaitFor = Annotated[
+    Literal["agent", "userdata", ""] | None, Query(description="return once the agent (or userdata) is ready")
+]
+WaitTimeout = Annotated[str | None, Query(description="Go duration for the wait (30s, 5m, 1m30s); default 5m")]
+
+
 def wait_timeout(raw: str | None) -> float:
     """The ``timeout`` query (a Go duration) in seconds. Raises InvalidArgument naming it."""
     return parse_positive_duration(raw, "timeout") if raw else DEFAULT_WAIT_TIMEOUT
@@ -105,10 +111,8 @@ async def create_node(
     daemon: DaemonDep,
     name: str,
     body: Annotated[CreateNodeBody, json_body_of(CreateNodeBody)],
-    wait: Annotated[
-        Literal["agent", "userdata", ""] | None, Query(description="return once the agent (or userdata) is ready")
-    ] = None,
-    timeout: Annotated[str | None, Query(description="Go duration for the wait (30s, 5m, 1m30s); default 5m")] = None,
+    wait: WaitFor = None,
+    timeout: WaitTimeout = None,
 ) -> CreatedNode:
     daemon.group(name)
     if "ttl" in request.query_params:  # the query says how to answer; what the VM is goes in the body
