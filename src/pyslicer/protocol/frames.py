@@ -216,7 +216,7 @@ class FrameDecoder:
         taken = 0
         while True:
             have = len(self._buffer)
-            missing = (HEADER.size if have < HEADER.size else HEADER.size + self._check(self._buffer, 0)) - have
+            missing = (HEADER.size if have < HEADER.size else HEADER.size + self._header(self._buffer, 0)[3]) - have
             if not missing:
                 with memoryview(self._buffer) as whole:
                     self._cut(whole, 0, frames)
@@ -229,26 +229,26 @@ class FrameDecoder:
             taken += len(piece)
 
     @staticmethod
-    def _check(source: bytes | bytearray | memoryview, offset: int) -> int:
-        """The payload length of the frame whose header is at ``offset``. Raises ProtocolError for a header no
-        peer may send."""
-        frame_type, flags, _, length = HEADER.unpack_from(source, offset)
+    def _header(source: bytes | bytearray | memoryview, offset: int) -> tuple[int, int, int, int]:
+        """The (type, flags, stream, payload length) of the header at ``offset``. Raises ProtocolError for a header
+        no peer may send."""
+        frame_type, flags, stream, length = HEADER.unpack_from(source, offset)
         if length > MAX_PAYLOAD:
             raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
         if frame_type not in FrameType.NAMES:
             raise ProtocolError(f"unknown frame type {frame_type}")
         if frame_type in _CHANNEL_FRAMES and flags not in Channel.NAMES:
             raise ProtocolError(f"unknown channel {flags}")
-        return int(length)
+        return frame_type, flags, stream, length
 
     def _cut(self, view: memoryview, offset: int, frames: list[Frame]) -> int:
         """Append every whole frame from ``offset`` on; returns where the first incomplete one starts."""
         size = len(view)
         while size - offset >= HEADER.size:
-            end = offset + HEADER.size + self._check(view, offset)
+            frame_type, flags, stream, length = self._header(view, offset)
+            end = offset + HEADER.size + length
             if size < end:
                 break
-            frame_type, flags, stream, _ = HEADER.unpack_from(view, offset)
             frames.append(Frame(frame_type, stream, bytes(view[offset + HEADER.size : end]), flags))
             offset = end
         return offset
