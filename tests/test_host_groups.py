@@ -29,6 +29,7 @@ def test_the_default_sbox_group_takes_the_ts_sdk_suites_requests() -> None:
         (NodeRequest(ram_bytes=1024), "ram_bytes"),
         (NodeRequest(hostname="Bad_Name"), "hostname"),
         (NodeRequest(hostname="ab\n"), "hostname"),
+        (NodeRequest(hostname="commits"), "hostname"),
         (NodeRequest(userdata="#" * 50_000), "userdata"),
     ],
 )

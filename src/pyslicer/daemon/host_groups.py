@@ -15,6 +15,7 @@ from pyslicer.net import GroupNetwork, NetworkNamespace, Uplink, check_networks,
 
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_USERDATA_BYTES = 48 * 1024  # handed to the agent in one frame
+RESERVED_HOSTNAMES = frozenset({"commits"})  # GET /vm/commits would answer for a VM of that name
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class HostGroup:
             check_grant(request.secrets)
         if request.hostname is not None and not HOSTNAME_RE.fullmatch(request.hostname):
             raise InvalidArgument(f"hostname: {request.hostname!r} is not a valid hostname", code="hostname")
+        if request.hostname in RESERVED_HOSTNAMES:
+            raise InvalidArgument(
+                f"hostname: {request.hostname!r} is reserved by the API's /vm/ routes", code="hostname"
+            )
         check_keys(request.ssh_keys)
         for field, entries in (("allow", request.allow), ("drop", request.drop)):
             if entries is not None:
