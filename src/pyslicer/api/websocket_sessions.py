@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pyslicer.api.errors import error_response
 from pyslicer.api.schemas import ErrorBody
@@ -72,7 +72,7 @@ async def close(websocket: WebSocket, code: int = NORMAL, reason: str = "") -> N
     """Close the WebSocket unless it is closed already (the client may have gone)."""
     if websocket.application_state == WebSocketState.DISCONNECTED:
         return
-    with contextlib.suppress(RuntimeError, OSError):
+    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
         await websocket.close(code=code, reason=reason_text(reason))
 
 
