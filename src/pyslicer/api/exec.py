@@ -172,7 +172,7 @@ def json_pieces(chunks: Mapping[str, list[bytes]], tail: dict[str, Any], use_bas
             for chunk in chunks[name]:
                 yield json.dumps(decoder.decode(chunk))[1:-1].encode()
             yield json.dumps(decoder.decode(b"", True))[1:-1].encode() + b'",'
-    yield json.dumps(tail)[1:].encode()
+    yield json.dumps(tail, separators=(",", ":"))[1:].encode()
 
 
 # -- responses ---------------------------------------------------------------------------------------
