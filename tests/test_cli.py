@@ -183,6 +183,19 @@ def test_vm_add(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["hostname"] == "vm-3"
 
 
+@pytest.mark.parametrize("command", ["restore", "relaunch"])
+def test_vm_restore_and_relaunch_wait(command: str) -> None:
+    node = {"hostname": "vm-1", "hostgroup": "vm", "ip": "", "created_at": "2025-09-02T09:00:00Z", "status": "Running"}
+    api = FakeApi({("POST", f"/vm/vm-1/{command}"): node})
+    result = api.run("vm", command, "vm-1")
+    assert result.exit_code == 0, result.output
+    assert api.last.url.params.multi_items() == [("wait", "agent"), ("timeout", "5m0s")]
+    result = api.run("vm", command, "vm-1", "--wait", "none", "--timeout", "90s")
+    assert result.exit_code == 0, result.output
+    assert api.last.url.params.multi_items() == [("timeout", "1m30s")]
+    assert api.run("vm", command, "vm-1", "--wait", "later").exit_code == 2
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -202,3 +202,12 @@ class KeyValue(_ParamType):
         if not sep or not key:
             self.fail(f"{text!r} is not KEY=VALUE", param, ctx)
         return text
+
+
+def wait_for(choice: str | None) -> Literal["agent", "userdata"] | None:
+    """A ``--wait`` choice as the client takes it: ``none`` (or no choice) waits for nothing."""
+    if choice == "agent":
+        return "agent"
+    if choice == "userdata":
+        return "userdata"
+    return None

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import click
 
 from pyslicer.durations import format_go_duration
 
-from ._common import Api, Duration, api_command
+from ._common import Api, Duration, api_command, wait_for
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 LIFECYCLE_COMMANDS: list[click.Command] = []
 
@@ -14,6 +20,14 @@ LIFECYCLE_COMMANDS: list[click.Command] = []
 def _lifecycle(func: click.Command) -> click.Command:
     LIFECYCLE_COMMANDS.append(func)
     return func
+
+
+def _wait_options(func: Callable[P, R]) -> Callable[P, R]:
+    """``--wait`` and ``--timeout`` of the commands that bring a VM back (restore, relaunch)."""
+    func = click.option("--timeout", type=Duration(), default="5m", show_default=True, help="How long to wait.")(func)
+    return click.option("--wait", type=click.Choice(["agent", "userdata", "none"]), default="agent", show_default=True)(
+        func
+    )
 
 
 @_lifecycle
@@ -46,14 +60,13 @@ def vm_suspend(api: Api, hostname: str) -> None:
 @_lifecycle
 @click.command("restore")
 @click.argument("hostname")
-@click.option("--wait", type=click.Choice(["agent", "userdata", "none"]), default="agent", show_default=True)
-@click.option("--timeout", type=Duration(), default="5m", show_default=True, help="How long to wait.")
+@_wait_options
 @api_command
 def vm_restore(api: Api, hostname: str, wait: str, timeout: float) -> None:
     """Restore a suspended VM with its processes and memory."""
     result = api.client.restore(
         hostname,
-        wait="agent" if wait == "agent" else "userdata" if wait == "userdata" else None,
+        wait=wait_for(wait),
         timeout=format_go_duration(timeout),
     )
     api.emit(result, lambda: f"{hostname} restored")
@@ -72,14 +85,13 @@ def vm_shutdown(api: Api, hostname: str) -> None:
 @_lifecycle
 @click.command("relaunch")
 @click.argument("hostname")
-@click.option("--wait", type=click.Choice(["agent", "userdata", "none"]), default="agent", show_default=True)
-@click.option("--timeout", type=Duration(), default="5m", show_default=True, help="How long to wait.")
+@_wait_options
 @api_command
 def vm_relaunch(api: Api, hostname: str, wait: str, timeout: float) -> None:
     """Boot a stopped VM again from its disk."""
     node = api.client.relaunch(
         hostname,
-        wait="agent" if wait == "agent" else "userdata" if wait == "userdata" else None,
+        wait=wait_for(wait),
         timeout=format_go_duration(timeout),
     )
     api.emit(node, lambda: f"{hostname} relaunched")

@@ -11,7 +11,7 @@ import click
 from pyslicer.durations import format_go_duration
 from pyslicer.errors import NotFound
 
-from ._common import Api, Duration, KeyValue, api_command
+from ._common import Api, Duration, KeyValue, api_command, wait_for
 from ._output import dumps, fields, human_bytes, human_duration, table, timestamp
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def vm_add(
         persistent=persistent,
         secrets=list(secrets) or None,
         ttl=ttl,
-        wait="agent" if wait == "agent" else "userdata" if wait == "userdata" else None,
+        wait=wait_for(wait),
         timeout=format_go_duration(timeout) if timeout is not None else None,
     )
     api.emit(node, lambda: node.hostname)
